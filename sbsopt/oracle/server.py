@@ -1,0 +1,201 @@
+"""The policy oracle: one window per JSON line in, one answer per line out.
+
+:func:`answer_line` is the whole protocol for one line (embedding API); :func:`serve` loops
+it over binary streams, flushing after every answer, until EOF. A bad line gets an error
+answer and the loop goes on; nothing is ever printed but answers.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Callable
+from typing import Any, BinaryIO
+
+import msgspec
+import numpy as np
+
+from sbsopt.errors import InvalidInputError
+from sbsopt.oracle.schema import DecodeProblem, PrefillProblem
+from sbsopt.window import DecodeWindow, PrefillWindow, SolveResult, solve
+
+__all__ = ["OracleError", "parse_line", "answer_problem", "answer_line", "serve"]
+
+_ENCODER = msgspec.json.Encoder()
+_PATH = re.compile(r"at `\$\.?([^`]*)`")
+_MISSING = re.compile(r"missing required field `([^`]*)`")
+
+
+class OracleError(Exception):
+    """A rejected line: carries the window id (if readable), the field and a message."""
+
+    def __init__(self, wid: str | None, field: str | None, message: str) -> None:
+        super().__init__(message)
+        self.wid, self.field, self.message = wid, field, message
+
+
+def _decode_json(line: bytes) -> Any:
+    try:
+        return msgspec.json.decode(line)
+    except (msgspec.DecodeError, RecursionError, ValueError):
+        pass
+    # sloppy clients send NaN / Infinity literals: parse them to reject them by field
+    try:
+        return json.loads(line.decode("utf-8"))
+    except (ValueError, RecursionError, UnicodeDecodeError) as exc:
+        raise OracleError(None, None, f"not a JSON object: {type(exc).__name__}: {exc}"[:300]) from None
+
+
+def _field_of(message: str) -> str | None:
+    """``requests[0].new_tokens`` from msgspec's ``... - at `$.requests[0].new_tokens```."""
+    path = _PATH.search(message)
+    missing = _MISSING.search(message)
+    parts = [p for p in (path.group(1) if path else "", missing.group(1) if missing else "") if p]
+    return ".".join(parts) or None
+
+
+def parse_line(line: bytes | str) -> PrefillProblem | DecodeProblem:
+    """Parse and validate one line into a typed problem or raise :class:`OracleError`."""
+    raw = line.encode("utf-8", "surrogatepass") if isinstance(line, str) else line
+    obj = _decode_json(raw.strip())
+    if not isinstance(obj, dict):
+        raise OracleError(None, None, f"expected a JSON object, got {type(obj).__name__}")
+    wid = obj.get("id") if isinstance(obj.get("id"), str) else None
+    phase = obj.get("phase")
+    kind = {"prefill": PrefillProblem, "decode": DecodeProblem}.get(phase) if isinstance(
+        phase, str) else None
+    if kind is None:
+        raise OracleError(wid, "phase", f"phase = {phase!r}: expected 'prefill' or 'decode'")
+    try:
+        problem = msgspec.convert(obj, kind, strict=True)
+    except msgspec.ValidationError as exc:
+        raise OracleError(wid, _field_of(str(exc)), str(exc)) from None
+    for name in ("requests", "units"):
+        ids = [item.id for item in getattr(problem, name)]
+        if len(set(ids)) != len(ids):
+            dup = next(i for i in ids if ids.count(i) > 1)
+            raise OracleError(problem.id, name, f"duplicate {name[:-1]} id {dup!r}")
+    return problem
+
+
+def _window(problem: PrefillProblem | DecodeProblem, coefficients: Any) -> PrefillWindow | DecodeWindow:
+    req, units = problem.requests, problem.units
+    if isinstance(problem, PrefillProblem):
+        arrival = np.array([r.arrival_s for r in req], np.float64)
+        deadline = None
+        if any(r.deadline_s is not None for r in req):
+            deadline = np.array([np.inf if r.deadline_s is None else r.deadline_s for r in req])
+        kv = None
+        if any(r.kv_blocks is not None for r in req):
+            kv = np.array([-(-r.new_tokens // 64) if r.kv_blocks is None else r.kv_blocks
+                           for r in req], np.int64)
+        return PrefillWindow.from_arrays(
+            np.array([r.new_tokens for r in req], np.int64),
+            np.array([r.cached_tokens for r in req], np.int64), arrival,
+            capacity_tokens=np.array([u.capacity_tokens for u in units], np.int64),
+            load_tokens=np.array([u.load_tokens for u in units], np.int64),
+            free_kv_blocks=np.array([u.free_kv_blocks for u in units], np.int64),
+            kv_blocks=kv, deadline_s=deadline,
+            now_s=problem.now_s if problem.now_s is not None else float(arrival.max(initial=0.0)),
+            coefficients=coefficients("prefill"),
+        )
+    return DecodeWindow.from_arrays(
+        np.array([r.context_tokens for r in req], np.int64),
+        np.array([r.kv_blocks for r in req], np.int64),
+        batch_size=np.array([u.batch_size for u in units], np.int64),
+        max_batch_size=np.array([u.max_batch_size for u in units], np.int64),
+        kv_blocks_used=np.array([u.kv_blocks_used for u in units], np.int64),
+        free_kv_blocks=np.array([u.free_kv_blocks for u in units], np.int64),
+        coefficients=coefficients("decode"),
+    )
+
+
+def _finite(value: float) -> float | None:
+    return float(value) if math.isfinite(value) else None
+
+
+def _answer(problem: PrefillProblem | DecodeProblem, result: SolveResult) -> dict[str, Any]:
+    req_ids = [r.id for r in problem.requests]
+    unit_ids = [u.id for u in problem.units]
+    a = result.assignment.tolist()
+    return {
+        "id": problem.id,
+        "status": result.status.value,
+        "assignment": {rid: unit_ids[j] for rid, j in zip(req_ids, a, strict=True) if j >= 0},
+        "deferred": [req_ids[i] for i in result.deferred.tolist()],
+        "chunks": {req_ids[i]: int(k) for i, k in result.chunks.items()},
+        "objective": _finite(result.objective),
+        "bound": _finite(result.bound),
+        "gap": _finite(result.gap),
+        "method": problem.method,
+        "solve_us": round(result.wall_time_s * 1e6, 1),
+    }
+
+
+def _default_coefficients(phase: str) -> Any:
+    from sbsopt.costmodel import load_cost_model
+
+    model = load_cost_model()
+    return model.prefill_coefficients() if phase == "prefill" else model.decode_coefficients()
+
+
+def answer_problem(
+    problem: PrefillProblem | DecodeProblem,
+    *,
+    coefficients: Callable[[str], Any] = _default_coefficients,
+) -> dict[str, Any]:
+    """Solve a parsed problem and return the answer object (a JSON-able dict)."""
+    try:
+        window = _window(problem, coefficients)
+    except InvalidInputError as exc:
+        raise OracleError(problem.id, exc.field, str(exc)) from None
+    result = solve(window, method=problem.method, time_limit_s=problem.time_limit_ms / 1000.0,
+                   seed=problem.seed)
+    return _answer(problem, result)
+
+
+def _error(wid: str | None, field: str | None, message: str) -> dict[str, Any]:
+    return {"id": wid, "status": "error", "error": {"field": field, "message": message}}
+
+
+def answer_line(
+    line: bytes | str, *, coefficients: Callable[[str], Any] = _default_coefficients
+) -> bytes:
+    """One input line to one output line (bytes, newline-terminated); never raises.
+
+    Examples
+    --------
+    >>> answer_line(b'[1, 2]')
+    b'{"id":null,"status":"error","error":{"field":null,"message":"expected a JSON object, got list"}}\\n'
+    """
+    wid = None
+    try:
+        problem = parse_line(line)
+        wid = problem.id
+        out = answer_problem(problem, coefficients=coefficients)
+    except OracleError as exc:
+        out = _error(exc.wid, exc.field, exc.message)
+    except Exception as exc:  # noqa: BLE001 - the server must answer every line
+        out = _error(wid, None, f"internal error: {type(exc).__name__}: {exc}"[:500])
+    try:
+        return _ENCODER.encode(out) + b"\n"
+    except (msgspec.EncodeError, UnicodeEncodeError) as exc:
+        return _ENCODER.encode(_error(None, None, f"cannot encode the answer: {exc}")) + b"\n"
+
+
+def serve(
+    stdin: BinaryIO, stdout: BinaryIO, *, coefficients: Callable[[str], Any] = _default_coefficients
+) -> int:
+    """Answer every line of ``stdin`` on ``stdout`` (flushed per line) until EOF.
+
+    Blank lines are skipped. Returns the number of lines answered.
+    """
+    count = 0
+    for line in stdin:
+        if not line.strip():
+            continue
+        stdout.write(answer_line(line, coefficients=coefficients))
+        stdout.flush()
+        count += 1
+    return count

@@ -1,0 +1,550 @@
+"""Numba kernels of the greedy heuristics, with plain-Python references for the tests.
+
+Kernels take contiguous arrays only and never allocate Python objects; the typed wrappers in
+``sbsopt.window.greedy`` validate and copy. Each ``*_py`` function is an independent, simpler
+(and much slower) statement of the same rule; tests compare them on random instances.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numba
+import numpy as np
+
+__all__ = [
+    "prefill_greedy",
+    "prefill_greedy_py",
+    "chunk_fill",
+    "chunk_fill_py",
+    "decode_iqr_lex",
+    "decode_iqr_lex_py",
+    "decode_min_step",
+    "decode_min_step_py",
+    "prefill_local_search",
+]
+
+
+@numba.njit(cache=True, nogil=True)
+def prefill_greedy(order, cost, tokens, blocks, penalty, guarded, room, free, unit_time, inst,
+                   inst_max):  # pragma: no cover - compiled
+    """Water-filling in ``order``: each request goes to the feasible unit that least raises its
+    instance's step time (ties: least loaded unit); deferred when none fits or when that raise
+    is not below its deferral penalty (guarded requests are placed whenever they fit).
+    ``room``, ``free``, ``unit_time`` and ``inst_max`` are updated in place."""
+    n = cost.shape[0]
+    units = room.shape[0]
+    assignment = np.full(n, -1, np.int64)
+    for k in range(order.shape[0]):
+        i = order[k]
+        best = -1
+        best_raise = np.inf
+        best_time = np.inf
+        for j in range(units):
+            if tokens[i] <= room[j] and blocks[i] <= free[j]:
+                t = unit_time[j] + cost[i]
+                d = max(0.0, t - inst_max[inst[j]])
+                if d < best_raise or (d == best_raise and t < best_time):
+                    best, best_raise, best_time = j, d, t
+        if best >= 0 and (guarded[i] or best_raise < penalty[i]):
+            assignment[i] = best
+            room[best] -= tokens[i]
+            free[best] -= blocks[i]
+            unit_time[best] = best_time
+            if best_time > inst_max[inst[best]]:
+                inst_max[inst[best]] = best_time
+    return assignment
+
+
+def prefill_greedy_py(order, cost, tokens, blocks, penalty, guarded, room, free, unit_time, inst):
+    """Reference of :func:`prefill_greedy` (returns the assignment; inputs untouched)."""
+    room, free, unit_time = list(room), list(free), list(unit_time)
+    step = {}
+    for j, g in enumerate(inst):
+        step[g] = max(step.get(g, 0.0), unit_time[j])
+    assignment = [-1] * len(cost)
+    for i in order:
+        options = []
+        for j in range(len(room)):
+            if tokens[i] <= room[j] and blocks[i] <= free[j]:
+                t = unit_time[j] + cost[i]
+                options.append((max(0.0, t - step[inst[j]]), t, j))
+        if not options:
+            continue
+        raise_, t, j = min(options)
+        if guarded[i] or raise_ < penalty[i]:
+            assignment[i] = j
+            room[j] -= tokens[i]
+            free[j] -= blocks[i]
+            unit_time[j] = t
+            step[inst[j]] = max(step[inst[j]], t)
+    return np.array(assignment, np.int64)
+
+
+@numba.njit(cache=True, nogil=True)
+def _chunk_cost(k, cached, alpha, beta, gamma):  # pragma: no cover - compiled
+    return alpha * k + beta * k * (cached + k / 2.0) + gamma
+
+
+@numba.njit(cache=True, nogil=True)
+def chunk_fill(order, tokens, cached, blocks, penalty, room, free, unit_time, inst, inst_max,
+               alpha, beta, gamma, min_chunk):  # pragma: no cover - compiled
+    """Place the first chunk of deferred requests (in ``order``) on units with token room.
+
+    Each unit takes at most one chunk, each request at most one, of at most ``tokens - 1``
+    tokens, KV blocks pro rata (rounded up). A chunk is placed where it lowers the objective
+    most: its step raise minus the share of the deferral penalty it removes
+    (``penalty * k / tokens``), and only if that change is negative.
+    Returns ``(unit, chunk_tokens)`` per request (-1 / 0 if none)."""
+    n = tokens.shape[0]
+    units = room.shape[0]
+    chunk_unit = np.full(n, -1, np.int64)
+    chunk_tokens = np.zeros(n, np.int64)
+    used = np.zeros(units, np.bool_)
+    for q in range(order.shape[0]):
+        i = order[q]
+        if tokens[i] < 2:
+            continue
+        best = -1
+        best_delta = 0.0
+        best_k = 0
+        best_time = 0.0
+        for j in range(units):
+            if used[j]:
+                continue
+            k = min(room[j], tokens[i] - 1)
+            if blocks[i] > free[j]:
+                # largest k whose pro-rata blocks ceil(k*blocks/tokens) fit in free[j]
+                k = min(k, (free[j] * tokens[i]) // blocks[i])
+            if k < min_chunk or k <= 0:
+                continue
+            t = unit_time[j] + _chunk_cost(k, cached[i], alpha, beta, gamma)
+            delta = max(0.0, t - inst_max[inst[j]]) - penalty[i] * k / tokens[i]
+            if delta < best_delta:
+                best, best_delta, best_k, best_time = j, delta, k, t
+        if best >= 0:
+            chunk_unit[i] = best
+            chunk_tokens[i] = best_k
+            used[best] = True
+            room[best] -= best_k
+            free[best] -= (best_k * blocks[i] + tokens[i] - 1) // tokens[i]
+            unit_time[best] = best_time
+            if best_time > inst_max[inst[best]]:
+                inst_max[inst[best]] = best_time
+    return chunk_unit, chunk_tokens
+
+
+def chunk_fill_py(order, tokens, cached, blocks, penalty, room, free, unit_time, inst,
+                  alpha, beta, gamma, min_chunk):
+    """Reference of :func:`chunk_fill` (inputs untouched)."""
+    room, free, unit_time = list(room), list(free), list(unit_time)
+    step = {}
+    for j, g in enumerate(inst):
+        step[g] = max(step.get(g, 0.0), unit_time[j])
+    unit_of, size_of, used = {}, {}, set()
+    for i in order:
+        if tokens[i] < 2:
+            continue
+        best = None
+        for j in range(len(room)):
+            if j in used:
+                continue
+            k = min(room[j], tokens[i] - 1)
+            if blocks[i] > free[j]:
+                k = min(k, (free[j] * tokens[i]) // blocks[i])
+            if k < max(min_chunk, 1):
+                continue
+            t = unit_time[j] + alpha * k + beta * k * (cached[i] + k / 2.0) + gamma
+            delta = max(0.0, t - step[inst[j]]) - penalty[i] * k / tokens[i]
+            if delta < 0 and (best is None or delta < best[0]):
+                best = (delta, j, k, t)
+        if best is not None:
+            _, j, k, t = best
+            unit_of[i], size_of[i] = j, k
+            used.add(j)
+            room[j] -= k
+            free[j] -= -(-(k * blocks[i]) // tokens[i])
+            unit_time[j] = t
+            step[inst[j]] = max(step[inst[j]], t)
+    chunk_unit = np.full(len(tokens), -1, np.int64)
+    chunk_tokens = np.zeros(len(tokens), np.int64)
+    for i, j in unit_of.items():
+        chunk_unit[i], chunk_tokens[i] = j, size_of[i]
+    return chunk_unit, chunk_tokens
+
+
+@numba.njit(cache=True, nogil=True)
+def _quantile_sorted(values, m, q):  # pragma: no cover - compiled
+    pos = q * (m - 1)
+    lo = int(math.floor(pos))
+    hi = min(lo + 1, m - 1)
+    return values[lo] + (values[hi] - values[lo]) * (pos - lo)
+
+
+@numba.njit(cache=True, nogil=True)
+def decode_iqr_lex(order, context, blocks, batch, max_batch, kv, free, iqr_k):  # pragma: no cover
+    """IQR-aware lexicographic decode placement, longest first (``order``).
+
+    Candidates: units with a free batch slot and enough free KV blocks. With at least 4
+    candidates, those whose KV tokens exceed ``Q3 + iqr_k * IQR`` (of the candidates) are
+    masked. The request goes to the lexicographic minimum of ``(batch, kv tokens)``; the
+    unit's batch, KV tokens and free blocks are updated virtually. ``batch``, ``kv`` and
+    ``free`` are updated in place."""
+    n = context.shape[0]
+    units = batch.shape[0]
+    assignment = np.full(n, -1, np.int64)
+    cand = np.empty(units, np.int64)
+    vals = np.empty(units, np.float64)
+    for q in range(order.shape[0]):
+        i = order[q]
+        m = 0
+        for j in range(units):
+            if batch[j] < max_batch[j] and blocks[i] <= free[j]:
+                cand[m] = j
+                vals[m] = kv[j]
+                m += 1
+        if m == 0:
+            continue
+        fence = np.inf
+        if m >= 4:
+            s = np.sort(vals[:m])
+            q1 = _quantile_sorted(s, m, 0.25)
+            q3 = _quantile_sorted(s, m, 0.75)
+            fence = q3 + iqr_k * (q3 - q1)
+        best = -1
+        for c in range(m):
+            j = cand[c]
+            if kv[j] > fence:
+                continue
+            if best < 0 or batch[j] < batch[best] or (batch[j] == batch[best] and kv[j] < kv[best]):
+                best = j
+        assignment[i] = best
+        batch[best] += 1
+        kv[best] += context[i]
+        free[best] -= blocks[i]
+    return assignment
+
+
+def decode_iqr_lex_py(order, context, blocks, batch, max_batch, kv, free, iqr_k):
+    """Reference of :func:`decode_iqr_lex` (inputs untouched)."""
+    batch, kv, free = list(batch), list(kv), list(free)
+    assignment = np.full(len(context), -1, np.int64)
+    for i in order:
+        cands = [j for j in range(len(batch)) if batch[j] < max_batch[j] and blocks[i] <= free[j]]
+        if not cands:
+            continue
+        if len(cands) >= 4:
+            q1, q3 = np.quantile(np.array([kv[j] for j in cands], np.float64), [0.25, 0.75])
+            cands = [j for j in cands if kv[j] <= q3 + iqr_k * (q3 - q1)]
+        j = min(cands, key=lambda u: (batch[u], kv[u], u))
+        assignment[i] = j
+        batch[j] += 1
+        kv[j] += context[i]
+        free[j] -= blocks[i]
+    return assignment
+
+
+@numba.njit(cache=True, nogil=True)
+def decode_min_step(order, context, blocks, batch, max_batch, kv, free, inst, n_inst, a,
+                    b):  # pragma: no cover - compiled
+    """Objective-aware decode placement, longest first: each request goes to the feasible
+    unit that least raises its instance's ``a * max batch + b * max KV tokens`` (ties: the
+    lexicographic minimum of ``(batch, kv tokens)``). Arrays are updated in place."""
+    n = context.shape[0]
+    units = batch.shape[0]
+    assignment = np.full(n, -1, np.int64)
+    max_b = np.zeros(n_inst, np.float64)
+    max_k = np.zeros(n_inst, np.float64)
+    for j in range(units):
+        max_b[inst[j]] = max(max_b[inst[j]], batch[j])
+        max_k[inst[j]] = max(max_k[inst[j]], kv[j])
+    for q in range(order.shape[0]):
+        i = order[q]
+        best = -1
+        best_raise = np.inf
+        for j in range(units):
+            if batch[j] >= max_batch[j] or blocks[i] > free[j]:
+                continue
+            g = inst[j]
+            r = a * max(0.0, batch[j] + 1 - max_b[g]) + b * max(0.0, kv[j] + context[i] - max_k[g])
+            if best < 0 or r < best_raise or (r == best_raise and (
+                    batch[j] < batch[best] or (batch[j] == batch[best] and kv[j] < kv[best]))):
+                best, best_raise = j, r
+        if best < 0:
+            continue
+        assignment[i] = best
+        batch[best] += 1
+        kv[best] += context[i]
+        free[best] -= blocks[i]
+        g = inst[best]
+        max_b[g] = max(max_b[g], batch[best])
+        max_k[g] = max(max_k[g], kv[best])
+    return assignment
+
+
+def decode_min_step_py(order, context, blocks, batch, max_batch, kv, free, inst, a, b):
+    """Reference of :func:`decode_min_step` (inputs untouched)."""
+    batch, kv, free = list(batch), list(kv), list(free)
+    max_b, max_k = {}, {}
+    for j, g in enumerate(inst):
+        max_b[g] = max(max_b.get(g, 0), batch[j])
+        max_k[g] = max(max_k.get(g, 0), kv[j])
+    assignment = np.full(len(context), -1, np.int64)
+    for i in order:
+        options = []
+        for j in range(len(batch)):
+            if batch[j] < max_batch[j] and blocks[i] <= free[j]:
+                g = inst[j]
+                r = a * max(0, batch[j] + 1 - max_b[g]) + b * max(0, kv[j] + context[i] - max_k[g])
+                options.append((r, batch[j], kv[j], j))
+        if not options:
+            continue
+        j = min(options)[3]
+        assignment[i] = j
+        batch[j] += 1
+        kv[j] += context[i]
+        free[j] -= blocks[i]
+        max_b[inst[j]] = max(max_b[inst[j]], batch[j])
+        max_k[inst[j]] = max(max_k[inst[j]], kv[j])
+    return assignment
+
+
+@numba.njit(cache=True, nogil=True)
+def prefill_local_search(assignment, cost, tokens, blocks, room, free, unit_time, inst, inst_max,
+                         max_rounds):  # pragma: no cover - compiled
+    """Move/swap descent on the critical unit of each instance.
+
+    Repeatedly takes the unit that sets an instance's step time and tries (1) moving one of
+    its requests to another unit of the same instance, (2) swapping one of its requests with
+    a cheaper one on another unit, accepting the first change that lowers that unit below the
+    step time without raising any unit to it. Stops after ``max_rounds`` accepted changes or
+    when no change helps. Arrays are updated in place; returns the number of changes."""
+    n = cost.shape[0]
+    units = room.shape[0]
+    changes = 0
+    while changes < max_rounds:
+        improved = False
+        for g in range(inst_max.shape[0]):
+            crit = -1
+            for j in range(units):
+                if inst[j] == g and (crit < 0 or unit_time[j] > unit_time[crit]):
+                    crit = j
+            if crit < 0:
+                continue
+            top = unit_time[crit]
+            for a in range(n):
+                if assignment[a] != crit or improved:
+                    continue
+                for j in range(units):
+                    if j == crit or inst[j] != g:
+                        continue
+                    if tokens[a] <= room[j] and blocks[a] <= free[j] and unit_time[j] + cost[a] < top:
+                        assignment[a] = j
+                        room[j] -= tokens[a]
+                        free[j] -= blocks[a]
+                        unit_time[j] += cost[a]
+                        room[crit] += tokens[a]
+                        free[crit] += blocks[a]
+                        unit_time[crit] -= cost[a]
+                        improved = True
+                        break
+                    if improved:
+                        break
+                if improved:
+                    break
+                for b in range(n):
+                    j = assignment[b]
+                    if j < 0 or j == crit or inst[j] != g or cost[b] >= cost[a]:
+                        continue
+                    diff = cost[a] - cost[b]
+                    dt = tokens[a] - tokens[b]
+                    db = blocks[a] - blocks[b]
+                    if (unit_time[j] + diff < top and dt <= room[j] and db <= free[j]
+                            and -dt <= room[crit] and -db <= free[crit]):
+                        assignment[a], assignment[b] = j, crit
+                        room[j] -= dt
+                        free[j] -= db
+                        unit_time[j] += diff
+                        room[crit] += dt
+                        free[crit] += db
+                        unit_time[crit] -= diff
+                        improved = True
+                        break
+                if improved:
+                    break
+            if improved:
+                m = -np.inf
+                for j in range(units):
+                    if inst[j] == g and unit_time[j] > m:
+                        m = unit_time[j]
+                inst_max[g] = m
+                break
+        if not improved:
+            break
+        changes += 1
+    return changes
+
+
+@numba.njit(cache=True, nogil=True)
+def _knapsack_gain_nb(gain, weight, capacity):  # pragma: no cover - compiled
+    total_w = 0.0
+    total_g = 0.0
+    m = 0
+    for i in range(gain.shape[0]):
+        if gain[i] > 0:
+            total_w += weight[i]
+            total_g += gain[i]
+            m += 1
+    if total_w <= capacity:
+        return total_g
+    g = np.empty(m, np.float64)
+    w = np.empty(m, np.float64)
+    ratio = np.empty(m, np.float64)
+    k = 0
+    for i in range(gain.shape[0]):
+        if gain[i] > 0:
+            g[k] = gain[i]
+            w[k] = weight[i]
+            ratio[k] = -np.inf if weight[i] <= 0 else -gain[i] / weight[i]
+            k += 1
+    order = np.argsort(ratio)
+    used = 0.0
+    total = 0.0
+    for q in range(m):
+        i = order[q]
+        if used + w[i] <= capacity:
+            used += w[i]
+            total += g[i]
+        else:
+            total += g[i] * max(capacity - used, 0.0) / w[i]
+            break
+    return total
+
+
+@numba.njit(cache=True, nogil=True)
+def prefill_analytic_bound(residual, instance, n_inst, base, cost, pen, tokens, blocks, room,
+                           free, chunking, beta):  # pragma: no cover - compiled
+    """The analytic prefill bound of ``sbsopt.window.bounds`` in one compiled pass."""
+    units = residual.shape[0]
+    n = cost.shape[0]
+    size = np.zeros(n_inst, np.int64)
+    gmax = np.full(n_inst, -np.inf)
+    gsum = np.zeros(n_inst, np.float64)
+    room_total = 0.0
+    free_total = 0.0
+    room_max = 0
+    for j in range(units):
+        g = instance[j]
+        size[g] += 1
+        gmax[g] = max(gmax[g], residual[j])
+        gsum[g] += residual[j]
+        room_total += room[j]
+        free_total += free[j]
+        room_max = max(room_max, room[j])
+    units_max = size.max()
+    resid_max = gmax.sum()
+    resid_mean = 0.0
+    for g in range(n_inst):
+        resid_mean += gsum[g] / size[g]
+    total_base = n_inst * base
+    if n == 0:
+        return total_base + resid_max
+    can = np.ones(n, np.bool_)
+    if not chunking:
+        for i in range(n):
+            ok = False
+            for j in range(units):
+                if tokens[i] <= room[j] and blocks[i] <= free[j]:
+                    ok = True
+                    break
+            can[i] = ok
+    pen_total = pen.sum()
+    gain_a = np.where(can, pen, 0.0)
+    gain_b = np.where(can, pen - cost / units_max, 0.0)
+    tok = tokens.astype(np.float64)
+    blk = blocks.astype(np.float64)
+    floor_a = pen_total - min(_knapsack_gain_nb(gain_a, tok, room_total),
+                              _knapsack_gain_nb(gain_a, blk, free_total))
+    floor_b = pen_total - min(_knapsack_gain_nb(gain_b, tok, room_total),
+                              _knapsack_gain_nb(gain_b, blk, free_total))
+    overcount = 0.0
+    if chunking:
+        over = np.empty(n, np.float64)
+        for i in range(n):
+            k = min(np.floor(tokens[i] / 2.0), float(room_max))
+            over[i] = beta * k * (tokens[i] - k) / 2.0
+        over = np.sort(over)[::-1]
+        overcount = over[: min(units, n)].sum() / units_max
+    bound = max(total_base + resid_max + floor_a, total_base + resid_mean + floor_b - overcount)
+    if n_inst == 1 and not chunking:
+        forced = 0.0
+        largest = -np.inf
+        for i in range(n):
+            if not can[i]:
+                forced += pen[i]
+                continue
+            best = np.inf
+            for j in range(units):
+                if tokens[i] <= room[j] and blocks[i] <= free[j]:
+                    best = min(best, residual[j] + cost[i])
+            largest = max(largest, min(best, resid_max + pen[i]))
+        if largest > -np.inf:
+            bound = max(bound, total_base + largest + forced)
+    return bound
+
+
+@numba.njit(cache=True, nogil=True)
+def prefill_best_of(orders, cost, tokens, cached, blocks, penalty, guarded, room, free,
+                    residual, inst, n_inst, base, chunking, alpha, beta, gamma, min_chunk,
+                    local_search):  # pragma: no cover - compiled
+    """Run :func:`prefill_greedy` (+ local search, + :func:`chunk_fill`) once per row of
+    ``orders`` on fresh copies of the unit state; return the best
+    ``(row, assignment, chunk_tokens, objective)`` (``chunk_tokens[i] > 0`` marks a chunk)."""
+    n = cost.shape[0]
+    best_row = -1
+    best_value = np.inf
+    best_assignment = np.full(n, -1, np.int64)
+    best_chunks = np.zeros(n, np.int64)
+    for r in range(orders.shape[0]):
+        order = orders[r]
+        room_r = room.copy()
+        free_r = free.copy()
+        time_r = residual.copy()
+        inst_max = np.full(n_inst, -np.inf)
+        for j in range(time_r.shape[0]):
+            inst_max[inst[j]] = max(inst_max[inst[j]], time_r[j])
+        assignment = prefill_greedy(order, cost, tokens, blocks, penalty, guarded, room_r,
+                                    free_r, time_r, inst, inst_max)
+        if local_search > 0:
+            prefill_local_search(assignment, cost, tokens, blocks, room_r, free_r, time_r, inst,
+                                 inst_max, local_search)
+        chunk_tokens = np.zeros(n, np.int64)
+        if chunking:
+            m = 0
+            for q in range(n):
+                if assignment[order[q]] < 0:
+                    m += 1
+            if m > 0:
+                waiting = np.empty(m, np.int64)
+                m = 0
+                for q in range(n):
+                    if assignment[order[q]] < 0:
+                        waiting[m] = order[q]
+                        m += 1
+                chunk_unit, chunk_tokens = chunk_fill(waiting, tokens, cached, blocks, penalty,
+                                                      room_r, free_r, time_r, inst, inst_max,
+                                                      alpha, beta, gamma, min_chunk)
+                for i in range(n):
+                    if chunk_unit[i] >= 0:
+                        assignment[i] = chunk_unit[i]
+        value = n_inst * base + inst_max.sum()
+        for i in range(n):
+            if assignment[i] < 0:
+                value += penalty[i]
+            elif chunk_tokens[i] > 0:
+                value += penalty[i] * (tokens[i] - chunk_tokens[i]) / tokens[i]
+        if value < best_value:
+            best_row, best_value = r, value
+            best_assignment = assignment
+            best_chunks = chunk_tokens
+    return best_row, best_assignment, best_chunks, best_value

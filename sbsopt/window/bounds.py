@@ -1,0 +1,275 @@
+"""Lower bounds on the optimal objective of a window, microseconds.
+
+Analytic bounds are vectorised and cost a few microseconds (the greedy path reports them);
+the LP relaxation (OR-Tools GLOP) is tighter on capacity-bound windows and costs milliseconds.
+
+Notes
+-----
+Prefill (``G`` instances, ``J_g`` units in instance ``g``, ``J* = max_g J_g``):
+
+* residual: ``sum_g (base + max_{j in g} r_j) + sum of forced deferral penalties`` (a request
+  that fits no unit alone must be deferred, unless chunking may split it);
+* averaging (total / units): ``G*base + sum_g mean_{j in g} r_j + sum_i min(c_i / J*, P_i)``;
+  with chunking, a request placed as a fraction ``a`` of itself is counted ``a * c_i``, which
+  overstates the chunk's cost by at most ``o_i = beta*k*(n_i - k)/2`` (``k`` the chunk); a unit
+  holds at most one chunk, so the bound subtracts the ``J`` largest ``o_i`` over ``J*`` (the
+  LP subtracts ``G * max_i o_i``);
+* capacity (fractional knapsack): the assigned requests fit in the total token room (and the
+  total free KV blocks), so in both forms above the penalties of the requests that cannot be
+  assigned are at least the LP optimum of the knapsack "keep the requests whose assignment
+  saves the most per token", solved exactly by sorting on the ratio;
+* largest item (one instance, no chunking): ``base + max_i min(min_{j fits} r_j + c_i,
+  max_j r_j + P_i)``.
+
+Decode has the same residual and averaging forms with ``a = us_per_request`` and
+``b = us_per_kv_token``: an assigned request adds ``(a + b*k_i) / J*`` on average.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from sbsopt.window import _kernels
+from sbsopt.window.problem import DecodeWindow, PrefillWindow
+
+__all__ = ["analytic_bound", "lp_bound", "lower_bound"]
+
+_LP_PAIR_S = 10e-6
+
+
+def _group_stats(values: np.ndarray, instance: np.ndarray, groups: int) -> tuple[float, float]:
+    """(sum over groups of max, sum over groups of mean)."""
+    if groups == 1:
+        return float(values.max()), float(values.mean())
+    maxima = np.full(groups, -np.inf)
+    np.maximum.at(maxima, instance, values)
+    means = np.bincount(instance, weights=values, minlength=groups) / np.bincount(
+        instance, minlength=groups
+    )
+    return float(maxima.sum()), float(means.sum())
+
+
+def _knapsack_gain(gain: np.ndarray, weight: np.ndarray, capacity: float) -> float:
+    """max sum(gain*a) s.t. sum(weight*a) <= capacity, 0 <= a <= 1 (fractional knapsack)."""
+    keep = gain > 0
+    gain, weight = gain[keep], weight[keep].astype(np.float64)
+    if weight.sum() <= capacity:  # the capacity does not bind (the usual window)
+        return float(gain.sum())
+    ratio = np.divide(gain, weight, out=np.full(gain.shape, np.inf), where=weight > 0)
+    order = np.argsort(-ratio, kind="stable")
+    gain, weight = gain[order], weight[order]
+    used = np.cumsum(weight)
+    full = used <= capacity
+    total = float(gain[full].sum())
+    k = int(full.sum())
+    if k < gain.size:
+        left = capacity - (used[k - 1] if k else 0.0)
+        total += float(gain[k] * max(left, 0.0) / weight[k])
+    return total
+
+
+def _penalty_floor(gain: np.ndarray, pen_total: float, tokens: np.ndarray, room: float,
+                   blocks: np.ndarray, free: float) -> float:
+    """Least total of penalty-minus-gain that the token and KV capacities allow."""
+    best = _knapsack_gain(gain, tokens, room)
+    if free < 2**61:
+        best = min(best, _knapsack_gain(gain, blocks, free))
+    return pen_total - best
+
+
+def _fits(tokens: np.ndarray, blocks: np.ndarray, room: np.ndarray, free: np.ndarray) -> np.ndarray:
+    """fits[i, j]: request i alone fits unit j."""
+    return (tokens[:, None] <= room[None, :]) & (blocks[:, None] <= free[None, :])
+
+
+def _chunk_overcount(problem: PrefillWindow) -> np.ndarray:
+    """Per request, how much ``a * c_i`` can overstate the cost of a chunk of ``a * n_i`` tokens.
+
+    ``a*c_i - cost(a*n_i) = beta*n_i**2*a*(1 - a)/2 - gamma*(1 - a) <= beta*k*(n_i - k)/2``
+    with ``k = a*n_i`` at most the largest unit room and ``k*(n_i - k)`` largest at ``n_i/2``.
+    """
+    n = problem.new_tokens.astype(np.float64)
+    k = np.minimum(np.floor(n / 2.0), float(problem.room_tokens.max()))
+    return problem.coefficients.beta_us_per_pair * k * (n - k) / 2.0
+
+
+def _prefill_analytic(problem: PrefillWindow) -> float:
+    """Reference (numpy) statement of ``_kernels.prefill_analytic_bound``."""
+    groups = problem.n_instances
+    units_max = int(np.bincount(problem.instance).max())
+    resid_max, resid_mean = _group_stats(problem.residual_us, problem.instance, groups)
+    base = groups * problem.base_us
+    if problem.n_requests == 0:
+        return base + resid_max
+    pen = problem.penalty_us
+    if problem.allow_chunking:
+        fits = fits_any = None  # every request may be (partly) placed
+    else:
+        fits = _fits(problem.new_tokens, problem.kv_blocks, problem.room_tokens,
+                     problem.free_kv_blocks)
+        fits_any = fits.any(axis=1)
+    work = problem.cost_us
+    can = np.ones(problem.n_requests, bool) if problem.allow_chunking else fits_any
+    room = float(problem.room_tokens.sum())
+    free = float(problem.free_kv_blocks.sum(dtype=np.float64))
+    args = (problem.new_tokens, room, problem.kv_blocks, free)
+    pen_total = float(pen.sum())
+    # residual form: assigning costs nothing beyond the residual max, deferring costs P_i
+    forced = _penalty_floor(np.where(can, pen, 0.0), pen_total, *args)
+    # averaging form: assigning costs c_i / J* on average
+    spread = _penalty_floor(np.where(can, pen - work / units_max, 0.0), pen_total, *args)
+    overcount = 0.0
+    if problem.allow_chunking:
+        top = np.sort(_chunk_overcount(problem))[::-1][: problem.n_units]
+        overcount = float(top.sum()) / units_max
+    bound = max(base + resid_max + forced, base + resid_mean + spread - overcount)
+    forced = 0.0 if problem.allow_chunking else float(pen[~fits_any].sum())
+    if groups == 1 and fits is not None and fits_any.any():
+        finish = np.where(fits, problem.residual_us[None, :] + problem.cost_us[:, None], np.inf)
+        largest = np.minimum(finish.min(axis=1), resid_max + pen)[fits_any]
+        bound = max(bound, base + float(largest.max()) + forced)
+    return bound
+
+
+def _decode_analytic(problem: DecodeWindow) -> float:
+    groups, inst = problem.n_instances, problem.instance
+    units_max = int(np.bincount(inst).max())
+    a, b = problem.us_per_request, problem.us_per_kv_token
+    batch_max, batch_mean = _group_stats(problem.batch_size.astype(np.float64), inst, groups)
+    kv_max, kv_mean = _group_stats(problem.kv_tokens.astype(np.float64), inst, groups)
+    base = groups * problem.base_us
+    if problem.n_requests == 0:
+        return base + a * batch_max + b * kv_max
+    slots = problem.batch_size < problem.max_batch_size
+    fits = (problem.kv_blocks[:, None] <= problem.free_kv_blocks[None, :]) & slots[None, :]
+    fits_any = fits.any(axis=1)
+    pen = problem.penalty_us
+    add = (a + b * problem.context_tokens.astype(np.float64)) / units_max
+    ones = np.ones(problem.n_requests, np.int64)
+    slots_total = float(np.maximum(problem.max_batch_size - problem.batch_size, 0).sum(dtype=np.float64))
+    free_total = float(problem.free_kv_blocks.sum(dtype=np.float64))
+    pen_total = float(pen.sum())
+    floors = []
+    for gain in (np.where(fits_any, pen, 0.0), np.where(fits_any, pen - add, 0.0)):
+        floors.append(pen_total - min(_knapsack_gain(gain, ones, slots_total),
+                                      _knapsack_gain(gain, problem.kv_blocks, free_total)))
+    return max(
+        base + a * batch_max + b * kv_max + floors[0],
+        base + a * batch_mean + b * kv_mean + floors[1],
+    )
+
+
+def _prefill_analytic_fast(problem: PrefillWindow) -> float:
+    return float(_kernels.prefill_analytic_bound(
+        problem.residual_us, problem.instance, problem.n_instances, problem.base_us,
+        problem.cost_us, problem.penalty_us, problem.new_tokens, problem.kv_blocks,
+        problem.room_tokens, problem.free_kv_blocks, problem.allow_chunking,
+        float(problem.coefficients.beta_us_per_pair)))
+
+
+def analytic_bound(problem: PrefillWindow | DecodeWindow) -> float:
+    """Best of the analytic bounds (module Notes), microseconds.
+
+    Examples
+    --------
+    >>> from types import SimpleNamespace as C
+    >>> c = C(base_us=0.0, alpha_us_per_token=1.0, beta_us_per_pair=0.0, gamma_us_per_request=0.0)
+    >>> w = PrefillWindow.from_arrays([30, 20, 20, 10], [0] * 4, [0.0] * 4,
+    ...                               capacity_tokens=[64, 64], coefficients=c)
+    >>> analytic_bound(w)  # total / units
+    40.0
+    """
+    if isinstance(problem, PrefillWindow):
+        return _prefill_analytic_fast(problem)
+    return _decode_analytic(problem)
+
+
+def lp_bound(problem: PrefillWindow | DecodeWindow, *, time_limit_s: float | None = None) -> float:
+    """LP relaxation of the window's integer program (OR-Tools GLOP), microseconds.
+
+    ``x_ij`` in [0, 1] for the pairs that fit, ``d_i`` in [0, 1] (0 when guarded), with the
+    token-room, KV and batch constraints and continuous step-time variables per instance.
+    With chunking allowed ``x_ij`` reads as the fraction of request ``i`` placed on ``j`` and
+    the value is lowered by the chunk overcount (module Notes), which keeps the relaxation a
+    bound of the chunked problem. Returns ``-inf`` if GLOP fails or, with ``time_limit_s``,
+    when the model would not be built and solved in time (about 10 us per request-unit pair
+    to build; GLOP gets the rest of the limit).
+    """
+    start = time.perf_counter()
+    if time_limit_s is not None and problem.n_requests * problem.n_units * _LP_PAIR_S > time_limit_s:
+        return -np.inf
+    from ortools.linear_solver import pywraplp
+
+    solver = pywraplp.Solver.CreateSolver("GLOP")
+    if solver is None:  # pragma: no cover - GLOP ships with OR-Tools
+        return -np.inf
+    n, units, groups = problem.n_requests, problem.n_units, problem.n_instances
+    inst = problem.instance
+    if isinstance(problem, PrefillWindow):
+        tokens, blocks = problem.new_tokens, problem.kv_blocks
+        room, free = problem.room_tokens, problem.free_kv_blocks
+        fits = _fits(tokens, blocks, room, free)
+        cost = problem.cost_us
+        overcount = 0.0
+        if problem.allow_chunking:
+            chunkable = (room > 0)[None, :] & ((free > 0)[None, :] | (blocks == 0)[:, None])
+            fits = fits | chunkable
+            overcount = groups * float(_chunk_overcount(problem).max(initial=0.0))
+        can_defer = ~problem.guarded | problem.allow_chunking
+    else:
+        overcount = 0.0
+        blocks, free = problem.kv_blocks, problem.free_kv_blocks
+        slots = problem.max_batch_size - problem.batch_size
+        fits = (blocks[:, None] <= free[None, :]) & (slots[None, :] > 0)
+        can_defer = np.ones(n, bool)
+    x = {(i, j): solver.NumVar(0.0, 1.0, "") for i, j in zip(*np.nonzero(fits), strict=True)}
+    d = [solver.NumVar(0.0, 1.0 if can_defer[i] else 0.0, "") for i in range(n)]
+    rows: dict[int, list] = {}
+    for (i, _j), var in x.items():
+        rows.setdefault(int(i), []).append(var)
+    for i in range(n):
+        solver.Add(sum(rows.get(i, [])) + d[i] == 1)
+    cols: dict[int, list] = {}
+    for (i, j), var in x.items():
+        cols.setdefault(int(j), []).append((int(i), var))
+    penalty = problem.penalty_us
+    if isinstance(problem, PrefillWindow):
+        step = [solver.NumVar(0.0, solver.infinity(), "") for _ in range(groups)]
+        for j in range(units):
+            col = cols.get(j, [])
+            solver.Add(step[inst[j]] >= problem.residual_us[j] + sum(cost[i] * v for i, v in col))
+            solver.Add(sum(float(tokens[i]) * v for i, v in col) <= float(room[j]))
+            if free[j] < 2**61:
+                solver.Add(sum(float(blocks[i]) * v for i, v in col) <= float(free[j]))
+        total = groups * problem.base_us + sum(step)
+    else:
+        bmax = [solver.NumVar(0.0, solver.infinity(), "") for _ in range(groups)]
+        kmax = [solver.NumVar(0.0, solver.infinity(), "") for _ in range(groups)]
+        for j in range(units):
+            col = cols.get(j, [])
+            solver.Add(bmax[inst[j]] >= float(problem.batch_size[j]) + sum(v for _, v in col))
+            solver.Add(kmax[inst[j]] >= float(problem.kv_tokens[j])
+                       + sum(float(problem.context_tokens[i]) * v for i, v in col))
+            solver.Add(sum(v for _, v in col) <= float(slots[j]))
+            solver.Add(sum(float(blocks[i]) * v for i, v in col) <= float(free[j]))
+        total = (groups * problem.base_us + problem.us_per_request * sum(bmax)
+                 + problem.us_per_kv_token * sum(kmax))
+    solver.Minimize(total + sum(float(penalty[i]) * d[i] for i in range(n)))
+    if time_limit_s is not None:
+        left_ms = int((time_limit_s - (time.perf_counter() - start)) * 1000)
+        if left_ms <= 0:
+            return -np.inf
+        solver.SetTimeLimit(left_ms)
+    if solver.Solve() != pywraplp.Solver.OPTIMAL:
+        return -np.inf
+    # GLOP's tolerance: shave a relative 1e-7 so that the bound stays a bound
+    value = solver.Objective().Value()
+    return float(value - 1e-7 * abs(value) - overcount)
+
+
+def lower_bound(problem: PrefillWindow | DecodeWindow, *, lp: bool = True) -> float:
+    """``max(analytic_bound, lp_bound)`` (the LP only when ``lp``), microseconds."""
+    bound = analytic_bound(problem)
+    return max(bound, lp_bound(problem)) if lp else bound

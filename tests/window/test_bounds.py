@@ -1,0 +1,62 @@
+"""Bounds never exceed the enumerated optimum; the LP and knapsack forms tighten them."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from sbsopt.window import DecodeWindow, PrefillWindow, analytic_bound, lp_bound
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_bounds_below_enumerated_optimum(cat, seed: int) -> None:
+    rng = np.random.default_rng(1000 + seed)
+    n, j = int(rng.integers(1, 6)), int(rng.integers(1, 4))
+    for problem in (cat.random_prefill(rng, n, j), cat.random_decode(rng, n, j),
+                    cat.random_prefill(rng, n, j, free_kv_blocks=rng.integers(0, 150, j))):
+        best, _ = cat.brute_force(problem)
+        if not np.isfinite(best):
+            continue
+        assert analytic_bound(problem) <= best * (1 + 1e-9)
+        assert lp_bound(problem) <= best * (1 + 1e-9)
+
+
+def test_total_over_units_is_tight_on_a_divisible_instance(cat) -> None:
+    from types import SimpleNamespace
+
+    c = SimpleNamespace(base_us=0.0, alpha_us_per_token=1.0, beta_us_per_pair=0.0,
+                        gamma_us_per_request=0.0)
+    w = PrefillWindow.from_arrays([10] * 8, [0] * 8, [0.0] * 8, capacity_tokens=[100] * 4,
+                                  coefficients=c)
+    assert analytic_bound(w) == 20.0
+
+
+def test_capacity_forces_deferral_into_the_bound(cat) -> None:
+    # 3 requests of 3000 tokens, room for two: one penalty is unavoidable
+    w = PrefillWindow.from_arrays([3000] * 3, [0] * 3, [0.0] * 3, capacity_tokens=[6000],
+                                  coefficients=cat.PREFILL, allow_chunking=False)
+    assert analytic_bound(w) >= w.base_us + w.penalty_us.min()
+
+
+def test_decode_bound_counts_batch_and_kv(cat) -> None:
+    d = DecodeWindow.from_arrays([640] * 4, [10] * 4, batch_size=[0, 0], max_batch_size=[8, 8],
+                                 kv_blocks_used=[0, 0], free_kv_blocks=[100, 100],
+                                 coefficients=cat.DECODE)
+    expected = d.base_us + 2 * d.us_per_request + 1280 * d.us_per_kv_token
+    assert analytic_bound(d) == pytest.approx(expected)
+    assert lp_bound(d) == pytest.approx(expected, rel=1e-6)
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_compiled_prefill_bound_matches_the_numpy_reference(cat, seed: int) -> None:
+    from sbsopt.window.bounds import _prefill_analytic, _prefill_analytic_fast
+
+    rng = np.random.default_rng(seed)
+    j = int(rng.integers(1, 6))
+    kw: dict = {"allow_chunking": bool(seed % 2)}
+    if seed % 3 == 0:
+        kw["free_kv_blocks"] = rng.integers(0, 100, j)
+    if seed % 5 == 0 and j > 1:
+        kw["instance"] = np.arange(j) % 2
+    problem = cat.random_prefill(rng, int(rng.integers(0, 30)), j, **kw)
+    assert _prefill_analytic_fast(problem) == pytest.approx(_prefill_analytic(problem), rel=1e-9)

@@ -1,0 +1,143 @@
+"""Greedy kernels against their plain-Python references, and greedy answers' quality."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from sbsopt.window import _kernels, solve, validate_assignment
+from sbsopt.window.greedy import greedy_decode, greedy_prefill
+
+
+def _prefill_args(problem, order):
+    return (order, problem.cost_us, problem.new_tokens, problem.kv_blocks, problem.penalty_us,
+            problem.guarded, problem.room_tokens.copy(), problem.free_kv_blocks.copy(),
+            problem.residual_us.copy(), problem.instance)
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_prefill_kernel_matches_reference(cat, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    j = int(rng.integers(1, 9))
+    problem = cat.random_prefill(rng, int(rng.integers(0, 40)), j,
+                                 free_kv_blocks=rng.integers(0, 200, j),
+                                 instance=np.arange(j) % 2 if j > 1 else None)
+    order = rng.permutation(problem.n_requests)
+    args = _prefill_args(problem, order)
+    inst_max = np.full(problem.n_instances, -np.inf)
+    np.maximum.at(inst_max, problem.instance, problem.residual_us)
+    fast = _kernels.prefill_greedy(*args, inst_max)
+    np.testing.assert_array_equal(fast, _kernels.prefill_greedy_py(*_prefill_args(problem, order)))
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_chunk_fill_matches_reference(cat, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    j = int(rng.integers(1, 6))
+    problem = cat.random_prefill(rng, int(rng.integers(1, 30)), j, allow_chunking=True,
+                                 free_kv_blocks=rng.integers(0, 100, j))
+    order = rng.permutation(problem.n_requests)
+    c = problem.coefficients
+    common = (problem.new_tokens, problem.cached_tokens, problem.kv_blocks, problem.penalty_us)
+    tail = (c.alpha_us_per_token, c.beta_us_per_pair, c.gamma_us_per_request, 1)
+    inst_max = np.full(1, problem.residual_us.max())
+    fast = _kernels.chunk_fill(order, *common, problem.room_tokens.copy(),
+                               problem.free_kv_blocks.copy(), problem.residual_us.copy(),
+                               problem.instance, inst_max, *tail)
+    slow = _kernels.chunk_fill_py(order, *common, problem.room_tokens, problem.free_kv_blocks,
+                                  problem.residual_us, problem.instance, *tail)
+    np.testing.assert_array_equal(fast[0], slow[0])
+    np.testing.assert_array_equal(fast[1], slow[1])
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_decode_kernels_match_references(cat, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    p = cat.random_decode(rng, int(rng.integers(0, 40)), int(rng.integers(1, 12)))
+    order = np.argsort(-p.context_tokens, kind="stable")
+    fast = _kernels.decode_iqr_lex(order, p.context_tokens, p.kv_blocks, p.batch_size.copy(),
+                                   p.max_batch_size, p.kv_tokens.copy(), p.free_kv_blocks.copy(),
+                                   p.iqr_k)
+    slow = _kernels.decode_iqr_lex_py(order, p.context_tokens, p.kv_blocks, p.batch_size,
+                                      p.max_batch_size, p.kv_tokens, p.free_kv_blocks, p.iqr_k)
+    np.testing.assert_array_equal(fast, slow)
+    fast = _kernels.decode_min_step(order, p.context_tokens, p.kv_blocks, p.batch_size.copy(),
+                                    p.max_batch_size, p.kv_tokens.copy(),
+                                    p.free_kv_blocks.copy(), p.instance, p.n_instances,
+                                    p.us_per_request, p.us_per_kv_token)
+    slow = _kernels.decode_min_step_py(order, p.context_tokens, p.kv_blocks, p.batch_size,
+                                       p.max_batch_size, p.kv_tokens, p.free_kv_blocks,
+                                       p.instance, p.us_per_request, p.us_per_kv_token)
+    np.testing.assert_array_equal(fast, slow)
+
+
+def test_iqr_fence_masks_an_outlier_unit(cat) -> None:
+    from sbsopt.window import DecodeWindow
+
+    # unit 4 has the smallest batch but an outlier KV load: IQR-lex must avoid it
+    d = DecodeWindow.from_arrays([1000], [16], batch_size=[3, 3, 3, 3, 0],
+                                 max_batch_size=[8] * 5, kv_blocks_used=[10, 11, 12, 13, 9000],
+                                 free_kv_blocks=[100] * 5, coefficients=cat.DECODE)
+    order = np.array([0])
+    args = (order, d.context_tokens, d.kv_blocks, d.batch_size.copy(), d.max_batch_size,
+            d.kv_tokens.copy(), d.free_kv_blocks.copy())
+    assert _kernels.decode_iqr_lex(*args, 1.5).tolist() == [0]
+    assert _kernels.decode_iqr_lex(*args[:3], d.batch_size.copy(), d.max_batch_size,
+                                   d.kv_tokens.copy(), d.free_kv_blocks.copy(), 1e9).tolist() == [4]
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_greedy_answers_are_valid_and_within_their_gap_of_cpsat(cat, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    for problem in (cat.random_prefill(rng, 10, 3), cat.random_decode(rng, 10, 3),
+                    cat.random_prefill(rng, 10, 3, allow_chunking=True)):
+        greedy = solve(problem, method="greedy")
+        exact = solve(problem, method="cpsat", time_limit_s=2.0)
+        validate_assignment(problem, greedy)
+        validate_assignment(problem, exact)
+        if greedy.success and exact.success:
+            assert exact.objective <= greedy.objective + 1e-6 * greedy.objective
+            # the greedy's reported gap covers its distance to the exact answer
+            assert greedy.objective - exact.objective <= greedy.gap * greedy.objective + 1e-6
+
+
+def test_local_search_never_hurts(cat, rng) -> None:
+    for _ in range(10):
+        problem = cat.random_prefill(rng, 40, 6)
+        plain = greedy_prefill(problem)
+        searched = greedy_prefill(problem, local_search=50)
+        assert searched[2] <= plain[2] + 1e-9
+        validate_assignment(problem, solve(problem, method="greedy",
+                                           options={"local_search": 50}))
+
+
+def test_greedy_does_not_mutate_the_problem(cat, rng) -> None:
+    problem = cat.random_decode(rng, 30, 5)
+    before = problem.kv_tokens.copy(), problem.batch_size.copy(), problem.free_kv_blocks.copy()
+    greedy_decode(problem)
+    for a, b in zip(before, (problem.kv_tokens, problem.batch_size, problem.free_kv_blocks),
+                    strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_best_of_kernel_matches_the_python_passes(cat, seed: int) -> None:
+    from sbsopt.window.greedy import _prefill_pass
+
+    rng = np.random.default_rng(seed)
+    j = int(rng.integers(1, 6))
+    problem = cat.random_prefill(rng, int(rng.integers(1, 40)), j, allow_chunking=bool(seed % 2),
+                                 free_kv_blocks=rng.integers(0, 300, j))
+    orders = [rng.permutation(problem.n_requests) for _ in range(3)]
+    passes = [_prefill_pass(problem, order, 5) for order in orders]
+    best = min(range(3), key=lambda k: passes[k][2])
+    c = problem.coefficients
+    row, assignment, chunk_tokens, value = _kernels.prefill_best_of(
+        np.stack(orders), problem.cost_us, problem.new_tokens, problem.cached_tokens,
+        problem.kv_blocks, problem.penalty_us, problem.guarded, problem.room_tokens,
+        problem.free_kv_blocks, problem.residual_us, problem.instance, problem.n_instances,
+        problem.base_us, problem.allow_chunking, c.alpha_us_per_token, c.beta_us_per_pair,
+        c.gamma_us_per_request, problem.min_chunk_tokens, 5)
+    assert value == pytest.approx(passes[best][2], rel=1e-12)
+    np.testing.assert_array_equal(assignment, passes[best][0])
+    assert {int(i): int(k) for i, k in enumerate(chunk_tokens) if k} == passes[best][1]

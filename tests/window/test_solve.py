@@ -1,0 +1,65 @@
+"""The entry point: registry, errors, hints, statuses."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from sbsopt.errors import InvalidInputError
+from sbsopt.window import BACKENDS, SolveStatus, available_methods, register, solve
+
+
+def test_registry_refuses_duplicates_and_lists_methods() -> None:
+    assert {"greedy", "cpsat", "auto"} <= set(available_methods())
+    with pytest.raises(InvalidInputError, match="cpsat"):
+        register(BACKENDS["cpsat"])
+
+
+def test_bad_arguments_name_the_field(cat, rng) -> None:
+    problem = cat.random_prefill(rng, 4, 2)
+    with pytest.raises(InvalidInputError, match="method = 'simplex'"):
+        solve(problem, method="simplex")
+    with pytest.raises(InvalidInputError, match="time_limit_s = 0"):
+        solve(problem, time_limit_s=0)
+    with pytest.raises(InvalidInputError, match="hint"):
+        solve(problem, method="cpsat", hint=[0, 1])
+    with pytest.raises(InvalidInputError, match="problem"):
+        solve({"requests": []})
+    with pytest.raises(InvalidInputError, match="seed"):
+        solve(problem, seed=-1)
+
+
+def test_hint_is_used_and_result_fields_are_present(cat, rng) -> None:
+    problem = cat.random_prefill(rng, 8, 3)
+    greedy = solve(problem, method="greedy")
+    hinted = solve(problem, method="cpsat", hint=greedy.assignment, time_limit_s=2.0)
+    assert hinted.objective <= greedy.objective + 1e-6
+    for result in (greedy, hinted):
+        assert result.assignment.dtype == np.int64
+        assert 0.0 <= result.gap <= 1.0 and result.bound <= result.objective + 1e-6
+        assert result.wall_time_s > 0 and result.method in ("greedy", "cpsat")
+
+
+def test_auto_stops_after_an_optimal_greedy(cat) -> None:
+    from types import SimpleNamespace
+
+    from sbsopt.window import PrefillWindow
+
+    c = SimpleNamespace(base_us=0.0, alpha_us_per_token=1.0, beta_us_per_pair=0.0,
+                        gamma_us_per_request=0.0)
+    w = PrefillWindow.from_arrays([10] * 8, [0] * 8, [0.0] * 8, capacity_tokens=[100] * 4,
+                                  coefficients=c)
+    result = solve(w, method="auto")
+    assert result.status is SolveStatus.OPTIMAL and result.stats["stage"] == "greedy"
+
+
+def test_chunking_places_the_head_of_an_oversized_request(cat) -> None:
+    from sbsopt.window import PrefillWindow, validate_assignment
+
+    w = PrefillWindow.from_arrays([20_000], [0], [0.0], capacity_tokens=[8192, 8192],
+                                  coefficients=cat.PREFILL)
+    for method in ("greedy", "cpsat", "auto"):
+        result = solve(w, method=method, time_limit_s=0.5)
+        validate_assignment(w, result)
+        assert list(result.chunks.values()) == [8192], method
+        assert result.deferred.size == 0

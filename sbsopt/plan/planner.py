@@ -1,0 +1,237 @@
+"""The planning API on the simulator: highest rate at an SLO, fewest instances at a rate."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from dataclasses import dataclass
+
+from sbsopt._validate import check_int, check_number
+from sbsopt.errors import InvalidInputError
+from sbsopt.plan.backends import Runner
+from sbsopt.plan.cost import DEFAULT_GPU_HOUR_PRICE, PlanCost, plan_cost
+from sbsopt.plan.runs import SLO, Policy, run_one
+from sbsopt.plan.search import (
+    MaxRateResult,
+    MinInstancesResult,
+    search_max_rate,
+    search_min_instances,
+)
+
+__all__ = ["CapacityPlan", "InstancePlan", "max_rate", "min_instances"]
+
+
+@dataclass(frozen=True)
+class CapacityPlan:
+    """Answer of :func:`max_rate`: the search result plus the cost of the confirmed plan."""
+
+    search: MaxRateResult
+    cost: PlanCost | None
+    gpus: int
+    slo: SLO
+    policy: Policy
+
+    def as_dict(self) -> dict:
+        """JSON-able answer (``max_rate_req_s``, ``tolerance_req_s``, ``confirm``, ``gpus`` ...)."""
+        s = self.search
+        return {"feasible": s.feasible, "bounded": s.bounded, "max_rate_req_s": s.rate_req_s,
+                "fail_rate_req_s": s.fail_rate_req_s, "tolerance_req_s": s.tolerance_req_s,
+                "confirm": s.confirm, "fail": s.fail, "evaluations": s.evaluations, "message": s.message,
+                "gpus": self.gpus, **({} if self.cost is None else _cost_fields(self.cost)),
+                "slo": dataclasses.asdict(self.slo), "policy": self.policy.as_params()}
+
+
+@dataclass(frozen=True)
+class InstancePlan:
+    """Answer of :func:`min_instances`."""
+
+    search: MinInstancesResult
+    cost: PlanCost | None
+    rate_req_s: float
+    slo: SLO
+    policy: Policy
+
+    def as_dict(self) -> dict:
+        """JSON-able answer (``prefill_instances``, ``decode_instances``, ``gpus``, ``cost_per_million_tokens``)."""
+        s = self.search
+        p, d = s.prefill_instances, s.decode_instances
+        return {"feasible": s.feasible, "rate_req_s": self.rate_req_s, "prefill_instances": p,
+                "decode_instances": d, "pd_ratio": None if p is None else p / d,
+                "gpus": None if self.cost is None else self.cost.gpus,
+                "cost_per_million_tokens": None if self.cost is None else self.cost.cost_per_million_tokens,
+                **({} if self.cost is None else _cost_fields(self.cost)),
+                "metrics": s.metrics, "frontier": [list(x) for x in s.frontier],
+                "evaluations": s.evaluations, "message": s.message,
+                "slo": dataclasses.asdict(self.slo), "policy": self.policy.as_params()}
+
+
+@contextlib.contextmanager
+def _runner(runner: Runner | None, backend, workers, address, progress):
+    if runner is not None:
+        yield runner
+        return
+    with Runner(backend=backend, workers=workers, address=address, progress=progress) as own:
+        yield own
+
+
+def _cost_fields(cost: PlanCost) -> dict:
+    return {k: v for k, v in cost.as_dict().items() if k != "gpus"}
+
+
+def _cost_of(metrics: dict | None, price: float) -> PlanCost | None:
+    if metrics is None or not metrics.get("span_s", 0) > 0:
+        return None
+    tokens = metrics["tokens_per_s"] * metrics["span_s"]
+    return plan_cost(gpus=metrics["gpus"], tokens=tokens, duration_s=metrics["span_s"], gpu_hour_price=price)
+
+
+def _base(workload, cluster, policy: Policy, slo: SLO, seed: int, duration_s: float) -> dict:
+    from sbsopt.sim import ClusterConfig
+    from sbsopt.workload import load_trace
+
+    if isinstance(workload, str):
+        workload = load_trace(workload)
+    cluster = cluster or ClusterConfig()
+    return {"workload": workload, **dataclasses.asdict(cluster), **policy.as_params(), "seed": seed,
+            "limit": None, "duration_s": check_number("duration_s", duration_s, strict_min=True),
+            "ttft_slo_ms": slo.ttft_ms, "tpot_slo_ms": slo.tpot_ms}
+
+
+def _policy(policy) -> Policy:
+    if policy is None:
+        return Policy()
+    if isinstance(policy, str):
+        return Policy(router=policy)
+    if isinstance(policy, dict):
+        return Policy(**policy)
+    return policy
+
+
+def max_rate(
+    trace,
+    cluster=None,
+    policy: Policy | str | dict | None = None,
+    slo: SLO | None = None,
+    *,
+    tolerance_req_s: float | None = None,
+    rate_min: float | None = None,
+    rate_max: float | None = None,
+    duration_s: float = 10.0,
+    seed: int = 0,
+    gpu_hour_price: float = DEFAULT_GPU_HOUR_PRICE,
+    backend: str = "local",
+    workers: int | None = None,
+    address: str | None = None,
+    progress: bool = False,
+    runner: Runner | None = None,
+) -> CapacityPlan:
+    """Highest request rate at which the SLO holds (arrival times of ``trace`` rescaled).
+
+    Parameters
+    ----------
+    trace : Workload or str
+        Requests (a :class:`~sbsopt.workload.Workload` or a ``load_trace`` name).
+        Each search step simulates a ``duration_s`` window of it at the rate tried: its first
+        ``rate * duration_s`` requests, arrival times rescaled (a steady load, not one burst).
+    cluster : ClusterConfig, optional
+    policy : Policy, str (router) or dict
+    slo : SLO, optional
+        Default ``SLO()``: TTFT 1 s, TPOT 100 ms, 90 % attainment.
+    tolerance_req_s : float, optional
+        Width of the final bracket; default 2 % of the rate at which the offered prefill
+        load equals capacity.
+    rate_min, rate_max : float, optional
+        Search range; default 1/50 and 8x of that capacity rate.
+    backend, workers, address, progress
+        Execution (see :func:`sbsopt.plan.run_tasks`); each round simulates ``workers``
+        rates in parallel.
+    runner : Runner, optional
+        An open :class:`~sbsopt.plan.Runner` to reuse (then the four options above are ignored).
+
+    duration_s : float
+        Simulated arrival window per step (default 10 s; the trace must hold
+        ``rate_max * duration_s`` requests, otherwise the window shrinks).
+
+    Returns
+    -------
+    CapacityPlan
+        ``search.rate_req_s`` passed in simulation and ``search.fail_rate_req_s`` (within the
+        tolerance above it) failed; ``search.feasible`` is ``False`` when ``rate_min`` fails.
+
+    Notes
+    -----
+    The search reuses work by memoising every simulated rate and sharing one workload and one
+    cost model per worker; a simulation itself cannot be resumed at another rate, because a new
+    rate rescales every arrival time.
+    """
+    from sbsopt.sim import prefill_capacity_tok_s
+
+    policy, slo = _policy(policy), slo or SLO()
+    base = _base(trace, cluster, policy, slo, seed, duration_s)
+    workload = base["workload"]
+    if len(workload) < 2:
+        raise InvalidInputError("trace", len(workload), "at least two requests")
+    from sbsopt.sim import ClusterConfig
+
+    cluster = cluster or ClusterConfig()
+    capacity_rate = prefill_capacity_tok_s(workload, cluster) / float(workload.input_tokens.mean())
+    tol = check_number("tolerance_req_s", tolerance_req_s if tolerance_req_s is not None
+                       else 0.02 * capacity_rate, strict_min=True)
+    lo = check_number("rate_min", rate_min if rate_min is not None else capacity_rate / 50, strict_min=True)
+    hi = check_number("rate_max", rate_max if rate_max is not None else capacity_rate * 8, minimum=lo)
+    with _runner(runner, backend, workers, address, progress) as runner:
+
+        def evaluate(rates: list[float]) -> list[tuple[bool, dict]]:
+            rows = runner.map(run_one, [{**base, "rate": r} for r in rates], description="max_rate")
+            return [(slo.meets(row), row) for row in rows]
+
+        result = search_max_rate(evaluate, rate_min=lo, rate_max=hi, tolerance_req_s=tol,
+                                 initial=min(max(capacity_rate, lo), hi), parallel=runner.parallel)
+    gpus = base["prefill_instances"] * base["prefill_ep"] + base["decode_instances"] * base["decode_ep"]
+    return CapacityPlan(result, _cost_of(result.confirm, gpu_hour_price), gpus, slo, policy)
+
+
+def min_instances(
+    trace,
+    rate: float,
+    slo: SLO | None = None,
+    policy: Policy | str | dict | None = None,
+    *,
+    cluster=None,
+    max_prefill: int = 8,
+    max_decode: int = 4,
+    duration_s: float = 10.0,
+    seed: int = 0,
+    gpu_hour_price: float = DEFAULT_GPU_HOUR_PRICE,
+    backend: str = "local",
+    workers: int | None = None,
+    address: str | None = None,
+    progress: bool = False,
+    runner: Runner | None = None,
+) -> InstancePlan:
+    """Fewest prefill and decode instances (and the P:D ratio) that meet the SLO at ``rate``.
+
+    Walks the monotone frontier of the ``max_prefill x max_decode`` grid (see
+    :func:`sbsopt.plan.search_min_instances`): about ``max_prefill + max_decode`` simulations,
+    ``workers`` decode counts at a time.
+    The other cluster fields come from ``cluster`` (default ``ClusterConfig()``); the answer
+    minimises GPUs. An infeasible grid gives ``search.feasible = False``, not an error.
+    Each point simulates a ``duration_s`` window of ``trace`` at ``rate`` (see :func:`max_rate`).
+    """
+    rate = check_number("rate", rate, strict_min=True)
+    check_int("max_prefill", max_prefill, minimum=1)
+    check_int("max_decode", max_decode, minimum=1)
+    policy, slo = _policy(policy), slo or SLO()
+    base = {**_base(trace, cluster, policy, slo, seed, duration_s), "rate": rate}
+    pep, dep = base["prefill_ep"], base["decode_ep"]
+
+    with _runner(runner, backend, workers, address, progress) as runner:
+
+        def evaluate(points: list[tuple[int, int]]) -> list[tuple[bool, dict]]:
+            tasks = [{**base, "prefill_instances": p, "decode_instances": d} for p, d in points]
+            rows = runner.map(run_one, tasks, description="min_instances")
+            return [(slo.meets(row), row) for row in rows]
+
+        result = search_min_instances(evaluate, max_prefill=max_prefill, max_decode=max_decode,
+                                      gpus=lambda p, d: p * pep + d * dep, parallel=runner.parallel)
+    return InstancePlan(result, _cost_of(result.metrics, gpu_hour_price), rate, slo, policy)

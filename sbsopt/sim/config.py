@@ -1,0 +1,144 @@
+"""Cluster and scheduler parameters of one simulation (frozen, validated).
+
+Defaults mirror DeepSeek's public P/D deployment of V3 on H800: a prefill instance is EP32/DP32
+over 4 nodes, a decode instance EP144/DP144 over 18 nodes (8 GPUs per node). Every choice the
+SBS paper leaves open (interval constants, report period, IQR factor, chunk size, KV policy) is
+a field here, with the value we chose.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sbsopt._validate import check_int, check_number
+from sbsopt.errors import InvalidInputError
+
+__all__ = ["ClusterConfig", "SchedulerConfig", "IMMEDIATE_ROUTERS", "ROUTERS", "INTERVALS"]
+
+IMMEDIATE_ROUTERS = ("round_robin", "least_requests", "least_tokens", "vllm_score", "shortest_queue")
+ROUTERS = ("sbs", *IMMEDIATE_ROUTERS)
+INTERVALS = ("engine_paced", "adaptive", "fixed")
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    """The P/D-disaggregated cluster.
+
+    Parameters
+    ----------
+    prefill_instances, decode_instances : int
+        Number of DP+EP instances of each kind.
+    prefill_ep, decode_ep : int
+        DP units (= EP size, DP attention) per instance.
+    gpus_per_node : int
+        For per-node throughput.
+    chunk_tokens : int
+        Per-unit chunk capacity of one prefill forward (new tokens); longer prompts are
+        chunk-prefilled over several forwards on the same unit.
+    max_decode_batch : int
+        Running decode requests per decode unit.
+    kv_block_tokens : int
+        Tokens per KV block on decode units.
+    kv_capacity_tokens : int or None
+        KV tokens per decode unit; ``None`` = the cost model's ``kv_capacity_tokens_per_rank``.
+    prefix_cache_blocks : int
+        LRU prefix-cache capacity (512-token blocks) per prefill instance; used only for
+        traces with block hashes (Mooncake). 0 disables it.
+    idle_stepping : bool
+        ``True``: an idle prefill instance keeps running dummy forwards (each as long as an
+        empty lock-step forward), so work arriving at an idle instance waits for the current
+        dummy forward to end (the gated-queue model of the SBS queueing argument). ``False``:
+        an idle instance starts a forward the moment work reaches it.
+    stagger_start : bool
+        Offset the dummy-forward phase of prefill instance k by k/N of a dummy forward.
+    max_prompt_tokens : int
+        Longer prompts are rejected (reason ``prompt_too_long``).
+    model, hardware : str
+        Cost-model card names.
+    """
+
+    prefill_instances: int = 4
+    decode_instances: int = 1
+    prefill_ep: int = 32
+    decode_ep: int = 144
+    gpus_per_node: int = 8
+    chunk_tokens: int = 8192
+    max_decode_batch: int = 128
+    kv_block_tokens: int = 64
+    kv_capacity_tokens: int | None = None
+    prefix_cache_blocks: int = 200_000
+    idle_stepping: bool = False
+    stagger_start: bool = True
+    max_prompt_tokens: int = 131_072
+    model: str = "deepseek-v3"
+    hardware: str = "h800"
+
+    def __post_init__(self) -> None:
+        for name in ("prefill_instances", "decode_instances", "prefill_ep", "decode_ep",
+                     "gpus_per_node", "chunk_tokens", "max_decode_batch", "kv_block_tokens",
+                     "max_prompt_tokens"):
+            check_int(name, getattr(self, name), minimum=1)
+        check_int("prefix_cache_blocks", self.prefix_cache_blocks)
+        if self.kv_capacity_tokens is not None:
+            check_int("kv_capacity_tokens", self.kv_capacity_tokens, minimum=1)
+
+    @property
+    def prefill_gpus(self) -> int:
+        return self.prefill_instances * self.prefill_ep
+
+    @property
+    def decode_gpus(self) -> int:
+        return self.decode_instances * self.decode_ep
+
+
+@dataclass(frozen=True)
+class SchedulerConfig:
+    """Cluster-scheduler parameters (SBS and the immediate routers).
+
+    Parameters
+    ----------
+    report_period_s : float
+        Engines report their state (queued tokens, requests, KV blocks) to the router every
+        this many seconds; between reports the router uses the last report plus its own virtual
+        updates (multi-tier state). 0 = the router reads the true state at every decision.
+    fixed_interval_s : float
+        Window length of ``interval="fixed"``.
+    adaptive_min_s, adaptive_max_s : float
+        Bounds of the throughput-adaptive interval.
+    adaptive_ewma : float
+        Weight of the newest sample in the EWMA of arriving tokens/s.
+    adaptive_target_fill : float
+        Fraction of one instance forward's capacity (ep x chunk) a window aims to collect;
+        the window is released early once the buffer holds that many tokens.
+    ttft_guard_s : float
+        A buffered prefill request older than this is released on the next window even if the
+        allocation would defer it (to the least-loaded unit).
+    decode_interval_s : float
+        SBS decode windows: arrivals at the decode router are buffered and assigned together
+        (IQR-lex) every this many seconds.
+    iqr_k : float
+        IQR outlier factor of the decode assignment.
+    dispatch_latency_s : float
+        Router-to-engine hop added to every dispatch (all routers).
+    """
+
+    report_period_s: float = 0.05
+    fixed_interval_s: float = 0.02
+    adaptive_min_s: float = 0.002
+    adaptive_max_s: float = 0.1
+    adaptive_ewma: float = 0.2
+    adaptive_target_fill: float = 0.8
+    ttft_guard_s: float = 1.0
+    decode_interval_s: float = 0.005
+    iqr_k: float = 1.5
+    dispatch_latency_s: float = 0.0
+
+    def __post_init__(self) -> None:
+        for name in ("report_period_s", "ttft_guard_s", "dispatch_latency_s", "iqr_k"):
+            check_number(name, getattr(self, name))
+        for name in ("fixed_interval_s", "adaptive_min_s", "adaptive_max_s", "decode_interval_s"):
+            check_number(name, getattr(self, name), strict_min=True)
+        check_number("adaptive_ewma", self.adaptive_ewma, strict_min=True, maximum=1.0)
+        check_number("adaptive_target_fill", self.adaptive_target_fill, strict_min=True, maximum=1.0)
+        if self.adaptive_min_s > self.adaptive_max_s:
+            raise InvalidInputError("adaptive_min_s", self.adaptive_min_s, f"<= adaptive_max_s ({self.adaptive_max_s})")

@@ -1,0 +1,155 @@
+"""Cluster-level routers: immediate dispatch policies and the SBS window allocations.
+
+All routers see the same two-tier state (:class:`RouterView`): the last periodic engine report
+(authoritative, stale by up to ``report_period_s``) plus the router's own virtual updates after
+each assignment, overwritten when the next report arrives. Units are flattened
+``u = instance * ep + unit``.
+
+Immediate policies pick one unit per request on arrival (ties to the lowest index):
+
+- ``round_robin``: units in the order instance-major-interleaved (consecutive requests go to
+  different instances);
+- ``least_requests``: fewest waiting + running requests;
+- ``least_tokens``: fewest queued tokens (prefill) / KV blocks (decode);
+- ``vllm_score``: smallest ``4 * waiting + running``;
+- ``shortest_queue``: the instance with the fewest queued requests, then its least-tokens unit.
+
+SBS allocates a whole window through :func:`sbsopt.window.solve`: PBAA for prefill, IQR-lex
+for decode.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from sbsopt.errors import InvalidInputError
+from sbsopt.sim.config import IMMEDIATE_ROUTERS
+
+__all__ = ["RouterView", "pick_unit", "allocate_prefill", "allocate_decode"]
+
+
+class RouterView:
+    """The router's picture of one pool of units (prefill or decode): tokens, waiting, running."""
+
+    def __init__(self, instances: int, ep: int) -> None:
+        self.instances = instances
+        self.ep = ep
+        size = instances * ep
+        self.tokens = np.zeros(size)
+        self.waiting = np.zeros(size)
+        self.running = np.zeros(size)
+        self.rr = 0
+
+    def report(self, tokens: np.ndarray, waiting: np.ndarray, running: np.ndarray) -> None:
+        """Overwrite the view with an engine report (the authoritative tier)."""
+        self.tokens[:] = tokens
+        self.waiting[:] = waiting
+        self.running[:] = running
+
+    def add(self, unit: int, tokens: float) -> None:
+        """Virtual update after an assignment."""
+        self.tokens[unit] += tokens
+        self.waiting[unit] += 1.0
+
+
+def pick_unit(view: RouterView, policy: str, tokens: float) -> int:
+    """Choose a unit for one request under an immediate policy and update the view virtually.
+
+    Examples
+    --------
+    >>> v = RouterView(2, 2)
+    >>> [pick_unit(v, "round_robin", 10) for _ in range(4)]
+    [0, 2, 1, 3]
+    >>> pick_unit(v, "least_tokens", 5)
+    0
+    """
+    if policy == "round_robin":
+        i = view.rr % (view.instances * view.ep)
+        view.rr += 1
+        unit = (i % view.instances) * view.ep + i // view.instances
+    elif policy == "least_requests":
+        unit = int(np.argmin(view.waiting + view.running))
+    elif policy == "least_tokens":
+        unit = int(np.argmin(view.tokens))
+    elif policy == "vllm_score":
+        unit = int(np.argmin(4.0 * view.waiting + view.running))
+    elif policy == "shortest_queue":
+        per_instance = (view.waiting + view.running).reshape(view.instances, view.ep).sum(axis=1)
+        k = int(np.argmin(per_instance))
+        unit = k * view.ep + int(np.argmin(view.tokens[k * view.ep:(k + 1) * view.ep]))
+    else:
+        raise InvalidInputError("router", policy, f"one of sbs, {', '.join(IMMEDIATE_ROUTERS)}")
+    view.add(unit, tokens)
+    return unit
+
+
+def allocate_prefill(
+    new_tokens: np.ndarray,
+    cached_tokens: np.ndarray,
+    arrival_s: np.ndarray,
+    *,
+    capacity_tokens: np.ndarray,
+    load_tokens: np.ndarray,
+    now_s: float,
+    guard_s: float,
+    coefficients,
+    solver: str,
+    seed: int,
+) -> np.ndarray:
+    """PBAA window allocation: unit index per request, -1 if deferred.
+
+    A request that the solver splits (``chunks``) is assigned whole to that unit: its KV must
+    stay on one DP rank, and the engine chunk-prefills the rest over the next forwards.
+    Requests past their TTFT guard that are still deferred go to the least-loaded unit.
+    """
+    from sbsopt.window import PrefillWindow, solve
+
+    load = np.minimum(load_tokens, capacity_tokens)
+    window = PrefillWindow.from_arrays(
+        new_tokens.astype(np.int64), cached_tokens.astype(np.int64), arrival_s,
+        capacity_tokens=capacity_tokens.astype(np.int64), load_tokens=load.astype(np.int64),
+        deadline_s=arrival_s + guard_s, now_s=now_s, coefficients=coefficients,
+        allow_chunking=True,
+    )
+    result = solve(window, method=solver, seed=seed)
+    assignment = np.array(result.assignment, dtype=np.int64, copy=True)
+    late = (assignment < 0) & (arrival_s + guard_s <= now_s)
+    if late.any():
+        level = load_tokens.astype(np.float64).copy()
+        for i in np.flatnonzero(assignment >= 0):
+            level[assignment[i]] += new_tokens[i]
+        for i in np.flatnonzero(late):
+            j = int(np.argmin(level))
+            assignment[i] = j
+            level[j] += new_tokens[i]
+    return assignment
+
+
+def allocate_decode(
+    context_tokens: np.ndarray,
+    kv_blocks: np.ndarray,
+    *,
+    batch_size: np.ndarray,
+    max_batch_size: int,
+    kv_blocks_used: np.ndarray,
+    kv_capacity_blocks: int,
+    kv_block_tokens: int,
+    coefficients,
+    iqr_k: float,
+    solver: str,
+    seed: int,
+) -> np.ndarray:
+    """IQR-lex decode window allocation: unit index per request, -1 if deferred."""
+    from sbsopt.window import DecodeWindow, solve
+
+    units = len(batch_size)
+    used = np.minimum(kv_blocks_used, kv_capacity_blocks).astype(np.int64)
+    batch = np.minimum(batch_size, max_batch_size).astype(np.int64)
+    window = DecodeWindow.from_arrays(
+        context_tokens.astype(np.int64), kv_blocks.astype(np.int64),
+        batch_size=batch, max_batch_size=np.full(units, max_batch_size, dtype=np.int64),
+        kv_blocks_used=used, free_kv_blocks=kv_capacity_blocks - used,
+        coefficients=coefficients, iqr_k=iqr_k, kv_block_tokens=kv_block_tokens,
+    )
+    result = solve(window, method=solver, seed=seed)
+    return np.asarray(result.assignment, dtype=np.int64)

@@ -1,0 +1,572 @@
+"""The discrete-event simulator of a P/D-disaggregated DP+EP cluster.
+
+Events sit on a heap as ``(time_s, priority, counter, kind, a, b)`` with a per-simulation
+counter, so ties break the same way every run. Arrivals are merged from the sorted workload
+instead of being pushed one by one. There is no per-token loop: prefill advances per forward,
+decode per epoch (see :mod:`sbsopt.sim.engine`).
+
+Request life: arrival -> (SBS: scheduler buffer, released per window) -> engine FIFO of a
+prefill DP unit -> chunked forwards -> first token (TTFT) -> KV transfer P->D -> decode router
+-> decode unit FIFO -> admitted when the unit has a batch slot and KV blocks for the request's
+full length (``reserve`` KV policy: the engine knows ``max_tokens``, so no preemption or
+recompute ever happens; a request whose full length exceeds a unit's KV is rejected with the
+reason ``kv_exceeds_unit_capacity``) -> one token per lock-step decode step -> completed.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+import time
+
+import numpy as np
+
+from sbsopt._seed import as_int_seed
+from sbsopt.errors import InvalidInputError, SimulationError
+from sbsopt.sim.config import INTERVALS, ROUTERS, ClusterConfig, SchedulerConfig
+from sbsopt.sim.engine import DecodeInstance, PrefillInstance, PrefillTask, get_batching
+from sbsopt.sim.metrics import RejectReason, SimResult, Status
+from sbsopt.sim.router import RouterView, allocate_decode, allocate_prefill, pick_unit
+from sbsopt.workload.prefix_cache import PrefixCache
+
+__all__ = ["run_simulation"]
+
+# event kinds (also their priority at equal times)
+_STEP_END, _EPOCH_END, _KV_ARRIVE, _REPORT, _ARRIVAL, _WINDOW, _DECODE_WINDOW, _START = range(8)
+
+
+def run_simulation(
+    workload,
+    *,
+    cluster: ClusterConfig,
+    scheduler: SchedulerConfig,
+    router: str,
+    interval: str,
+    solver: str,
+    batching,
+    seed,
+    horizon_s: float | None,
+    prefill_model,
+    decode_model,
+    record_timeline: bool,
+) -> SimResult:
+    """Run one simulation (see :func:`sbsopt.sim.simulate` for the parameters)."""
+    if router not in ROUTERS:
+        raise InvalidInputError("router", router, f"one of {', '.join(ROUTERS)}")
+    fixed_s = None
+    if interval.startswith("fixed:"):
+        try:
+            fixed_s = float(interval.split(":", 1)[1]) / 1000.0
+        except ValueError:
+            raise InvalidInputError("interval", interval, "fixed:MS with MS a number of milliseconds") from None
+        if not fixed_s > 0:
+            raise InvalidInputError("interval", interval, "fixed:MS with MS > 0")
+        interval = "fixed"
+    if interval not in INTERVALS:
+        raise InvalidInputError("interval", interval, f"one of {', '.join(INTERVALS)} or fixed:MS")
+    sim = _Simulation(workload, cluster, scheduler, router, interval, solver, get_batching(batching),
+                      as_int_seed(seed), horizon_s, prefill_model, decode_model, record_timeline,
+                      fixed_s if fixed_s is not None else scheduler.fixed_interval_s)
+    return sim.run()
+
+
+class _Simulation:
+    def __init__(self, wl, cluster, sched, router, interval, solver, policy, seed, horizon_s,
+                 pcm, dcm, record_timeline, fixed_s):
+        self.wl = wl
+        self.cluster = cluster
+        self.sched = sched
+        self.router = router
+        self.interval = interval
+        self.solver = solver
+        self.seed = seed
+        self.horizon_s = math.inf if horizon_s is None else float(horizon_s)
+        self.pcm = pcm
+        self.dcm = dcm
+        self.fixed_s = fixed_s
+        self.sbs = router == "sbs"
+        n = len(wl)
+        self.n = n
+        self.arrival = wl.arrival_s
+        self.inp = wl.input_tokens
+        self.out = wl.output_tokens
+        self.hashes = wl.block_hashes if cluster.prefix_cache_blocks > 0 else None
+        P, D = cluster.prefill_instances, cluster.decode_instances
+        pep, dep = cluster.prefill_ep, cluster.decode_ep
+        self.pep, self.dep = pep, dep
+        self.prefill = [PrefillInstance(k, pep, cluster.chunk_tokens, policy) for k in range(P)]
+        kv_tokens = cluster.kv_capacity_tokens or int(dcm.kv_capacity_tokens_per_rank)
+        self.kv_block_tokens = cluster.kv_block_tokens
+        self.kv_blocks = kv_tokens // cluster.kv_block_tokens
+        self.decode = [DecodeInstance(k, dep, cluster.max_decode_batch, self.kv_blocks, policy)
+                       for k in range(D)]
+        self.caches = [PrefixCache(capacity_blocks=cluster.prefix_cache_blocks, block_tokens=wl.block_tokens)
+                       for _ in range(P)]
+        self.pview = RouterView(P, pep)
+        self.dview = RouterView(D, dep)
+        # per-request record
+        nan = np.full(n, np.nan)
+        self.status = np.full(n, Status.PENDING, dtype=np.int8)
+        self.reason = np.zeros(n, dtype=np.int8)
+        self.cached = np.zeros(n, dtype=np.int64)
+        self.dispatch_s = nan.copy()
+        self.first_start_s = nan.copy()
+        self.ttft_end_s = nan.copy()
+        self.decode_arrive_s = nan.copy()
+        self.decode_start_s = nan.copy()
+        self.done_s = nan.copy()
+        self.tbt_max_s = np.zeros(n)
+        self.prefill_unit = np.full(n, -1, dtype=np.int64)
+        self.decode_unit = np.full(n, -1, dtype=np.int64)
+        self.blocks_need = -(-(self.inp + self.out) // cluster.kv_block_tokens)
+        self.finished = 0
+        self.in_transfer = 0
+        self.next_arrival = 0
+        # prefill forward statistics
+        self.forwards = 0
+        self.forward_s = 0.0
+        self.bubble_rank_s = 0.0
+        self.step_rank_s = 0.0
+        self.chunk_tokens_done = 0.0
+        self.timeline: list | None = [] if record_timeline else None
+        pc = pcm.prefill_coefficients()
+        self.pcoef = pc
+        self.dcoef = dcm.decode_coefficients()
+        zeros = np.zeros(pep)
+        self.dummy_s = float(pcm.prefill_step_us(zeros, zeros, zeros)) * 1e-6
+        if cluster.stagger_start:
+            for k, inst in enumerate(self.prefill):
+                inst.phase_s = k * self.dummy_s / P
+        # SBS state
+        self.buffer: list[int] = []
+        self.buffer_tokens = 0.0
+        self.window_armed = False
+        self.window_at = 0.0
+        self.window_version = 0
+        self.last_window_s = 0.0
+        self.tokens_since_window = 0.0
+        self.ewma_tok_s: float | None = None
+        self.dbuffer: list[int] = []
+        self.dwindow_armed = False
+        self.heap: list = []
+        self.counter = 0
+        self.now = 0.0
+
+    # ------------------------------------------------------------------ event loop
+    def push(self, t: float, kind: int, a: int = 0, b: int = 0) -> None:
+        self.counter += 1
+        heapq.heappush(self.heap, (t, kind, self.counter, kind, a, b))
+
+    def run(self) -> SimResult:
+        wall0 = time.perf_counter()
+        heap = self.heap
+        arrival = self.arrival
+        n = self.n
+        i = 0
+        if self.sched.report_period_s > 0 and n:
+            self.push(self.sched.report_period_s, _REPORT)
+        while True:
+            next_arrival = arrival[i] if i < n else math.inf
+            if heap and (heap[0][0] < next_arrival or (heap[0][0] == next_arrival and heap[0][1] < _ARRIVAL)):
+                t, _, _, kind, a, b = heapq.heappop(heap)
+                if t > self.horizon_s:
+                    break
+                self.now = t
+                self.handle(kind, a, b)
+            elif i < n:
+                if next_arrival > self.horizon_s:
+                    break
+                self.now = float(next_arrival)
+                i += 1
+                self.next_arrival = i
+                self.on_arrival(i - 1)
+            else:
+                break
+        wall = time.perf_counter() - wall0
+        return self.result(wall, arrived=i)
+
+    def handle(self, kind: int, a: int, b: int) -> None:
+        if kind == _STEP_END:
+            self.on_step_end(a)
+        elif kind == _EPOCH_END:
+            inst = self.decode[a]
+            if b == inst.version:
+                self.on_epoch_end(inst)
+        elif kind == _KV_ARRIVE:
+            self.on_decode_arrival(a)
+        elif kind == _REPORT:
+            self.on_report()
+        elif kind == _WINDOW:
+            if a == self.window_version:
+                self.window_armed = False
+                self.release_window()
+        elif kind == _DECODE_WINDOW:
+            self.dwindow_armed = False
+            self.release_decode_window()
+        elif kind == _START:
+            inst = self.prefill[a]
+            inst.start_pending = False
+            self.try_start(inst)
+
+    # ------------------------------------------------------------------ engine reports
+    def on_report(self) -> None:
+        self.apply_report()
+        # Reports stop once nothing else can happen, so a stuck request cannot spin the loop.
+        if self.finished < self.n and (self.heap or self.next_arrival < self.n):
+            self.push(self.now + self.sched.report_period_s, _REPORT)
+
+    def apply_report(self) -> None:
+        self.pview.report(
+            np.concatenate([p.queued_tokens for p in self.prefill]),
+            np.concatenate([p.queued_requests - p.running for p in self.prefill]),
+            np.concatenate([p.running for p in self.prefill]),
+        )
+        self.dview.report(
+            np.concatenate([d.blocks_used + d.waiting_blocks for d in self.decode]).astype(np.float64),
+            np.concatenate([d.waiting_count for d in self.decode]),
+            np.concatenate([d.batch for d in self.decode]),
+        )
+
+    def fresh_views(self) -> None:
+        if self.sched.report_period_s == 0:
+            self.apply_report()
+
+    # ------------------------------------------------------------------ prefill side
+    def on_arrival(self, rid: int) -> None:
+        if self.inp[rid] > self.cluster.max_prompt_tokens:
+            self.reject(rid, RejectReason.PROMPT_TOO_LONG)
+            return
+        if not self.sbs:
+            self.fresh_views()
+            unit = pick_unit(self.pview, self.router, float(self.inp[rid]))
+            self.dispatch(rid, unit)
+            return
+        self.buffer.append(rid)
+        self.buffer_tokens += float(self.inp[rid])
+        self.tokens_since_window += float(self.inp[rid])
+        if self.interval == "engine_paced":
+            self.pace_idle_instance()
+        else:
+            self.arm_window()
+
+    def dispatch(self, rid: int, unit: int) -> None:
+        """Hand a request to the engine queue of a flattened prefill unit."""
+        k, j = divmod(unit, self.pep)
+        inst = self.prefill[k]
+        cached = 0
+        if self.hashes is not None:
+            cache = self.caches[k]
+            cached = cache.lookup(self.hashes[rid], input_tokens=int(self.inp[rid]))
+            cache.insert(self.hashes[rid])
+        self.cached[rid] = cached
+        self.dispatch_s[rid] = self.now + self.sched.dispatch_latency_s
+        self.prefill_unit[rid] = unit
+        inst.enqueue(j, PrefillTask(rid, int(self.inp[rid]) - cached, cached))
+        if not inst.busy and not inst.start_pending:
+            inst.start_pending = True
+            self.push(self.next_start(inst, self.now + self.sched.dispatch_latency_s), _START, k)
+
+    def next_start(self, inst: PrefillInstance, t: float) -> float:
+        if not self.cluster.idle_stepping or self.dummy_s <= 0:
+            return t
+        cycles = math.ceil((t - inst.phase_s) / self.dummy_s - 1e-12)
+        return inst.phase_s + max(cycles, 0) * self.dummy_s
+
+    def try_start(self, inst: PrefillInstance) -> None:
+        if inst.busy:
+            return
+        if self.sbs and self.interval == "engine_paced":
+            self.release_to(inst)
+        if not inst.has_work():
+            inst.phase_s = self.now
+            return
+        chunks, new, pairs, reqs = inst.form_forward()
+        step_s = float(self.pcm.prefill_step_us(new, pairs, reqs)) * 1e-6
+        for _, task, _ in chunks:
+            if not task.started:
+                task.started = True
+                self.first_start_s[task.rid] = self.now
+        pc = self.pcoef
+        rank_us = pc.base_us + pc.alpha_us_per_token * new + pc.beta_us_per_pair * pairs + pc.gamma_us_per_request * reqs
+        step_us = step_s * 1e6
+        self.bubble_rank_s += float(np.clip(step_us - rank_us, 0.0, None).sum()) * 1e-6
+        self.step_rank_s += step_s * inst.ep
+        self.chunk_tokens_done += float(new.sum())
+        self.forwards += 1
+        self.forward_s += step_s
+        if self.timeline is not None:
+            self.timeline.append((self.now, inst.index, step_s, new.copy()))
+        inst.busy = True
+        inst.current = chunks
+        inst.step_end_s = self.now + step_s
+        self.push(inst.step_end_s, _STEP_END, inst.index)
+
+    def on_step_end(self, k: int) -> None:
+        inst = self.prefill[k]
+        chunks = inst.current
+        inst.current = []
+        inst.busy = False
+        if self.sbs:
+            # The scheduler predicted this forward's end: its tokens leave the virtual view.
+            base = k * self.pep
+            view = self.pview
+            for j, task, n in chunks:
+                view.tokens[base + j] = max(view.tokens[base + j] - n, 0.0)
+                if task.remaining <= n:
+                    view.waiting[base + j] = max(view.waiting[base + j] - 1.0, 0.0)
+        for rid in inst.finish_forward(chunks):
+            self.ttft_end_s[rid] = self.now
+            if self.out[rid] <= 1:
+                self.complete(rid)
+            else:
+                self.in_transfer += 1
+                self.push(self.now + float(self.dcm.kv_transfer_us(int(self.inp[rid]))) * 1e-6, _KV_ARRIVE, rid)
+        self.try_start(inst)
+
+    # ------------------------------------------------------------------ SBS prefill windows
+    def pace_idle_instance(self) -> None:
+        best, best_t = None, math.inf
+        for inst in self.prefill:
+            if not inst.busy and not inst.start_pending:
+                t = self.next_start(inst, self.now)
+                if t < best_t:
+                    best, best_t = inst, t
+        if best is not None:
+            best.start_pending = True
+            self.push(best_t, _START, best.index)
+
+    def release_to(self, inst: PrefillInstance) -> None:
+        """Engine-paced release: allocate the buffer onto one instance about to start a forward."""
+        if not self.buffer:
+            return
+        base = inst.index * self.pep
+        self.allocate(np.arange(base, base + self.pep), inst.index)
+
+    def arm_window(self) -> None:
+        """(Re)arm the next window: interval from the policy, early when the buffer is full."""
+        sched = self.sched
+        if self.interval == "fixed":
+            delta = self.fixed_s
+        else:
+            target = sched.adaptive_target_fill * self.pep * self.cluster.chunk_tokens
+            rate = self.ewma_tok_s or 0.0
+            delta = target / rate if rate > 0 else sched.adaptive_max_s
+            if self.buffer_tokens >= target:
+                delta = 0.0  # early release: one forward's worth is already buffered
+            delta = min(max(delta, sched.adaptive_min_s), sched.adaptive_max_s)
+        at = max(self.last_window_s + delta, self.now)
+        if self.window_armed and self.window_at <= at:
+            return
+        self.window_armed = True
+        self.window_at = at
+        self.window_version += 1
+        self.push(at, _WINDOW, self.window_version)
+
+    def release_window(self) -> None:
+        elapsed = self.now - self.last_window_s
+        if elapsed > 0:
+            sample = self.tokens_since_window / elapsed
+            w = self.sched.adaptive_ewma
+            self.ewma_tok_s = sample if self.ewma_tok_s is None else (1 - w) * self.ewma_tok_s + w * sample
+        self.tokens_since_window = 0.0
+        self.last_window_s = self.now
+        # A window goes to the instances predicted free now: a unit of a busy instance cannot
+        # take work before its non-preemptive forward ends, so the rest stays buffered.
+        idle = [inst.index for inst in self.prefill if not inst.busy]
+        if self.buffer and idle:
+            self.fresh_views()
+            units = np.concatenate([np.arange(k * self.pep, (k + 1) * self.pep) for k in idle])
+            self.allocate(units, idle[0] if len(idle) == 1 else None)
+        if self.buffer:
+            self.arm_window()
+
+    def allocate(self, units: np.ndarray, instance: int | None) -> None:
+        """Solve one prefill window over the given flattened units and dispatch the assigned."""
+        load = self.pview.tokens[units]
+        rids = np.asarray(self.buffer, dtype=np.int64)
+        inp = self.inp[rids]
+        cached = np.zeros(len(rids), dtype=np.int64)
+        if self.hashes is not None and instance is not None:
+            cache = self.caches[instance]
+            cached = np.array([cache.lookup(self.hashes[r], input_tokens=int(self.inp[r])) for r in rids],
+                              dtype=np.int64)
+        capacity = np.full(len(load), self.cluster.chunk_tokens, dtype=np.int64)
+        assignment = allocate_prefill(
+            inp - cached, cached, self.arrival[rids], capacity_tokens=capacity,
+            load_tokens=np.asarray(load), now_s=self.now, guard_s=self.sched.ttft_guard_s,
+            coefficients=self.pcoef, solver=self.solver, seed=self.seed,
+        )
+        keep = []
+        for idx, rid in enumerate(rids.tolist()):
+            unit = int(assignment[idx])
+            if unit < 0:
+                keep.append(rid)
+                continue
+            self.pview.add(int(units[unit]), float(inp[idx] - cached[idx]))
+            self.buffer_tokens -= float(self.inp[rid])
+            self.dispatch(rid, int(units[unit]))
+        self.buffer = keep
+
+    # ------------------------------------------------------------------ decode side
+    def on_decode_arrival(self, rid: int) -> None:
+        self.in_transfer -= 1
+        self.decode_arrive_s[rid] = self.now
+        if self.blocks_need[rid] > self.kv_blocks:
+            self.reject(rid, RejectReason.KV_TOO_LARGE)
+            return
+        if not self.sbs:
+            self.fresh_views()
+            unit = pick_unit(self.dview, self.router, float(self.blocks_need[rid]))
+            self.enqueue_decode(rid, unit)
+            return
+        self.dbuffer.append(rid)
+        if not self.dwindow_armed:
+            self.dwindow_armed = True
+            self.push(self.now + self.sched.decode_interval_s, _DECODE_WINDOW)
+
+    def release_decode_window(self) -> None:
+        if not self.dbuffer:
+            return
+        self.fresh_views()
+        rids = np.asarray(self.dbuffer, dtype=np.int64)
+        view = self.dview
+        assignment = allocate_decode(
+            self.inp[rids], self.blocks_need[rids], batch_size=view.running + view.waiting,
+            max_batch_size=self.cluster.max_decode_batch, kv_blocks_used=view.tokens,
+            kv_capacity_blocks=self.kv_blocks, kv_block_tokens=self.kv_block_tokens,
+            coefficients=self.dcoef, iqr_k=self.sched.iqr_k, solver=self.solver, seed=self.seed,
+        )
+        keep = []
+        for idx, rid in enumerate(rids.tolist()):
+            unit = int(assignment[idx])
+            if unit < 0:
+                keep.append(rid)
+            else:
+                view.add(unit, float(self.blocks_need[rid]))
+                self.enqueue_decode(rid, unit)
+        self.dbuffer = keep
+        if keep:
+            self.dwindow_armed = True
+            self.push(self.now + self.sched.decode_interval_s, _DECODE_WINDOW)
+
+    def enqueue_decode(self, rid: int, unit: int) -> None:
+        k, j = divmod(unit, self.dep)
+        inst = self.decode[k]
+        self.decode_unit[rid] = unit
+        inst.waiting[j].append(rid)
+        inst.waiting_count[j] += 1
+        inst.waiting_blocks[j] += self.blocks_need[rid]
+        if not inst.busy:
+            self.start_epoch(inst)
+        elif not inst.cut and inst.batch[j] < inst.max_batch and \
+                inst.blocks_used[j] + self.blocks_need[rid] <= inst.kv_blocks:
+            s_next = min(inst.steps_done_by(self.now - inst.t0) + 1, inst.steps)
+            inst.cut = True
+            if s_next < inst.steps:
+                inst.steps = s_next
+                inst.version += 1
+                inst.end_s = inst.t0 + inst.epoch_time(s_next)
+                self.push(inst.end_s, _EPOCH_END, inst.index, inst.version)
+
+    def start_epoch(self, inst: DecodeInstance) -> None:
+        blocks = self.blocks_need
+        for j in np.flatnonzero(inst.waiting_count).tolist():
+            waiting = inst.waiting[j]
+            free = int(inst.kv_blocks - inst.blocks_used[j])
+            count = inst.policy.admit_decode(waiting, int(inst.batch[j]), inst.max_batch, free,
+                                             lambda r: int(blocks[r]))
+            for _ in range(count):
+                rid = waiting.popleft()
+                slot = inst.free_slots.pop()
+                inst.slot_rank[slot] = j
+                inst.slot_rid[slot] = rid
+                inst.slot_remaining[slot] = self.out[rid] - 1
+                inst.slot_context[slot] = self.inp[rid] + 1
+                inst.slot_active[slot] = True
+                inst.batch[j] += 1
+                inst.kv_tokens[j] += self.inp[rid] + 1
+                inst.blocks_used[j] += blocks[rid]
+                inst.waiting_count[j] -= 1
+                inst.waiting_blocks[j] -= blocks[rid]
+                self.decode_start_s[rid] = self.now
+        active = inst.slot_active
+        if not active.any():
+            inst.busy = False
+            return
+        steps = int(inst.slot_remaining[active].min())
+        d0 = float(self.dcm.decode_step_us(inst.batch, inst.kv_tokens)) * 1e-6
+        d1 = d0
+        if steps > 1:
+            d1 = float(self.dcm.decode_step_us(inst.batch, inst.kv_tokens + (steps - 1) * inst.batch)) * 1e-6
+        inst.busy = True
+        inst.cut = False
+        inst.t0 = self.now
+        inst.steps = steps
+        inst.d0 = d0
+        inst.slope = (d1 - d0) / (steps - 1) if steps > 1 else 0.0
+        inst.version += 1
+        inst.end_s = self.now + inst.epoch_time(steps)
+        self.push(inst.end_s, _EPOCH_END, inst.index, inst.version)
+
+    def on_epoch_end(self, inst: DecodeInstance) -> None:
+        s = inst.steps
+        active = np.flatnonzero(inst.slot_active)
+        inst.slot_remaining[active] -= s
+        inst.slot_context[active] += s
+        inst.kv_tokens += s * inst.batch
+        rids = inst.slot_rid[active]
+        last_step = inst.d0 + inst.slope * (s - 1)
+        self.tbt_max_s[rids] = np.maximum(self.tbt_max_s[rids], max(inst.d0, last_step))
+        done = active[inst.slot_remaining[active] <= 0]
+        if len(done):
+            ranks = inst.slot_rank[done]
+            inst.batch -= np.bincount(ranks, minlength=inst.ep)
+            inst.kv_tokens -= np.bincount(ranks, weights=inst.slot_context[done], minlength=inst.ep)
+            done_rids = inst.slot_rid[done]
+            inst.blocks_used -= np.bincount(ranks, weights=self.blocks_need[done_rids], minlength=inst.ep).astype(np.int64)
+            inst.slot_active[done] = False
+            inst.free_slots.extend(done.tolist())
+            for rid in done_rids.tolist():
+                self.complete(rid)
+        inst.busy = False
+        self.start_epoch(inst)
+
+    # ------------------------------------------------------------------ bookkeeping
+    def complete(self, rid: int) -> None:
+        self.status[rid] = Status.COMPLETED
+        self.done_s[rid] = self.now
+        self.finished += 1
+
+    def reject(self, rid: int, reason: int) -> None:
+        self.status[rid] = Status.REJECTED
+        self.reason[rid] = reason
+        self.done_s[rid] = self.now
+        self.finished += 1
+
+    def result(self, wall_s: float, *, arrived: int) -> SimResult:
+        status = self.status.copy()
+        status[(status == Status.PENDING) & (np.arange(self.n) < arrived)] = Status.IN_FLIGHT
+        status[status == Status.PENDING] = Status.NOT_ARRIVED
+        completed = int((status == Status.COMPLETED).sum())
+        rejected = int((status == Status.REJECTED).sum())
+        in_flight = int(((status == Status.IN_FLIGHT) | (status == Status.NOT_ARRIVED)).sum())
+        if completed + rejected + in_flight != self.n or self.finished != completed + rejected:
+            raise SimulationError(
+                f"requests lost: completed {completed} + rejected {rejected} + in flight {in_flight} "
+                f"!= {self.n} requests (finished counter {self.finished})"
+            )
+        # Every arrived, unfinished request must sit in exactly one place.
+        located = (
+            len(self.buffer) + len(self.dbuffer) + self.in_transfer
+            + sum(int(p.queued_requests.sum()) for p in self.prefill)
+            + sum(int(d.waiting_count.sum()) + int(d.slot_active.sum()) for d in self.decode)
+        )
+        arrived_unfinished = int((status == Status.IN_FLIGHT).sum())
+        if located != arrived_unfinished:
+            raise SimulationError(
+                f"{arrived_unfinished} requests in flight but {located} found in buffers, engine "
+                f"queues, KV transfer and decode batches"
+            )
+        if math.isinf(self.horizon_s) and in_flight:
+            raise SimulationError(f"{in_flight} requests never finished although the event queue drained")
+        return SimResult.build(self, status, wall_s)

@@ -8,8 +8,8 @@ Examples
 --------
 >>> from sbsopt.errors import InvalidInputError, SbsoptError
 >>> err = InvalidInputError("requests[3].new_tokens", -5, "a non-negative integer")
->>> str(err)
-"requests[3].new_tokens = -5: expected a non-negative integer"
+>>> print(err)
+requests[3].new_tokens = -5: expected a non-negative integer
 >>> isinstance(err, SbsoptError) and isinstance(err, ValueError)
 True
 """

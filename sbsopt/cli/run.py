@@ -16,7 +16,7 @@ __all__ = ["run"]
               help="Arrival window simulated per search step (about 20 s wall on 2 busy cores).")
 @click.option("--prefill-instances", type=int, default=1, show_default=True)
 @click.option("--decode-instances", type=int, default=1, show_default=True)
-@click.option("--ttft-slo-ms", type=float, default=1000.0, show_default=True)
+@click.option("--ttft-slo-ms", type=float, default=2000.0, show_default=True)
 @click.option("--tpot-slo-ms", type=float, default=100.0, show_default=True)
 @click.option("--attainment", type=float, default=0.9, show_default=True)
 @click.option("--tolerance-frac", type=float, default=0.02, show_default=True,

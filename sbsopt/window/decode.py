@@ -14,7 +14,7 @@ import numpy as np
 from ortools.sat.python import cp_model
 
 from sbsopt._scaling import to_int_us
-from sbsopt.window.prefill import PrefillModel, _check, set_hint
+from sbsopt.window.prefill import PrefillModel, _assignment_vars, _check, set_hint
 from sbsopt.window.problem import DecodeWindow
 
 __all__ = ["build_decode_model"]
@@ -42,19 +42,8 @@ def build_decode_model(
     coef_batch, coef_kv = (int(v) for v in to_int_us(np.array([a, b]) * scale))
     pen = to_int_us(problem.penalty_us * scale)
     model = cp_model.CpModel()
-    x: dict[tuple[int, int], cp_model.IntVar] = {}
-    rows: list[list[cp_model.IntVar]] = [[] for _ in range(n)]
-    cols: list[list[int]] = [[] for _ in range(units)]
-    pair_i, pair_j = np.nonzero(fits)
-    pairs: list[cp_model.IntVar] = []
-    for k, (i, j) in enumerate(zip(pair_i.tolist(), pair_j.tolist(), strict=True)):
-        x[i, j] = model.new_bool_var(f"x[{i},{j}]")
-        pairs.append(x[i, j])
-        rows[i].append(x[i, j])
-        cols[j].append(i)
-        if k % 256 == 255:
-            _check(deadline)
-    _check(deadline)
+    x, rows, cols, pairs = _assignment_vars(model, fits, deadline)
+    pair_i, pair_j = np.nonzero(fits)  # the order of `pairs`
     d = [model.new_bool_var(f"d[{i}]") for i in range(n)]
     for i in range(n):
         if i % 64 == 63:

@@ -47,6 +47,36 @@ def _check(deadline: float) -> None:
         raise BuildTimeout
 
 
+def _assignment_vars(
+    model: cp_model.CpModel, fits: np.ndarray, deadline: float
+) -> tuple[
+    dict[tuple[int, int], cp_model.IntVar],
+    list[list[cp_model.IntVar]],
+    list[list[int]],
+    list[cp_model.IntVar],
+]:
+    """One boolean x[i, j] per request/unit pair allowed by ``fits`` (an N x J bool matrix).
+
+    Returns the variables by pair, by request (rows), the requests per unit (cols) and in
+    creation order; the deadline is checked while building, since large windows take a while.
+    """
+    n, units = fits.shape
+    x: dict[tuple[int, int], cp_model.IntVar] = {}
+    rows: list[list[cp_model.IntVar]] = [[] for _ in range(n)]
+    cols: list[list[int]] = [[] for _ in range(units)]
+    pair_i, pair_j = np.nonzero(fits)
+    pairs: list[cp_model.IntVar] = []
+    for k, (i, j) in enumerate(zip(pair_i.tolist(), pair_j.tolist(), strict=True)):
+        x[i, j] = model.new_bool_var(f"x[{i},{j}]")
+        pairs.append(x[i, j])
+        rows[i].append(x[i, j])
+        cols[j].append(i)
+        if k % 256 == 255:
+            _check(deadline)
+    _check(deadline)
+    return x, rows, cols, pairs
+
+
 def build_prefill_model(
     problem: PrefillWindow, *, hint: np.ndarray | None, deadline: float
 ) -> PrefillModel:
@@ -64,19 +94,8 @@ def build_prefill_model(
     resid = to_int_us(problem.residual_us * scale)
     pen = to_int_us(problem.penalty_us * scale)
     model = cp_model.CpModel()
-    x: dict[tuple[int, int], cp_model.IntVar] = {}
-    rows: list[list[cp_model.IntVar]] = [[] for _ in range(n)]
-    cols: list[list[int]] = [[] for _ in range(units)]
-    pair_i, pair_j = np.nonzero(fits)
-    pairs: list[cp_model.IntVar] = []
-    for k, (i, j) in enumerate(zip(pair_i.tolist(), pair_j.tolist(), strict=True)):
-        x[i, j] = model.new_bool_var(f"x[{i},{j}]")
-        pairs.append(x[i, j])
-        rows[i].append(x[i, j])
-        cols[j].append(i)
-        if k % 256 == 255:
-            _check(deadline)
-    _check(deadline)
+    x, rows, cols, pairs = _assignment_vars(model, fits, deadline)
+    pair_i, pair_j = np.nonzero(fits)  # the order of `pairs`
     infeasible = False
     deferred_terms: list[tuple[cp_model.IntVar, int, int]] = []
     for i in range(n):

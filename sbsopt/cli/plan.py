@@ -9,6 +9,7 @@ from pathlib import Path
 
 import click
 
+from sbsopt.cli._options import ROUTER_CHOICES, cluster_options, engine_options
 from sbsopt.errors import InvalidInputError
 
 __all__ = ["plan", "sweep", "write_table", "print_table"]
@@ -21,15 +22,11 @@ def _common(fn):
         click.option("--limit", type=int, default=None, help="Use only the first N requests of the trace."),
         click.option("--duration-s", type=float, default=10.0, show_default=True,
                      help="Arrival window simulated per step: rate x duration requests of the trace."),
-        click.option("--router", default="sbs", show_default=True),
+        click.option("--router", type=click.Choice(ROUTER_CHOICES), default="sbs", show_default=True),
         click.option("--interval", default="engine_paced", show_default=True, help="SBS interval policy or fixed:MS."),
-        click.option("--solver", default="greedy", show_default=True),
-        click.option("--batching", default="default", show_default=True),
-        click.option("--prefill-instances", type=int, default=1, show_default=True),
-        click.option("--decode-instances", type=int, default=1, show_default=True),
-        click.option("--prefill-ep", type=int, default=32, show_default=True),
-        click.option("--decode-ep", type=int, default=144, show_default=True),
-        click.option("--ttft-slo-ms", type=float, default=1000.0, show_default=True),
+        click.option("--solver", type=click.Choice(["greedy", "cpsat", "auto"]), default="greedy", show_default=True),
+        click.option("--ttft-slo-ms", type=float, default=2000.0, show_default=True,
+                     help="2000 ms as in `sbsopt run`: at 1000 ms the max-rate search sits on a TTFT plateau."),
         click.option("--tpot-slo-ms", type=float, default=100.0, show_default=True),
         click.option("--attainment", type=float, default=0.9, show_default=True,
                      help="Fraction of requests that must meet both SLOs."),
@@ -42,6 +39,7 @@ def _common(fn):
         click.option("--out", type=click.Path(dir_okay=False), default=None,
                      help="Write every simulated run as a table (.csv or .parquet)."),
     ]
+    fn = cluster_options(engine_options(fn))
     return functools.reduce(lambda f, opt: opt(f), reversed(options), fn)
 
 
@@ -53,9 +51,16 @@ def _setup(o: dict):
     if o["out"] is not None:
         _suffix(o["out"])
     slo = SLO(ttft_ms=o["ttft_slo_ms"], tpot_ms=o["tpot_slo_ms"], attainment=o["attainment"])
-    policy = Policy(router=o["router"], interval=o["interval"], solver=o["solver"], batching=o["batching"])
-    cluster = ClusterConfig(prefill_instances=o["prefill_instances"], decode_instances=o["decode_instances"],
-                            prefill_ep=o["prefill_ep"], decode_ep=o["decode_ep"])
+    policy = Policy(router=o["router"], interval=o["interval"], solver=o["solver"], batching=o["batching"],
+                    mode=o["mode"], token_budget=o["token_budget"])
+    if o["mode"] == "colocated":
+        from sbsopt.sim.colocated import default_colocated_ep
+
+        # As `sbsopt simulate --mode colocated`: --instances engines of --ep ranks.
+        cluster = ClusterConfig(prefill_instances=o["instances"], prefill_ep=o["ep"] or default_colocated_ep())
+    else:
+        cluster = ClusterConfig(prefill_instances=o["prefill_instances"], decode_instances=o["decode_instances"],
+                                prefill_ep=o["prefill_ep"], decode_ep=o["decode_ep"])
     if o["duration_s"] <= 0:
         raise InvalidInputError("--duration-s", o["duration_s"], "a positive number of seconds")
     return load_trace(o["trace"], limit=o["limit"]), cluster, policy, slo
@@ -134,7 +139,7 @@ def capacity(tolerance, rate_min, rate_max, **o) -> None:
     """Highest request rate at which the SLO holds on this cluster.
 
     \b
-    sbsopt plan capacity --trace azure-conv --router sbs --ttft-slo-ms 1000 --duration-s 10 --json
+    sbsopt plan capacity --trace azure-conv --router sbs --ttft-slo-ms 2000 --duration-s 10 --json
     """
     from sbsopt.plan import max_rate
 
@@ -205,13 +210,27 @@ def instances(rate, max_prefill, max_decode, **o) -> None:
 @click.option("--plot", type=click.Path(dir_okay=False), default=None,
               help="Save a plot (x = first grid parameter, y = --y) to this image file.")
 @click.option("--y", "y_column", default="ttft_p90_ms", show_default=True, help="Column plotted against x.")
-def sweep(grid_path, ttft_slo_ms, tpot_slo_ms, backend, address, workers, as_json, out, plot, y_column) -> None:
+@click.option("--trace", default=None, help="Base trace (name or path) for runs the grid file leaves unset.")
+@click.option("--router", type=click.Choice(ROUTER_CHOICES), default=None, help="Base router.")
+@click.option("--interval", default=None, help="Base SBS interval policy.")
+@click.option("--solver", type=click.Choice(["greedy", "cpsat", "auto"]), default=None, help="Base window solver.")
+@cluster_options
+@engine_options
+@click.pass_context
+def sweep(ctx, grid_path, ttft_slo_ms, tpot_slo_ms, backend, address, workers, as_json, out, plot, y_column,
+          **base) -> None:
     """Run one simulation per point of a parameter grid; print a tidy table (one row per run).
+
+    The trace, router, cluster and engine flags of ``sbsopt simulate`` set base parameters of
+    every run, where neither ``[grid]`` nor ``[base]`` of the grid file sets them.
 
     \b
     sbsopt sweep --grid grid.toml --out runs.parquet --plot ttft.png
+    sbsopt sweep --grid batching.toml --mode colocated --instances 2 --ep 8
     """
     import tomllib
+
+    from click.core import ParameterSource
 
     from sbsopt.plan import load_grid, plot_sweep
     from sbsopt.plan import sweep as run_sweep
@@ -224,6 +243,9 @@ def sweep(grid_path, ttft_slo_ms, tpot_slo_ms, backend, address, workers, as_jso
             if value is not None:
                 if value <= 0:
                     raise InvalidInputError(f"--{name.replace('_', '-')}", value, "a positive number")
+                run.setdefault(name, value)
+        for name, value in base.items():
+            if value is not None and ctx.get_parameter_source(name) is ParameterSource.COMMANDLINE:
                 run.setdefault(name, value)
     table = run_sweep(runs, backend=backend, workers=workers, address=address, progress=not as_json)
     if out:

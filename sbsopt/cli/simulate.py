@@ -7,12 +7,11 @@ from pathlib import Path
 
 import click
 
+from sbsopt.cli._options import ROUTER_CHOICES as _ROUTER_CHOICES
+from sbsopt.cli._options import cluster_options, engine_options
 from sbsopt.errors import InvalidInputError
 
 __all__ = ["simulate", "compare"]
-
-_ROUTER_CHOICES = ["sbs", "round_robin", "least_requests", "least_tokens", "vllm_score", "shortest_queue",
-                   "fair_load"]
 
 
 def _common(func):
@@ -21,10 +20,6 @@ def _common(func):
         click.option("--interval", default="engine_paced", show_default=True,
                      help="SBS interval: engine_paced, adaptive, fixed or fixed:MS"),
         click.option("--solver", type=click.Choice(["greedy", "cpsat", "auto"]), default="greedy", show_default=True),
-        click.option("--prefill-instances", type=int, default=4, show_default=True),
-        click.option("--decode-instances", type=int, default=1, show_default=True),
-        click.option("--prefill-ep", type=int, default=32, show_default=True),
-        click.option("--decode-ep", type=int, default=144, show_default=True),
         click.option("--load", type=float, default=None, help="offered prefill load (fraction of capacity)"),
         click.option("--rate", type=float, default=None, help="arrival rate (requests/s)"),
         click.option("--limit", type=int, default=None, help="first N requests"),
@@ -32,18 +27,8 @@ def _common(func):
         click.option("--ttft-slo-ms", type=float, default=None),
         click.option("--tpot-slo-ms", type=float, default=None),
         click.option("--json", "as_json", is_flag=True, help="print one JSON object"),
-        click.option("--mode", type=click.Choice(["disaggregated", "colocated"]), default="disaggregated",
-                     show_default=True, help="colocated: instances serve both phases (router fair_load, "
-                     "round_robin or least_tokens)"),
-        click.option("--batching", type=click.Choice(["default", "sarathi", "fairbatching"]), default="default",
-                     show_default=True, help="engine-level batch formation"),
-        click.option("--token-budget", type=int, default=None,
-                     help="Sarathi per-rank token budget (512) / FairBatching per-rank token cap (8192)"),
-        click.option("--instances", type=int, default=1, show_default=True, help="colocated instances"),
-        click.option("--ep", type=int, default=None,
-                     help="DP ranks per colocated instance (default: one 8-GPU node, or the fewest nodes "
-                     "the model fits on; 1 = a plain single-GPU engine)"),
     ]
+    func = cluster_options(engine_options(func))
     for option in reversed(options):
         func = option(func)
     return func
@@ -80,19 +65,26 @@ def _setup(trace, prefill_instances, decode_instances, prefill_ep, decode_ep, lo
 @click.option("--router", type=click.Choice(_ROUTER_CHOICES), default="sbs", show_default=True)
 @click.option("--out", type=click.Path(dir_okay=False), default=None,
               help="write the per-request table (.parquet or .csv)")
+@click.option("--fail", "fails", multiple=True,
+              help="KIND:INDEX@TIMEs[+DURATIONs]: an instance dies (and recovers), e.g. decode:0@60s+30s; repeatable")
+@click.option("--slow-rank", "slow_ranks", multiple=True,
+              help="KIND:INDEX:RANK:FACTOR: a straggler DP rank slows its instance's steps; repeatable")
 def simulate(trace, interval, solver, prefill_instances, decode_instances, prefill_ep, decode_ep,
              load, rate, limit, seed, ttft_slo_ms, tpot_slo_ms, as_json, mode, batching, token_budget,
-             instances, ep, router, out):
+             instances, ep, router, out, fails, slow_ranks):
     """Simulate one router on a trace and print its metrics."""
     from sbsopt.sim import simulate as run
+    from sbsopt.sim.faults import parse_fault, parse_slow_rank
 
+    faults = [parse_fault(f) for f in fails]
+    slows = [parse_slow_rank(r) for r in slow_ranks]
     if out is not None and Path(out).suffix not in (".parquet", ".csv"):
         raise InvalidInputError("--out", out, "a path ending in .parquet or .csv")
     cluster, workload = _setup(trace, prefill_instances, decode_instances, prefill_ep, decode_ep,
                                load, rate, limit, seed)
     cluster, engine = _engine(mode, batching, token_budget, instances, ep, tpot_slo_ms, cluster)
     result = run(workload, cluster=cluster, router=router, interval=interval, solver=solver,
-                 seed=seed, load=load, rate=rate, mode=mode, batching=engine)
+                 seed=seed, load=load, rate=rate, mode=mode, batching=engine, faults=faults, slow_ranks=slows)
     summary = result.summary(ttft_slo_ms=ttft_slo_ms, tpot_slo_ms=tpot_slo_ms)
     if out is not None:
         import pandas as pd

@@ -10,7 +10,7 @@ from sbsopt._validate import check_int, check_number
 from sbsopt.errors import InvalidInputError
 from sbsopt.plan.backends import Runner
 from sbsopt.plan.cost import DEFAULT_GPU_HOUR_PRICE, PlanCost, plan_cost
-from sbsopt.plan.runs import SLO, Policy, run_one
+from sbsopt.plan.runs import SLO, Policy, run_gpus, run_one
 from sbsopt.plan.search import (
     MaxRateResult,
     MinInstancesResult,
@@ -55,8 +55,10 @@ class InstancePlan:
         """JSON-able answer (``prefill_instances``, ``decode_instances``, ``gpus``, ``cost_per_million_tokens``)."""
         s = self.search
         p, d = s.prefill_instances, s.decode_instances
+        if self.policy.mode == "colocated" and d is not None:
+            d = 0
         return {"feasible": s.feasible, "rate_req_s": self.rate_req_s, "prefill_instances": p,
-                "decode_instances": d, "pd_ratio": None if p is None else p / d,
+                "decode_instances": d, "pd_ratio": None if p is None or not d else p / d,
                 "gpus": None if self.cost is None else self.cost.gpus,
                 "cost_per_million_tokens": None if self.cost is None else self.cost.cost_per_million_tokens,
                 **({} if self.cost is None else _cost_fields(self.cost)),
@@ -92,7 +94,9 @@ def _base(workload, cluster, policy: Policy, slo: SLO, seed: int, duration_s: fl
     if isinstance(workload, str):
         workload = load_trace(workload)
     cluster = cluster or ClusterConfig()
-    return {"workload": workload, **dataclasses.asdict(cluster), **policy.as_params(), "seed": seed,
+    # Colocated, as in sbsopt.sim.simulate: the cluster's prefill instances are the engines.
+    engines = {"instances": cluster.prefill_instances, "ep": cluster.prefill_ep} if policy.mode == "colocated" else {}
+    return {"workload": workload, **dataclasses.asdict(cluster), **engines, **policy.as_params(), "seed": seed,
             "limit": None, "duration_s": check_number("duration_s", duration_s, strict_min=True),
             "ttft_slo_ms": slo.ttft_ms, "tpot_slo_ms": slo.tpot_ms}
 
@@ -134,9 +138,11 @@ def max_rate(
         Each search step simulates a ``duration_s`` window of it at the rate tried: its first
         ``rate * duration_s`` requests, arrival times rescaled (a steady load, not one burst).
     cluster : ClusterConfig, optional
+        With ``policy.mode == "colocated"``: ``prefill_instances`` engines of ``prefill_ep``
+        ranks serving both phases (as :func:`sbsopt.sim.simulate` reads it).
     policy : Policy, str (router) or dict
     slo : SLO, optional
-        Default ``SLO()``: TTFT 1 s, TPOT 100 ms, 90 % attainment.
+        Default ``SLO()``: TTFT 2 s, TPOT 100 ms, 90 % attainment.
     tolerance_req_s : float, optional
         Width of the final bracket; default 2 % of the rate at which the offered prefill
         load equals capacity.
@@ -187,8 +193,7 @@ def max_rate(
 
         result = search_max_rate(evaluate, rate_min=lo, rate_max=hi, tolerance_req_s=tol,
                                  initial=min(max(capacity_rate, lo), hi), parallel=runner.parallel)
-    gpus = base["prefill_instances"] * base["prefill_ep"] + base["decode_instances"] * base["decode_ep"]
-    return CapacityPlan(result, _cost_of(result.confirm, gpu_hour_price), gpus, slo, policy)
+    return CapacityPlan(result, _cost_of(result.confirm, gpu_hour_price), run_gpus(base), slo, policy)
 
 
 def min_instances(
@@ -216,6 +221,8 @@ def min_instances(
     ``workers`` decode counts at a time.
     The other cluster fields come from ``cluster`` (default ``ClusterConfig()``); the answer
     minimises GPUs. An infeasible grid gives ``search.feasible = False``, not an error.
+    In colocated mode the search is over engines only (``max_decode`` is ignored; the answer's
+    ``prefill_instances`` is the engine count and ``decode_instances`` is 0).
     Each point simulates a ``duration_s`` window of ``trace`` at ``rate`` (see :func:`max_rate`).
     """
     rate = check_number("rate", rate, strict_min=True)
@@ -223,15 +230,18 @@ def min_instances(
     check_int("max_decode", max_decode, minimum=1)
     policy, slo = _policy(policy), slo or SLO()
     base = {**_base(trace, cluster, policy, slo, seed, duration_s), "rate": rate}
-    pep, dep = base["prefill_ep"], base["decode_ep"]
+    colocated = policy.mode == "colocated"
+    pep, dep = (base["ep"], 0) if colocated else (base["prefill_ep"], base["decode_ep"])
+
+    def task(p: int, d: int) -> dict:
+        return {**base, "instances": p} if colocated else {**base, "prefill_instances": p, "decode_instances": d}
 
     with _runner(runner, backend, workers, address, progress) as runner:
 
         def evaluate(points: list[tuple[int, int]]) -> list[tuple[bool, dict]]:
-            tasks = [{**base, "prefill_instances": p, "decode_instances": d} for p, d in points]
-            rows = runner.map(run_one, tasks, description="min_instances")
+            rows = runner.map(run_one, [task(p, d) for p, d in points], description="min_instances")
             return [(slo.meets(row), row) for row in rows]
 
-        result = search_min_instances(evaluate, max_prefill=max_prefill, max_decode=max_decode,
+        result = search_min_instances(evaluate, max_prefill=max_prefill, max_decode=1 if colocated else max_decode,
                                       gpus=lambda p, d: p * pep + d * dep, parallel=runner.parallel)
     return InstancePlan(result, _cost_of(result.metrics, gpu_hour_price), rate, slo, policy)

@@ -15,7 +15,8 @@ from typing import Any
 from sbsopt._validate import check_number
 from sbsopt.errors import InvalidInputError
 
-__all__ = ["SLO", "Policy", "RUN_PARAMETERS", "CLUSTER_PARAMETERS", "check_run_params", "run_one"]
+__all__ = ["SLO", "Policy", "RUN_PARAMETERS", "CLUSTER_PARAMETERS", "check_run_params", "run_cluster",
+           "run_one"]
 
 # Fields of sbsopt.sim.ClusterConfig a run may set (kept literal: importing the simulator here
 # would make every worker pay for it before it sets its thread limits).
@@ -29,6 +30,9 @@ _RUN_DEFAULTS: dict[str, Any] = {
     "trace": "azure-conv", "limit": 400, "rate": None, "load": None, "router": "sbs",
     "interval": "engine_paced", "solver": "greedy", "batching": "default", "seed": 0,
     "horizon_s": None, "ttft_slo_ms": None, "tpot_slo_ms": None, "duration_s": None,
+    # As in ``sbsopt simulate``: colocated runs ``instances`` engines of ``ep`` ranks each (None:
+    # sbsopt.sim.colocated.default_colocated_ep) and ignores the four P/D instance/EP fields.
+    "mode": "disaggregated", "token_budget": None, "instances": 1, "ep": None,
 }
 RUN_PARAMETERS = tuple(_RUN_DEFAULTS) + CLUSTER_PARAMETERS
 
@@ -46,7 +50,7 @@ class SLO:
     True
     """
 
-    ttft_ms: float = 1000.0
+    ttft_ms: float = 2000.0
     tpot_ms: float = 100.0
     attainment: float = 0.9
 
@@ -63,12 +67,19 @@ class SLO:
 
 @dataclass(frozen=True)
 class Policy:
-    """Scheduling policy of a run: cluster router, SBS interval policy, window solver, engine batching."""
+    """Scheduling policy of a run: cluster router, SBS interval policy, window solver, engine batching.
+
+    ``mode`` is ``"disaggregated"`` or ``"colocated"``; ``token_budget`` is Sarathi's per-rank
+    budget or FairBatching's per-rank cap, applied to colocated engines (the disaggregated
+    simulator takes the batching policy by name, as ``sbsopt simulate`` does).
+    """
 
     router: str = "sbs"
     interval: str = "engine_paced"
     solver: str = "greedy"
     batching: str = "default"
+    mode: str = "disaggregated"
+    token_budget: int | None = None
 
     def as_params(self) -> dict:
         """The policy as run parameters."""
@@ -89,6 +100,35 @@ def _trace(name: str, limit: int | None):
     return load_trace(name, limit=limit)
 
 
+def run_cluster(params: dict):
+    """The :class:`~sbsopt.sim.ClusterConfig` a run simulates (colocated: ``instances`` x ``ep``).
+
+    Examples
+    --------
+    >>> run_cluster({"mode": "colocated", "instances": 3, "ep": 8}).prefill_instances
+    3
+    """
+    from sbsopt.sim import ClusterConfig
+
+    fields = {k: params[k] for k in CLUSTER_PARAMETERS if k in params}
+    if params.get("mode", "disaggregated") == "colocated":
+        from sbsopt.sim.colocated import default_colocated_ep
+
+        for name in ("prefill_instances", "decode_instances", "prefill_ep", "decode_ep"):
+            fields.pop(name, None)
+        fields["prefill_instances"] = params.get("instances") or 1
+        fields["prefill_ep"] = params.get("ep") or default_colocated_ep()
+    return ClusterConfig(**fields)
+
+
+def run_gpus(params: dict) -> int:
+    """GPUs of a run's cluster (a colocated run has no decode instances)."""
+    cluster = run_cluster(params)
+    if params.get("mode", "disaggregated") == "colocated":
+        return cluster.prefill_instances * cluster.prefill_ep
+    return cluster.prefill_instances * cluster.prefill_ep + cluster.decode_instances * cluster.decode_ep
+
+
 def run_one(params: dict) -> dict:
     """Simulate one run and return its tidy row: the parameters, then flat metrics.
 
@@ -101,11 +141,19 @@ def run_one(params: dict) -> dict:
     Metric columns: request counts, ``ttft_p50_ms`` ... ``tpot_p99_ms``, throughputs, ``gpus``,
     ``tokens_per_s``, ``span_s``, ``slo_attainment`` (NaN when no SLO is given), ``sim_wall_s``.
     """
-    from sbsopt.sim import ClusterConfig, simulate
+    from sbsopt.sim import simulate
 
     check_run_params(params)
     run = {**_RUN_DEFAULTS, **{k: v for k, v in params.items() if k in _RUN_DEFAULTS}}
-    cluster = ClusterConfig(**{k: params[k] for k in CLUSTER_PARAMETERS if k in params})
+    cluster = run_cluster(params)
+    batching = run["batching"]
+    if run["mode"] == "colocated":
+        from sbsopt.sim.batching import make_policy
+        from sbsopt.sim.colocated import DEFAULT_TPOT_SLO_MS
+
+        batching = make_policy("sarathi" if batching == "default" else batching,
+                               tpot_slo_s=(run["tpot_slo_ms"] or DEFAULT_TPOT_SLO_MS) / 1e3,
+                               token_budget=run["token_budget"])
     workload = params.get("workload")
     if workload is None:
         workload = _trace(run["trace"], run["limit"])
@@ -119,30 +167,52 @@ def run_one(params: dict) -> dict:
             count = int((workload.arrival_s < duration).sum())
         workload = workload.head(max(min(count, len(workload)), 2))
     result = simulate(workload, cluster=cluster, router=run["router"], interval=run["interval"],
-                      solver=run["solver"], batching=run["batching"], seed=run["seed"],
+                      solver=run["solver"], batching=batching, mode=run["mode"], seed=run["seed"],
                       horizon_s=run["horizon_s"], load=run["load"], rate=run["rate"])
     summary = result.summary(ttft_slo_ms=run["ttft_slo_ms"], tpot_slo_ms=run["tpot_slo_ms"])
+    attained = summary.get("slo_attainment")
+    if isinstance(attained, dict):
+        # Colocated summaries split attainment per SLO (and judge by their defaults when none is given).
+        given = run["ttft_slo_ms"] is not None or run["tpot_slo_ms"] is not None
+        summary = {**summary, "slo_attainment": attained["both"] if given else None}
+    if "span_s" not in summary:
+        summary = {**summary, "span_s": _span_s(result.requests)}
     row = {k: v for k, v in params.items() if k != "workload"}
     row.setdefault("trace", getattr(workload, "name", run["trace"]))
-    row.update(_flatten(summary, cluster))
+    row.update(_flatten(summary, run_gpus(params)))
     return row
 
 
-def _flatten(summary: dict, cluster) -> dict:
-    gpus = cluster.prefill_instances * cluster.prefill_ep + cluster.decode_instances * cluster.decode_ep
+def _flatten(summary: dict, gpus: int) -> dict:
     tput = summary["throughput_tok_s_per_gpu"]
     out = {key: summary[key] for key in ("requests", "completed", "rejected", "in_flight")}
     for metric in ("ttft_ms", "tpot_ms"):
         for q in ("p50", "p90", "p99", "mean"):
-            out[f"{metric[:-3]}_{q}_ms"] = float(summary[metric][q])
-    out["input_tok_s_per_gpu"] = float(tput["input"])
-    out["output_tok_s_per_gpu"] = float(tput["output"])
+            out[f"{metric[:-3]}_{q}_ms"] = _num(summary[metric][q])
+    out["input_tok_s_per_gpu"] = _num(tput["input"])
+    out["output_tok_s_per_gpu"] = _num(tput["output"])
     out["gpus"] = gpus
     out["tokens_per_s"] = (out["input_tok_s_per_gpu"] + out["output_tok_s_per_gpu"]) * gpus
-    out["span_s"] = float(summary.get("span_s", float("nan")))
-    out["goodput_req_s"] = float(summary.get("goodput_req_s", float("nan")))
-    out["bubble_fraction"] = float(summary.get("bubble_fraction", float("nan")))
-    out["chunk_utilization"] = float(summary.get("chunk_utilization", float("nan")))
-    out["slo_attainment"] = float(summary.get("slo_attainment", float("nan")))
-    out["sim_wall_s"] = float(summary.get("sim_wall_s", float("nan")))
+    out["span_s"] = _num(summary.get("span_s", float("nan")))
+    out["goodput_req_s"] = _num(summary.get("goodput_req_s", float("nan")))
+    out["bubble_fraction"] = _num(summary.get("bubble_fraction", float("nan")))
+    out["chunk_utilization"] = _num(summary.get("chunk_utilization", float("nan")))
+    out["slo_attainment"] = _num(summary.get("slo_attainment", float("nan")))
+    out["sim_wall_s"] = _num(summary.get("sim_wall_s", float("nan")))
     return out
+
+
+def _num(value) -> float:
+    # Colocated summaries report metrics they do not measure (bubbles, chunk use) as None.
+    return float("nan") if value is None else float(value)
+
+
+def _span_s(requests) -> float:
+    """First arrival to last completion: the span colocated throughputs are measured over."""
+    import numpy as np
+
+    arrival = np.asarray(requests["arrival_s"], dtype=float)
+    done = arrival + np.asarray(requests["e2e_s"], dtype=float)
+    if not np.isfinite(done).any():
+        return 0.0
+    return float(np.nanmax(done) - arrival.min())

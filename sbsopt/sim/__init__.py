@@ -20,6 +20,7 @@ from sbsopt.sim.config import (
     SchedulerConfig,
 )
 from sbsopt.sim.engine import BATCHING_POLICIES, BatchingPolicy, ChunkedPrefill, register_batching
+from sbsopt.sim.faults import FaultSpec, SlowRank, parse_fault, parse_slow_rank
 from sbsopt.sim.metrics import SimResult, Status
 
 __all__ = [
@@ -27,13 +28,17 @@ __all__ = [
     "BatchingPolicy",
     "ChunkedPrefill",
     "ClusterConfig",
+    "FaultSpec",
     "IMMEDIATE_ROUTERS",
     "INTERVALS",
     "ROUTERS",
     "SchedulerConfig",
     "SimResult",
+    "SlowRank",
     "Status",
     "offered_load",
+    "parse_fault",
+    "parse_slow_rank",
     "prefill_capacity_tok_s",
     "register_batching",
     "scale_to_load",

@@ -86,6 +86,8 @@ def simulate(
     limit: int | None = None,
     cost_models=None,
     record_timeline: bool = False,
+    faults=(),
+    slow_ranks=(),
 ) -> SimResult:
     """Simulate a workload on a P/D-disaggregated DP+EP cluster.
 
@@ -118,6 +120,11 @@ def simulate(
         Cost-model objects (default: ``load_cost_model`` for the cluster's cards and EP sizes).
     record_timeline : bool
         Keep per-forward per-rank token counts in ``SimResult.timeline``.
+    faults : sequence of FaultSpec or str
+        Instance failures (``"decode:2@600s+120s"``, see :mod:`sbsopt.sim.faults`);
+        disaggregated mode only.
+    slow_ranks : sequence of SlowRank or str
+        Straggler DP ranks (``"prefill:0:3:2.0"``); disaggregated mode only.
 
     Returns
     -------
@@ -144,6 +151,8 @@ def simulate(
     elif rate is not None:
         workload = workload.with_rate(rate)
     if mode == "colocated":
+        if faults or slow_ranks:
+            raise InvalidInputError("faults", list(faults) + list(slow_ranks), "none in colocated mode")
         try:
             from sbsopt.sim.colocated import simulate_colocated
         except ImportError:
@@ -157,4 +166,5 @@ def simulate(
         workload, cluster=cluster, scheduler=scheduler, router=router, interval=interval,
         solver=solver, batching=batching, seed=seed, horizon_s=horizon_s,
         prefill_model=prefill_model, decode_model=decode_model, record_timeline=record_timeline,
+        faults=faults, slow_ranks=slow_ranks,
     )

@@ -120,6 +120,9 @@ class SchedulerConfig:
         IQR outlier factor of the decode assignment.
     dispatch_latency_s : float
         Router-to-engine hop added to every dispatch (all routers).
+    fault_max_retries : int
+        Fault injection: a request whose prefill or decode instance died is re-dispatched at
+        most this many times; the next loss rejects it (``fault_retry_limit``).
     """
 
     report_period_s: float = 0.05
@@ -132,8 +135,10 @@ class SchedulerConfig:
     decode_interval_s: float = 0.005
     iqr_k: float = 1.5
     dispatch_latency_s: float = 0.0
+    fault_max_retries: int = 3
 
     def __post_init__(self) -> None:
+        check_int("fault_max_retries", self.fault_max_retries)
         for name in ("report_period_s", "ttft_guard_s", "dispatch_latency_s", "iqr_k"):
             check_number(name, getattr(self, name))
         for name in ("fixed_interval_s", "adaptive_min_s", "adaptive_max_s", "decode_interval_s"):

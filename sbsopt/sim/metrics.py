@@ -47,9 +47,12 @@ class RejectReason(IntEnum):
 
     PROMPT_TOO_LONG = 1
     KV_TOO_LARGE = 2
+    NO_LIVE_INSTANCE = 3  # every instance of the needed kind is dead, none recovers before the horizon
+    FAULT_RETRY_LIMIT = 4  # lost to instance failures more than ``fault_max_retries`` times
 
 
-REJECT_REASONS = {1: "prompt_too_long", 2: "kv_exceeds_unit_capacity"}
+REJECT_REASONS = {1: "prompt_too_long", 2: "kv_exceeds_unit_capacity", 3: "no_live_instance",
+                  4: "fault_retry_limit"}
 _STATUS_NAMES = {1: "completed", 2: "rejected", 3: "in_flight", 4: "in_flight"}
 
 
@@ -116,6 +119,9 @@ class SimResult:
             "chunk_capacity_tokens": sim.forwards * sim.pep * sim.cluster.chunk_tokens,
             "span_s": float(np.nanmax(sim.done_s) - arrival[0]) if np.isfinite(sim.done_s).any() else 0.0,
             "end_s": sim.now,
+            "faults": [f.as_dict() for f in sim.faults],
+            "slow_ranks": [r.as_dict() for r in sim.slow_ranks],
+            "redispatched": sim.redispatched,
         }
         config = {
             "router": sim.router, "interval": sim.interval, "solver": sim.solver,
@@ -160,6 +166,9 @@ class SimResult:
             "chunk_utilization": self.stats["chunk_tokens_done"] / self.stats["chunk_capacity_tokens"]
             if self.stats["chunk_capacity_tokens"] > 0 else 0.0,
             "prefill_forwards": self.stats["forwards"],
+            "faults": self.stats.get("faults", []),
+            "slow_ranks": self.stats.get("slow_ranks", []),
+            "redispatched": self.stats.get("redispatched", 0),
             "span_s": span,
             "sim_wall_s": self.sim_wall_s,
         }

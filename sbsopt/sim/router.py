@@ -52,8 +52,10 @@ class RouterView:
         self.waiting[unit] += 1.0
 
 
-def pick_unit(view: RouterView, policy: str, tokens: float) -> int:
+def pick_unit(view: RouterView, policy: str, tokens: float, *, alive: np.ndarray | None = None) -> int:
     """Choose a unit for one request under an immediate policy and update the view virtually.
+
+    ``alive`` (a boolean per unit, ``None`` = all) excludes the units of dead instances.
 
     Examples
     --------
@@ -64,23 +66,35 @@ def pick_unit(view: RouterView, policy: str, tokens: float) -> int:
     0
     """
     if policy == "round_robin":
-        i = view.rr % (view.instances * view.ep)
-        view.rr += 1
-        unit = (i % view.instances) * view.ep + i // view.instances
+        size = view.instances * view.ep
+        while True:
+            i = view.rr % size
+            view.rr += 1
+            unit = (i % view.instances) * view.ep + i // view.instances
+            if alive is None or alive[unit]:
+                break
     elif policy == "least_requests":
-        unit = int(np.argmin(view.waiting + view.running))
+        unit = _argmin(view.waiting + view.running, alive)
     elif policy == "least_tokens":
-        unit = int(np.argmin(view.tokens))
+        unit = _argmin(view.tokens, alive)
     elif policy == "vllm_score":
-        unit = int(np.argmin(4.0 * view.waiting + view.running))
+        unit = _argmin(4.0 * view.waiting + view.running, alive)
     elif policy == "shortest_queue":
         per_instance = (view.waiting + view.running).reshape(view.instances, view.ep).sum(axis=1)
+        if alive is not None:
+            per_instance = np.where(alive[::view.ep], per_instance, np.inf)
         k = int(np.argmin(per_instance))
         unit = k * view.ep + int(np.argmin(view.tokens[k * view.ep:(k + 1) * view.ep]))
     else:
         raise InvalidInputError("router", policy, f"one of sbs, {', '.join(IMMEDIATE_ROUTERS)}")
     view.add(unit, tokens)
     return unit
+
+
+def _argmin(values: np.ndarray, alive: np.ndarray | None) -> int:
+    if alive is None:
+        return int(np.argmin(values))
+    return int(np.argmin(np.where(alive, values, np.inf)))
 
 
 def allocate_prefill(

@@ -9,8 +9,19 @@ Request life: arrival -> (SBS: scheduler buffer, released per window) -> engine 
 prefill DP unit -> chunked forwards -> first token (TTFT) -> KV transfer P->D -> decode router
 -> decode unit FIFO -> admitted when the unit has a batch slot and KV blocks for the request's
 full length (``reserve`` KV policy: the engine knows ``max_tokens``, so no preemption or
-recompute ever happens; a request whose full length exceeds a unit's KV is rejected with the
+recompute happens except after a fault; a request whose full length exceeds a unit's KV is rejected with the
 reason ``kv_exceeds_unit_capacity``) -> one token per lock-step decode step -> completed.
+
+Faults (:mod:`sbsopt.sim.faults`). A dead instance's pending step/epoch is cancelled and it is
+emptied: every request queued or running on a dead prefill instance is re-dispatched and its
+prefill redone from scratch; every request waiting or decoding on a dead decode instance lost
+its KV, so it goes back through prefill (recompute of the prompt; its output is regenerated
+from the first token, TTFT keeps the first token already delivered). Re-dispatch goes through
+the normal router (SBS: back into the window buffer) restricted to live instances; a request
+lost more than ``SchedulerConfig.fault_max_retries`` times is rejected (``fault_retry_limit``).
+With no live instance of the needed kind, requests wait for a recovery scheduled before the
+horizon, else they are rejected (``no_live_instance``). A recovered instance comes back empty
+(cold prefix cache). A slow rank multiplies its instance's every step time by its factor.
 """
 
 from __future__ import annotations
@@ -25,6 +36,7 @@ from sbsopt._seed import as_int_seed
 from sbsopt.errors import InvalidInputError, SimulationError
 from sbsopt.sim.config import INTERVALS, ROUTERS, ClusterConfig, SchedulerConfig
 from sbsopt.sim.engine import DecodeInstance, PrefillInstance, PrefillTask, get_batching
+from sbsopt.sim.faults import check_faults
 from sbsopt.sim.metrics import RejectReason, SimResult, Status
 from sbsopt.sim.router import RouterView, allocate_decode, allocate_prefill, pick_unit
 from sbsopt.workload.prefix_cache import PrefixCache
@@ -33,6 +45,7 @@ __all__ = ["run_simulation"]
 
 # event kinds (also their priority at equal times)
 _STEP_END, _EPOCH_END, _KV_ARRIVE, _REPORT, _ARRIVAL, _WINDOW, _DECODE_WINDOW, _START = range(8)
+_PFAIL, _DFAIL, _PRECOVER, _DRECOVER = range(8, 12)
 
 
 def run_simulation(
@@ -49,6 +62,8 @@ def run_simulation(
     prefill_model,
     decode_model,
     record_timeline: bool,
+    faults=(),
+    slow_ranks=(),
 ) -> SimResult:
     """Run one simulation (see :func:`sbsopt.sim.simulate` for the parameters)."""
     if router not in ROUTERS:
@@ -64,15 +79,16 @@ def run_simulation(
         interval = "fixed"
     if interval not in INTERVALS:
         raise InvalidInputError("interval", interval, f"one of {', '.join(INTERVALS)} or fixed:MS")
+    faults, slow_ranks = check_faults(faults, slow_ranks, cluster)
     sim = _Simulation(workload, cluster, scheduler, router, interval, solver, get_batching(batching),
                       as_int_seed(seed), horizon_s, prefill_model, decode_model, record_timeline,
-                      fixed_s if fixed_s is not None else scheduler.fixed_interval_s)
+                      fixed_s if fixed_s is not None else scheduler.fixed_interval_s, faults, slow_ranks)
     return sim.run()
 
 
 class _Simulation:
     def __init__(self, wl, cluster, sched, router, interval, solver, policy, seed, horizon_s,
-                 pcm, dcm, record_timeline, fixed_s):
+                 pcm, dcm, record_timeline, fixed_s, faults=(), slow_ranks=()):
         self.wl = wl
         self.cluster = cluster
         self.sched = sched
@@ -151,6 +167,28 @@ class _Simulation:
         self.heap: list = []
         self.counter = 0
         self.now = 0.0
+        # faults: per instance alive flag, failure generation, recovery time; unit masks are
+        # None while everything is alive so fault-free runs take the unmasked paths
+        self.faults = faults
+        self.slow_ranks = slow_ranks
+        self.pslow = np.ones(P)
+        self.dslow = np.ones(D)
+        for r in slow_ranks:
+            slow = self.pslow if r.kind == "prefill" else self.dslow
+            slow[r.index] = max(slow[r.index], r.factor)
+        self.palive = np.ones(P, dtype=bool)
+        self.dalive = np.ones(D, dtype=bool)
+        self.pgen = [0] * P
+        self.dgen = [0] * D
+        self.precover = [math.inf] * P
+        self.drecover = [math.inf] * D
+        self.pmask: np.ndarray | None = None
+        self.dmask: np.ndarray | None = None
+        self.pstep_ver = [0] * P
+        self.parked_p: list[int] = []
+        self.parked_d: list[int] = []
+        self.retries = np.zeros(n, dtype=np.int64)
+        self.redispatched = 0
 
     # ------------------------------------------------------------------ event loop
     def push(self, t: float, kind: int, a: int = 0, b: int = 0) -> None:
@@ -165,6 +203,8 @@ class _Simulation:
         i = 0
         if self.sched.report_period_s > 0 and n:
             self.push(self.sched.report_period_s, _REPORT)
+        for f in self.faults:
+            self.push(f.at_s, _PFAIL if f.kind == "prefill" else _DFAIL, f.index)
         while True:
             next_arrival = arrival[i] if i < n else math.inf
             if heap and (heap[0][0] < next_arrival or (heap[0][0] == next_arrival and heap[0][1] < _ARRIVAL)):
@@ -187,7 +227,8 @@ class _Simulation:
 
     def handle(self, kind: int, a: int, b: int) -> None:
         if kind == _STEP_END:
-            self.on_step_end(a)
+            if b == self.pstep_ver[a]:
+                self.on_step_end(a)
         elif kind == _EPOCH_END:
             inst = self.decode[a]
             if b == inst.version:
@@ -206,7 +247,12 @@ class _Simulation:
         elif kind == _START:
             inst = self.prefill[a]
             inst.start_pending = False
-            self.try_start(inst)
+            if self.palive[a]:
+                self.try_start(inst)
+        elif kind == _PFAIL or kind == _DFAIL:
+            self.on_fail(kind == _PFAIL, a)
+        elif kind == _PRECOVER or kind == _DRECOVER:
+            self.on_recover(kind == _PRECOVER, a, b)
 
     # ------------------------------------------------------------------ engine reports
     def on_report(self) -> None:
@@ -236,9 +282,18 @@ class _Simulation:
         if self.inp[rid] > self.cluster.max_prompt_tokens:
             self.reject(rid, RejectReason.PROMPT_TOO_LONG)
             return
+        self.route_prefill(rid)
+
+    def route_prefill(self, rid: int) -> None:
+        if self.pmask is not None and not self.palive.any():
+            if self.recovery_pending(self.precover):
+                self.parked_p.append(rid)
+            else:
+                self.reject(rid, RejectReason.NO_LIVE_INSTANCE)
+            return
         if not self.sbs:
             self.fresh_views()
-            unit = pick_unit(self.pview, self.router, float(self.inp[rid]))
+            unit = pick_unit(self.pview, self.router, float(self.inp[rid]), alive=self.pmask)
             self.dispatch(rid, unit)
             return
         self.buffer.append(rid)
@@ -281,7 +336,7 @@ class _Simulation:
             inst.phase_s = self.now
             return
         chunks, new, pairs, reqs = inst.form_forward()
-        step_s = float(self.pcm.prefill_step_us(new, pairs, reqs)) * 1e-6
+        step_s = float(self.pcm.prefill_step_us(new, pairs, reqs)) * 1e-6 * self.pslow[inst.index]
         for _, task, _ in chunks:
             if not task.started:
                 task.started = True
@@ -299,7 +354,7 @@ class _Simulation:
         inst.busy = True
         inst.current = chunks
         inst.step_end_s = self.now + step_s
-        self.push(inst.step_end_s, _STEP_END, inst.index)
+        self.push(inst.step_end_s, _STEP_END, inst.index, self.pstep_ver[inst.index])
 
     def on_step_end(self, k: int) -> None:
         inst = self.prefill[k]
@@ -315,7 +370,8 @@ class _Simulation:
                 if task.remaining <= n:
                     view.waiting[base + j] = max(view.waiting[base + j] - 1.0, 0.0)
         for rid in inst.finish_forward(chunks):
-            self.ttft_end_s[rid] = self.now
+            if not self.ttft_end_s[rid] <= self.now:  # a recompute keeps the first token's time
+                self.ttft_end_s[rid] = self.now
             if self.out[rid] <= 1:
                 self.complete(rid)
             else:
@@ -327,7 +383,7 @@ class _Simulation:
     def pace_idle_instance(self) -> None:
         best, best_t = None, math.inf
         for inst in self.prefill:
-            if not inst.busy and not inst.start_pending:
+            if not inst.busy and not inst.start_pending and self.palive[inst.index]:
                 t = self.next_start(inst, self.now)
                 if t < best_t:
                     best, best_t = inst, t
@@ -372,7 +428,7 @@ class _Simulation:
         self.last_window_s = self.now
         # A window goes to the instances predicted free now: a unit of a busy instance cannot
         # take work before its non-preemptive forward ends, so the rest stays buffered.
-        idle = [inst.index for inst in self.prefill if not inst.busy]
+        idle = [inst.index for inst in self.prefill if not inst.busy and self.palive[inst.index]]
         if self.buffer and idle:
             self.fresh_views()
             units = np.concatenate([np.arange(k * self.pep, (k + 1) * self.pep) for k in idle])
@@ -414,9 +470,18 @@ class _Simulation:
         if self.blocks_need[rid] > self.kv_blocks:
             self.reject(rid, RejectReason.KV_TOO_LARGE)
             return
+        self.route_decode(rid)
+
+    def route_decode(self, rid: int) -> None:
+        if self.dmask is not None and not self.dalive.any():
+            if self.recovery_pending(self.drecover):
+                self.parked_d.append(rid)
+            else:
+                self.reject(rid, RejectReason.NO_LIVE_INSTANCE)
+            return
         if not self.sbs:
             self.fresh_views()
-            unit = pick_unit(self.dview, self.router, float(self.blocks_need[rid]))
+            unit = pick_unit(self.dview, self.router, float(self.blocks_need[rid]), alive=self.dmask)
             self.enqueue_decode(rid, unit)
             return
         self.dbuffer.append(rid)
@@ -430,15 +495,21 @@ class _Simulation:
         self.fresh_views()
         rids = np.asarray(self.dbuffer, dtype=np.int64)
         view = self.dview
+        # SBS windows only see live units; unit indices map back through ``units``
+        units = np.arange(len(view.tokens)) if self.dmask is None else np.flatnonzero(self.dmask)
+        if not len(units):
+            return  # every decode instance is dead: the buffer waits for a recovery
         assignment = allocate_decode(
-            self.inp[rids], self.blocks_need[rids], batch_size=view.running + view.waiting,
-            max_batch_size=self.cluster.max_decode_batch, kv_blocks_used=view.tokens,
+            self.inp[rids], self.blocks_need[rids], batch_size=(view.running + view.waiting)[units],
+            max_batch_size=self.cluster.max_decode_batch, kv_blocks_used=view.tokens[units],
             kv_capacity_blocks=self.kv_blocks, kv_block_tokens=self.kv_block_tokens,
             coefficients=self.dcoef, iqr_k=self.sched.iqr_k, solver=self.solver, seed=self.seed,
         )
         keep = []
         for idx, rid in enumerate(rids.tolist()):
             unit = int(assignment[idx])
+            if unit >= 0:
+                unit = int(units[unit])
             if unit < 0:
                 keep.append(rid)
             else:
@@ -494,10 +565,11 @@ class _Simulation:
             inst.busy = False
             return
         steps = int(inst.slot_remaining[active].min())
-        d0 = float(self.dcm.decode_step_us(inst.batch, inst.kv_tokens)) * 1e-6
+        slow = self.dslow[inst.index]
+        d0 = float(self.dcm.decode_step_us(inst.batch, inst.kv_tokens)) * 1e-6 * slow
         d1 = d0
         if steps > 1:
-            d1 = float(self.dcm.decode_step_us(inst.batch, inst.kv_tokens + (steps - 1) * inst.batch)) * 1e-6
+            d1 = float(self.dcm.decode_step_us(inst.batch, inst.kv_tokens + (steps - 1) * inst.batch)) * 1e-6 * slow
         inst.busy = True
         inst.cut = False
         inst.t0 = self.now
@@ -531,6 +603,108 @@ class _Simulation:
         inst.busy = False
         self.start_epoch(inst)
 
+    # ------------------------------------------------------------------ faults
+    def recovery_pending(self, recover: list[float]) -> bool:
+        return any(t < math.inf and t <= self.horizon_s for t in recover)
+
+    def on_fail(self, prefill: bool, k: int) -> None:
+        spec = next(f for f in self.faults if f.at_s == self.now and (f.kind == "prefill") == prefill
+                    and f.index == k)
+        alive, gen, recover = (self.palive, self.pgen, self.precover) if prefill else \
+            (self.dalive, self.dgen, self.drecover)
+        if alive[k]:
+            lost = self.kill_prefill(k) if prefill else self.kill_decode(k)
+        else:
+            lost = []  # already dead: the later recovery time wins
+        alive[k] = False
+        gen[k] += 1
+        recover[k] = spec.recover_at_s
+        self.update_masks()
+        if spec.recover_after_s is not None:
+            self.push(spec.recover_at_s, _PRECOVER if prefill else _DRECOVER, k, gen[k])
+        for rid in lost:
+            if self.retries[rid] >= self.sched.fault_max_retries:
+                self.reject(rid, RejectReason.FAULT_RETRY_LIMIT)
+                continue
+            self.retries[rid] += 1
+            self.redispatched += 1
+            self.first_start_s[rid] = np.nan
+            self.route_prefill(rid)
+        self.drop_if_hopeless()
+
+    def drop_if_hopeless(self) -> None:
+        """Reject what waits for a kind of instance that is all dead and never recovers in time."""
+        if not self.palive.any() and not self.recovery_pending(self.precover):
+            for rid in self.parked_p + self.buffer:
+                self.reject(rid, RejectReason.NO_LIVE_INSTANCE)
+            self.parked_p, self.buffer, self.buffer_tokens = [], [], 0.0
+        if not self.dalive.any() and not self.recovery_pending(self.drecover):
+            for rid in self.parked_d + self.dbuffer:
+                self.reject(rid, RejectReason.NO_LIVE_INSTANCE)
+            self.parked_d, self.dbuffer = [], []
+
+    def update_masks(self) -> None:
+        self.pmask = None if self.palive.all() else np.repeat(self.palive, self.pep)
+        self.dmask = None if self.dalive.all() else np.repeat(self.dalive, self.dep)
+
+    def kill_prefill(self, k: int) -> list[int]:
+        inst = self.prefill[k]
+        lost = [task.rid for queue in inst.queues for task in queue]
+        self.pstep_ver[k] += 1  # cancels the forward in progress
+        inst.queues = [type(q)() for q in inst.queues]
+        inst.queued_tokens[:] = 0.0
+        inst.queued_requests[:] = 0.0
+        inst.running[:] = 0.0
+        inst.busy = False
+        inst.current = []
+        inst.start_pending = False
+        self.caches[k] = PrefixCache(capacity_blocks=self.cluster.prefix_cache_blocks,
+                                     block_tokens=self.wl.block_tokens)
+        return lost
+
+    def kill_decode(self, k: int) -> list[int]:
+        inst = self.decode[k]
+        active = np.flatnonzero(inst.slot_active)
+        lost = inst.slot_rid[active].tolist() + [rid for w in inst.waiting for rid in w]
+        inst.version += 1  # cancels the epoch in progress
+        inst.slot_active[:] = False
+        inst.slot_rid[:] = -1
+        inst.free_slots = list(range(len(inst.slot_active) - 1, -1, -1))
+        inst.waiting = [type(w)() for w in inst.waiting]
+        for arr in (inst.batch, inst.kv_tokens, inst.blocks_used, inst.waiting_count, inst.waiting_blocks):
+            arr[:] = 0
+        inst.busy = False
+        inst.cut = False
+        return lost
+
+    def on_recover(self, prefill: bool, k: int, gen: int) -> None:
+        if gen != (self.pgen if prefill else self.dgen)[k]:
+            return  # a later failure of the same instance superseded this recovery
+        if prefill:
+            self.palive[k] = True
+            self.precover[k] = math.inf
+            self.prefill[k].phase_s = self.now
+        else:
+            self.dalive[k] = True
+            self.drecover[k] = math.inf
+        self.update_masks()
+        if prefill:
+            parked, self.parked_p = self.parked_p, []
+            for rid in parked:
+                self.route_prefill(rid)
+            if self.sbs and self.buffer:
+                if self.interval == "engine_paced":
+                    self.pace_idle_instance()
+                else:
+                    self.arm_window()
+        else:
+            parked, self.parked_d = self.parked_d, []
+            for rid in parked:
+                self.route_decode(rid)
+            if self.sbs and self.dbuffer and not self.dwindow_armed:
+                self.dwindow_armed = True
+                self.push(self.now, _DECODE_WINDOW)
+
     # ------------------------------------------------------------------ bookkeeping
     def complete(self, rid: int) -> None:
         self.status[rid] = Status.COMPLETED
@@ -557,7 +731,7 @@ class _Simulation:
             )
         # Every arrived, unfinished request must sit in exactly one place.
         located = (
-            len(self.buffer) + len(self.dbuffer) + self.in_transfer
+            len(self.buffer) + len(self.dbuffer) + self.in_transfer + len(self.parked_p) + len(self.parked_d)
             + sum(int(p.queued_requests.sum()) for p in self.prefill)
             + sum(int(d.waiting_count.sum()) + int(d.slot_active.sum()) for d in self.decode)
         )

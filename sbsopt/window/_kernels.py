@@ -195,10 +195,17 @@ def decode_iqr_lex(order, context, blocks, batch, max_batch, kv, free, iqr_k):  
     assignment = np.full(n, -1, np.int64)
     cand = np.empty(units, np.int64)
     vals = np.empty(units, np.float64)
+    # units kept sorted by KV tokens (one insertion step per placement), so the candidates'
+    # values come out sorted and no per-request sort or allocation is needed
+    by_kv = np.argsort(kv, kind="mergesort")
+    rank = np.empty(units, np.int64)
+    for p in range(units):
+        rank[by_kv[p]] = p
     for q in range(order.shape[0]):
         i = order[q]
         m = 0
-        for j in range(units):
+        for p in range(units):
+            j = by_kv[p]
             if batch[j] < max_batch[j] and blocks[i] <= free[j]:
                 cand[m] = j
                 vals[m] = kv[j]
@@ -207,21 +214,29 @@ def decode_iqr_lex(order, context, blocks, batch, max_batch, kv, free, iqr_k):  
             continue
         fence = np.inf
         if m >= 4:
-            s = np.sort(vals[:m])
-            q1 = _quantile_sorted(s, m, 0.25)
-            q3 = _quantile_sorted(s, m, 0.75)
+            q1 = _quantile_sorted(vals, m, 0.25)
+            q3 = _quantile_sorted(vals, m, 0.75)
             fence = q3 + iqr_k * (q3 - q1)
         best = -1
         for c in range(m):
             j = cand[c]
             if kv[j] > fence:
-                continue
-            if best < 0 or batch[j] < batch[best] or (batch[j] == batch[best] and kv[j] < kv[best]):
+                break  # candidates are in increasing KV order
+            if (best < 0 or batch[j] < batch[best]
+                    or (batch[j] == batch[best] and (kv[j] < kv[best]
+                                                     or (kv[j] == kv[best] and j < best)))):
                 best = j
         assignment[i] = best
         batch[best] += 1
         kv[best] += context[i]
         free[best] -= blocks[i]
+        p = rank[best]
+        while p + 1 < units and kv[by_kv[p + 1]] < kv[best]:
+            by_kv[p] = by_kv[p + 1]
+            rank[by_kv[p]] = p
+            p += 1
+        by_kv[p] = best
+        rank[best] = p
     return assignment
 
 
@@ -419,6 +434,99 @@ def _knapsack_gain_nb(gain, weight, capacity):  # pragma: no cover - compiled
             total += g[i] * max(capacity - used, 0.0) / w[i]
             break
     return total
+
+
+@numba.njit(cache=True, nogil=True)
+def decode_value(assignment, context, batch, kv, inst, n_inst, base, a, b,
+                 penalty):  # pragma: no cover - compiled
+    """``sbsopt.window.objective.decode_objective`` in one compiled pass (inputs untouched)."""
+    bmax = np.full(n_inst, -np.inf)
+    kmax = np.full(n_inst, -np.inf)
+    add_b = np.zeros(batch.shape[0], np.int64)
+    add_k = np.zeros(batch.shape[0], np.float64)
+    value = n_inst * base
+    for i in range(assignment.shape[0]):
+        j = assignment[i]
+        if j < 0:
+            value += penalty[i]
+        else:
+            add_b[j] += 1
+            add_k[j] += context[i]
+    for j in range(batch.shape[0]):
+        g = inst[j]
+        bmax[g] = max(bmax[g], batch[j] + add_b[j])
+        kmax[g] = max(kmax[g], kv[j] + add_k[j])
+    return value + a * bmax.sum() + b * kmax.sum()
+
+
+@numba.njit(cache=True, nogil=True)
+def decode_best_of(context, blocks, batch, max_batch, kv, free, inst, n_inst, base, a, b,
+                   penalty, iqr_k):  # pragma: no cover - compiled
+    """:func:`decode_iqr_lex` and :func:`decode_min_step`, longest context first, on copies of
+    the unit state; returns ``(row, assignment, objective)`` of the better (row 0: IQR-lex,
+    kept on ties). One call instead of five keeps the dispatch overhead off the hot path."""
+    order = np.argsort(-context, kind="mergesort")
+    iqr = decode_iqr_lex(order, context, blocks, batch.copy(), max_batch, kv.copy(), free.copy(),
+                         iqr_k)
+    step = decode_min_step(order, context, blocks, batch.copy(), max_batch, kv.copy(),
+                           free.copy(), inst, n_inst, a, b)
+    iqr_value = decode_value(iqr, context, batch, kv, inst, n_inst, base, a, b, penalty)
+    step_value = decode_value(step, context, batch, kv, inst, n_inst, base, a, b, penalty)
+    if step_value < iqr_value:
+        return 1, step, step_value
+    return 0, iqr, iqr_value
+
+
+@numba.njit(cache=True, nogil=True)
+def decode_analytic_bound(batch, max_batch, kv, free, instance, n_inst, base, a, b, context,
+                          blocks, pen):  # pragma: no cover - compiled
+    """The analytic decode bound of ``sbsopt.window.bounds`` in one compiled pass."""
+    units = batch.shape[0]
+    n = context.shape[0]
+    size = np.zeros(n_inst, np.int64)
+    bmax = np.full(n_inst, -np.inf)
+    kmax = np.full(n_inst, -np.inf)
+    bsum = np.zeros(n_inst, np.float64)
+    ksum = np.zeros(n_inst, np.float64)
+    slots_total = 0.0
+    free_total = 0.0
+    for j in range(units):
+        g = instance[j]
+        size[g] += 1
+        bmax[g] = max(bmax[g], batch[j])
+        kmax[g] = max(kmax[g], kv[j])
+        bsum[g] += batch[j]
+        ksum[g] += kv[j]
+        slots_total += max(max_batch[j] - batch[j], 0)
+        free_total += free[j]
+    batch_max = bmax.sum()
+    kv_max = kmax.sum()
+    batch_mean = 0.0
+    kv_mean = 0.0
+    for g in range(n_inst):
+        batch_mean += bsum[g] / size[g]
+        kv_mean += ksum[g] / size[g]
+    total_base = n_inst * base
+    if n == 0:
+        return total_base + a * batch_max + b * kv_max
+    units_max = size.max()
+    gain_a = np.zeros(n, np.float64)
+    gain_b = np.zeros(n, np.float64)
+    ones = np.ones(n, np.float64)
+    blk = blocks.astype(np.float64)
+    for i in range(n):
+        for j in range(units):
+            if batch[j] < max_batch[j] and blocks[i] <= free[j]:
+                gain_a[i] = pen[i]
+                gain_b[i] = pen[i] - (a + b * context[i]) / units_max
+                break
+    pen_total = pen.sum()
+    floor_a = pen_total - min(_knapsack_gain_nb(gain_a, ones, slots_total),
+                              _knapsack_gain_nb(gain_a, blk, free_total))
+    floor_b = pen_total - min(_knapsack_gain_nb(gain_b, ones, slots_total),
+                              _knapsack_gain_nb(gain_b, blk, free_total))
+    return max(total_base + a * batch_max + b * kv_max + floor_a,
+               total_base + a * batch_mean + b * kv_mean + floor_b)
 
 
 @numba.njit(cache=True, nogil=True)

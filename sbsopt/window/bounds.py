@@ -134,6 +134,7 @@ def _prefill_analytic(problem: PrefillWindow) -> float:
 
 
 def _decode_analytic(problem: DecodeWindow) -> float:
+    """Reference (numpy) statement of ``_kernels.decode_analytic_bound``."""
     groups, inst = problem.n_instances, problem.instance
     units_max = int(np.bincount(inst).max())
     a, b = problem.us_per_request, problem.us_per_kv_token
@@ -169,6 +170,13 @@ def _prefill_analytic_fast(problem: PrefillWindow) -> float:
         float(problem.coefficients.beta_us_per_pair)))
 
 
+def _decode_analytic_fast(problem: DecodeWindow) -> float:
+    return float(_kernels.decode_analytic_bound(
+        problem.batch_size, problem.max_batch_size, problem.kv_tokens, problem.free_kv_blocks,
+        problem.instance, problem.n_instances, problem.base_us, problem.us_per_request,
+        problem.us_per_kv_token, problem.context_tokens, problem.kv_blocks, problem.penalty_us))
+
+
 def analytic_bound(problem: PrefillWindow | DecodeWindow) -> float:
     """Best of the analytic bounds (module Notes), microseconds.
 
@@ -183,7 +191,7 @@ def analytic_bound(problem: PrefillWindow | DecodeWindow) -> float:
     """
     if isinstance(problem, PrefillWindow):
         return _prefill_analytic_fast(problem)
-    return _decode_analytic(problem)
+    return _decode_analytic_fast(problem)
 
 
 def lp_bound(problem: PrefillWindow | DecodeWindow, *, time_limit_s: float | None = None) -> float:

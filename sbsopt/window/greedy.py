@@ -12,7 +12,7 @@ import time
 import numpy as np
 
 from sbsopt.window import _kernels
-from sbsopt.window.objective import decode_objective, prefill_objective
+from sbsopt.window.objective import prefill_objective
 from sbsopt.window.problem import DecodeWindow, PrefillWindow
 
 __all__ = ["GreedyAnswer", "greedy_prefill", "greedy_decode", "warm_up"]
@@ -118,21 +118,13 @@ def greedy_decode(problem: DecodeWindow) -> GreedyAnswer:
     >>> greedy_decode(d)[0].tolist()
     [0, 1]
     """
-    order = np.argsort(-problem.context_tokens, kind="stable")
-    iqr = _kernels.decode_iqr_lex(
-        order, problem.context_tokens, problem.kv_blocks, problem.batch_size.copy(),
-        problem.max_batch_size, problem.kv_tokens.copy(), problem.free_kv_blocks.copy(),
+    row, assignment, value = _kernels.decode_best_of(
+        problem.context_tokens, problem.kv_blocks, problem.batch_size, problem.max_batch_size,
+        problem.kv_tokens, problem.free_kv_blocks, problem.instance, problem.n_instances,
+        problem.base_us, problem.us_per_request, problem.us_per_kv_token, problem.penalty_us,
         problem.iqr_k,
     )
-    step = _kernels.decode_min_step(
-        order, problem.context_tokens, problem.kv_blocks, problem.batch_size.copy(),
-        problem.max_batch_size, problem.kv_tokens.copy(), problem.free_kv_blocks.copy(),
-        problem.instance, problem.n_instances, problem.us_per_request, problem.us_per_kv_token,
-    )
-    iqr_value, step_value = decode_objective(problem, iqr), decode_objective(problem, step)
-    if step_value < iqr_value:
-        return step, {}, step_value, "min-step"
-    return iqr, {}, iqr_value, "iqr-lex"
+    return assignment, {}, float(value), ("iqr-lex", "min-step")[row]
 
 
 def warm_up() -> float:
@@ -153,4 +145,5 @@ def warm_up() -> float:
     from sbsopt.window.bounds import analytic_bound
 
     analytic_bound(w)
+    analytic_bound(d)
     return time.perf_counter() - start

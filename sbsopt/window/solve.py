@@ -54,6 +54,8 @@ class Answer:
     bound: float = -np.inf
     message: str = ""
     stats: dict[str, Any] = field(default_factory=dict)
+    #: the objective of ``assignment``/``chunks`` when the backend already computed it
+    value: float | None = None
 
 
 class Backend(Protocol):
@@ -95,15 +97,16 @@ def available_methods() -> list[str]:
 def _greedy_answer(problem: PrefillWindow | DecodeWindow, options: dict[str, Any]) -> Answer:
     if isinstance(problem, PrefillWindow):
         rounds = check_int("options.local_search", options.get("local_search", 0))
-        assignment, chunks, _, variant = greedy_prefill(problem, local_search=rounds)
+        assignment, chunks, value, variant = greedy_prefill(problem, local_search=rounds)
         missed = problem.guarded & (assignment < 0)
         if missed.any():
             return Answer(assignment, chunks, SolveStatus.INFEASIBLE,
                           message=f"guarded requests not placed: {np.flatnonzero(missed).tolist()}",
-                          stats={"variant": variant})
+                          stats={"variant": variant}, value=value)
     else:
-        assignment, chunks, _, variant = greedy_decode(problem)
-    return Answer(assignment, chunks, SolveStatus.FEASIBLE, stats={"variant": variant})
+        assignment, chunks, value, variant = greedy_decode(problem)
+    return Answer(assignment, chunks, SolveStatus.FEASIBLE, stats={"variant": variant},
+                  value=value)
 
 
 class _Greedy:
@@ -234,8 +237,7 @@ class _Auto:
     def run(self, problem, *, deadline, seed, hint, options):
         first = _greedy_answer(problem, options)
         if first.status is SolveStatus.FEASIBLE:
-            value = objective(problem, first.assignment, first.chunks)
-            if value <= analytic_bound(problem) * (1 + 1e-12):
+            if first.value <= analytic_bound(problem) * (1 + 1e-12):
                 first.stats["stage"] = "greedy"
                 return first
         answer = BACKENDS["cpsat"].run(problem, deadline=deadline, seed=seed,
@@ -248,7 +250,7 @@ class _Auto:
 def _timeout(fallback: Answer, message: str, stats: dict | None = None) -> Answer:
     status = SolveStatus.INFEASIBLE if fallback.status is SolveStatus.INFEASIBLE else SolveStatus.TIMEOUT
     return Answer(fallback.assignment, fallback.chunks, status, message=message,
-                  stats={**fallback.stats, **(stats or {})})
+                  stats={**fallback.stats, **(stats or {})}, value=fallback.value)
 
 
 for _backend in (_Greedy(), _CpSat(), _Auto()):
@@ -329,7 +331,9 @@ def solve(
         int_seed = as_int_seed(seed)
     answer = backend.run(problem, deadline=start + budget, seed=int_seed,
                          hint=_check_hint(hint, problem), options=options)
-    value = objective(problem, answer.assignment, answer.chunks)
+    value = answer.value
+    if value is None:
+        value = objective(problem, answer.assignment, answer.chunks)
     bound = max(answer.bound, analytic_bound(problem))
     if options.get("lp_bound", method != "greedy") and answer.status is not SolveStatus.INFEASIBLE:
         # the LP runs only inside what is left of the budget (unless asked for explicitly)

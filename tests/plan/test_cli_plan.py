@@ -10,6 +10,7 @@ import pytest
 from sbsopt.cli import main
 
 COMMON = ["--trace", "azure-conv", "--limit", "600", "--duration-s", "1.5", "--router", "least_tokens",
+          "--prefill-instances", "1",
           "--backend", "serial"]
 
 
@@ -20,8 +21,9 @@ def _json(capsys, argv):
 
 def test_plan_capacity_json_and_out(capsys, tmp_path):
     out = tmp_path / "runs.csv"
-    d = _json(capsys, ["plan", "capacity", *COMMON, "--tolerance", "10", "--rate-min", "2", "--rate-max", "200",
-                       "--json", "--out", str(out)])
+    # 1 s TTFT: at the 2 s default, 600 requests stay within the SLO even as one burst.
+    d = _json(capsys, ["plan", "capacity", *COMMON, "--ttft-slo-ms", "1000", "--tolerance", "10", "--rate-min", "2",
+                       "--rate-max", "200", "--json", "--out", str(out)])
     assert {"max_rate_req_s", "tolerance_req_s", "confirm", "gpus"} <= set(d)
     assert d["tolerance_req_s"] == 10 and d["gpus"] == 176
     assert d["fail_rate_req_s"] - d["max_rate_req_s"] <= 10

@@ -4,8 +4,7 @@ The router only sees engine reports every ``report_period_s`` (plus its own virt
 with a long lag and a small KV pool it routes on stale numbers.  Whatever it decides, no
 decode rank may ever hold more KV blocks than it has (checked after every epoch start by
 wrapping the engine step), and every request ends completed, rejected with a reason, or in
-flight: none is lost.  Fault injection (``--fail``, ``--slow-rank``) does not exist in the
-simulator yet, so it is not tested here.
+flight: none is lost.  Faults (``--fail``, ``--slow-rank``) are tested in test_sim_faults.py.
 """
 
 from __future__ import annotations

@@ -60,3 +60,16 @@ def test_compiled_prefill_bound_matches_the_numpy_reference(cat, seed: int) -> N
         kw["instance"] = np.arange(j) % 2
     problem = cat.random_prefill(rng, int(rng.integers(0, 30)), j, **kw)
     assert _prefill_analytic_fast(problem) == pytest.approx(_prefill_analytic(problem), rel=1e-9)
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_compiled_decode_bound_matches_the_numpy_reference(cat, seed: int) -> None:
+    from sbsopt.window.bounds import _decode_analytic, _decode_analytic_fast
+
+    rng = np.random.default_rng(seed)
+    j = int(rng.integers(1, 6))
+    kw: dict = {}
+    if seed % 5 == 0 and j > 1:
+        kw["instance"] = np.arange(j) % 2
+    problem = cat.random_decode(rng, int(rng.integers(0, 30)), j, **kw)
+    assert _decode_analytic_fast(problem) == pytest.approx(_decode_analytic(problem), rel=1e-9)

@@ -141,3 +141,31 @@ def test_best_of_kernel_matches_the_python_passes(cat, seed: int) -> None:
     assert value == pytest.approx(passes[best][2], rel=1e-12)
     np.testing.assert_array_equal(assignment, passes[best][0])
     assert {int(i): int(k) for i, k in enumerate(chunk_tokens) if k} == passes[best][1]
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_decode_best_of_matches_the_references_with_ties(cat, seed: int) -> None:
+    from sbsopt.window.objective import decode_objective
+
+    rng = np.random.default_rng(seed)
+    j = int(rng.integers(1, 12))
+    # few distinct context lengths and equal starting KV: ties in every comparison
+    p = cat.random_decode(rng, int(rng.integers(0, 40)), j, kv_tokens=np.full(j, 640),
+                          batch_size=np.zeros(j, np.int64),
+                          max_batch_size=rng.integers(1, 8, j))
+    p = type(p).from_arrays(rng.integers(1, 4, p.n_requests) * 64, np.ones(p.n_requests, np.int64),
+                            batch_size=p.batch_size, max_batch_size=p.max_batch_size,
+                            kv_blocks_used=np.zeros(j, np.int64),
+                            free_kv_blocks=p.free_kv_blocks, coefficients=p.coefficients,
+                            kv_tokens=p.kv_tokens)
+    order = np.argsort(-p.context_tokens, kind="stable")
+    iqr = _kernels.decode_iqr_lex_py(order, p.context_tokens, p.kv_blocks, p.batch_size,
+                                     p.max_batch_size, p.kv_tokens, p.free_kv_blocks, p.iqr_k)
+    step = _kernels.decode_min_step_py(order, p.context_tokens, p.kv_blocks, p.batch_size,
+                                       p.max_batch_size, p.kv_tokens, p.free_kv_blocks,
+                                       p.instance, p.us_per_request, p.us_per_kv_token)
+    values = decode_objective(p, iqr), decode_objective(p, step)
+    expected = step if values[1] < values[0] else iqr
+    assignment, _, value, _ = greedy_decode(p)
+    np.testing.assert_array_equal(assignment, expected)
+    assert value == pytest.approx(min(values), rel=1e-12)

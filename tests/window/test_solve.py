@@ -63,3 +63,21 @@ def test_chunking_places_the_head_of_an_oversized_request(cat) -> None:
         validate_assignment(w, result)
         assert list(result.chunks.values()) == [8192], method
         assert result.deferred.size == 0
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_greedy_objective_from_the_kernels_matches_the_reference(cat, seed: int) -> None:
+    from sbsopt.window.objective import objective
+
+    rng = np.random.default_rng(seed)
+    j = int(rng.integers(1, 6))
+    kw: dict = {"instance": np.arange(j) % 2} if seed % 3 == 0 and j > 1 else {}
+    if seed % 2:
+        problem = cat.random_decode(rng, int(rng.integers(0, 40)), j, **kw)
+    else:
+        problem = cat.random_prefill(rng, int(rng.integers(0, 40)), j,
+                                     allow_chunking=bool(seed % 4), **kw)
+    for method in ("greedy", "auto"):
+        r = solve(problem, method=method, time_limit_s=0.05)
+        expected = objective(problem, r.assignment, r.chunks)
+        assert r.objective == pytest.approx(expected, rel=1e-9, abs=1e-9)

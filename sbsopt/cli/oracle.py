@@ -16,7 +16,10 @@ __all__ = ["oracle"]
               help="DP units per instance of the cost model (EP size).")
 @click.option("--warm/--no-warm", default=True, show_default=True,
               help="Compile the greedy kernels before reading the first line.")
-def oracle(model: str, hardware: str, ep: int, warm: bool) -> None:
+@click.option("--max-line-mb", default=64.0, show_default=True,
+              type=click.FloatRange(min=0.001),
+              help="Longest input line accepted; a longer one gets an error answer.")
+def oracle(model: str, hardware: str, ep: int, warm: bool, max_line_mb: float) -> None:
     """Answer one window problem per stdin line with one JSON answer per stdout line.
 
     The schema is in the README (Window optimizer and policy oracle). Bad lines get an
@@ -35,4 +38,5 @@ def oracle(model: str, hardware: str, ep: int, warm: bool) -> None:
 
     if warm:
         warm_up()
-    serve(sys.stdin.buffer, sys.stdout.buffer, coefficients=coefficients)
+    serve(sys.stdin.buffer, sys.stdout.buffer, coefficients=coefficients,
+          max_line_bytes=int(max_line_mb * 2**20))

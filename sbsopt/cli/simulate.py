@@ -125,7 +125,9 @@ def compare(trace, interval, solver, prefill_instances, decode_instances, prefil
     cluster, workload = _setup(trace, prefill_instances, decode_instances, prefill_ep, decode_ep,
                                load, rate, limit, seed)
     summaries = []
-    for name, engine_name in tqdm([(r, b) for r in names for b in engines], desc="runs", disable=as_json,
+    pairs = [(r, b) for r in names for b in engines]
+    # disable=None: no bar when stderr is not a terminal
+    for name, engine_name in tqdm(pairs, desc="runs", disable=True if as_json else None,
                                   leave=False):
         run_cluster, engine = _engine(mode, engine_name, token_budget, instances, ep, tpot_slo_ms, cluster)
         result = run(workload, cluster=run_cluster, router=name, interval=interval, solver=solver,

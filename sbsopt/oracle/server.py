@@ -184,18 +184,53 @@ def answer_line(
         return _ENCODER.encode(_error(None, None, f"cannot encode the answer: {exc}")) + b"\n"
 
 
+#: Default cap on one input line; a longer line is answered with an error and skipped.
+MAX_LINE_BYTES = 64 * 2**20
+
+
+def _skip_rest_of_line(stdin: BinaryIO, chunk: int) -> None:
+    """Read (and drop) up to the end of the current line, ``chunk`` bytes at a time."""
+    while True:
+        piece = stdin.readline(chunk)
+        if not piece or piece.endswith(b"\n"):
+            return
+
+
 def serve(
-    stdin: BinaryIO, stdout: BinaryIO, *, coefficients: Callable[[str], Any] = _default_coefficients
+    stdin: BinaryIO,
+    stdout: BinaryIO,
+    *,
+    coefficients: Callable[[str], Any] = _default_coefficients,
+    max_line_bytes: int = MAX_LINE_BYTES,
 ) -> int:
     """Answer every line of ``stdin`` on ``stdout`` (flushed per line) until EOF.
 
-    Blank lines are skipped. Returns the number of lines answered.
+    Blank lines are skipped. A line longer than ``max_line_bytes`` is never held in memory
+    whole: it gets an error answer (field ``"line"``) and the server goes on with the next
+    line. Returns the number of lines answered.
+
+    Examples
+    --------
+    >>> import io
+    >>> out = io.BytesIO()
+    >>> serve(io.BytesIO(b'{"id": "w1"}' + b" " * 100 + b"\\n[]\\n"), out, max_line_bytes=64)
+    2
+    >>> out.getvalue().splitlines()[0][:60]
+    b'{"id":null,"status":"error","error":{"field":"line","message'
     """
     count = 0
-    for line in stdin:
-        if not line.strip():
+    while True:
+        line = stdin.readline(max_line_bytes + 1)
+        if not line:
+            return count
+        if len(line) > max_line_bytes and not line.endswith(b"\n"):
+            _skip_rest_of_line(stdin, max_line_bytes + 1)
+            answer = _ENCODER.encode(_error(None, "line", f"input line longer than "
+                                            f"{max_line_bytes} bytes (skipped)")) + b"\n"
+        elif not line.strip():
             continue
-        stdout.write(answer_line(line, coefficients=coefficients))
+        else:
+            answer = answer_line(line, coefficients=coefficients)
+        stdout.write(answer)
         stdout.flush()
         count += 1
-    return count

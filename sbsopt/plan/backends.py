@@ -176,7 +176,8 @@ def run_tasks(
 def _progress(total: int, description: str):
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, desc=description, leave=False)
+    # disable=None: no bar when stderr is not a terminal (logs would fill with frames)
+    return tqdm(total=total, desc=description, leave=False, disable=None)
 
 
 def _tick(bar) -> None:

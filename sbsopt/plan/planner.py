@@ -55,15 +55,20 @@ class InstancePlan:
         """JSON-able answer (``prefill_instances``, ``decode_instances``, ``gpus``, ``cost_per_million_tokens``)."""
         s = self.search
         p, d = s.prefill_instances, s.decode_instances
-        if self.policy.mode == "colocated" and d is not None:
-            d = 0
+        message = s.message
+        if self.policy.mode == "colocated":
+            # the search ran on engines only (its decode axis is a dummy of size 1)
+            d = None if d is None else 0
+            message = (f"{p} colocated engines ({s.evaluations} simulations)" if s.feasible else
+                       "infeasible: the SLO fails even with the most colocated engines allowed "
+                       "(max_prefill)")
         return {"feasible": s.feasible, "rate_req_s": self.rate_req_s, "prefill_instances": p,
                 "decode_instances": d, "pd_ratio": None if p is None or not d else p / d,
                 "gpus": None if self.cost is None else self.cost.gpus,
                 "cost_per_million_tokens": None if self.cost is None else self.cost.cost_per_million_tokens,
                 **({} if self.cost is None else _cost_fields(self.cost)),
                 "metrics": s.metrics, "frontier": [list(x) for x in s.frontier],
-                "evaluations": s.evaluations, "message": s.message,
+                "evaluations": s.evaluations, "message": message,
                 "slo": dataclasses.asdict(self.slo), "policy": self.policy.as_params()}
 
 

@@ -34,6 +34,9 @@ def prefill_greedy(order, cost, tokens, blocks, penalty, guarded, room, free, un
     ``room``, ``free``, ``unit_time`` and ``inst_max`` are updated in place."""
     n = cost.shape[0]
     units = room.shape[0]
+    if inst_max.shape[0] == 1:
+        return _prefill_greedy_one(order, cost, tokens, blocks, penalty, guarded, room, free,
+                                   unit_time, inst_max)
     assignment = np.full(n, -1, np.int64)
     for k in range(order.shape[0]):
         i = order[k]
@@ -55,6 +58,66 @@ def prefill_greedy(order, cost, tokens, blocks, penalty, guarded, room, free, un
                 inst_max[inst[best]] = best_time
     return assignment
 
+
+@numba.njit(cache=True, nogil=True)
+def _prefill_greedy_one(order, cost, tokens, blocks, penalty, guarded, room, free, unit_time,
+                        inst_max):  # pragma: no cover - compiled
+    """:func:`prefill_greedy` for one instance. There the least step raise, then least time,
+    is the feasible unit of least time, so units are kept sorted by ``(time, index)`` (a
+    binary search and a block shift per placement) and the scan stops at the first feasible
+    one (and the units tied with it after rounding)."""
+    n = cost.shape[0]
+    units = room.shape[0]
+    assignment = np.full(n, -1, np.int64)
+    by_time = np.argsort(unit_time, kind="mergesort")
+    sorted_time = unit_time[by_time]
+    # rooms only shrink: a request larger than the largest room is skipped without a scan
+    room_max = room.max() if units else 0
+    for k in range(order.shape[0]):
+        i = order[k]
+        if tokens[i] > room_max:
+            continue
+        c = cost[i]
+        best = -1
+        best_time = np.inf
+        p_best = -1
+        for p in range(units):
+            j = by_time[p]
+            if tokens[i] <= room[j] and blocks[i] <= free[j]:
+                t = sorted_time[p] + c
+                if best >= 0 and t > best_time:
+                    break
+                if best < 0 or t < best_time or j < best:
+                    best, best_time, p_best = j, t, p
+        if best < 0:
+            continue
+        if not (guarded[i] or max(0.0, best_time - inst_max[0]) < penalty[i]):
+            continue
+        assignment[i] = best
+        if room[best] == room_max:
+            room[best] -= tokens[i]
+            room_max = room.max()
+        else:
+            room[best] -= tokens[i]
+        free[best] -= blocks[i]
+        unit_time[best] = best_time
+        if best_time > inst_max[0]:
+            inst_max[0] = best_time
+        # new position: after every unit of smaller (time, index)
+        lo, hi = p_best + 1, units
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if sorted_time[mid] < best_time or (sorted_time[mid] == best_time
+                                                and by_time[mid] < best):
+                lo = mid + 1
+            else:
+                hi = mid
+        for p in range(p_best, lo - 1):
+            by_time[p] = by_time[p + 1]
+            sorted_time[p] = sorted_time[p + 1]
+        by_time[lo - 1] = best
+        sorted_time[lo - 1] = best_time
+    return assignment
 
 def prefill_greedy_py(order, cost, tokens, blocks, penalty, guarded, room, free, unit_time, inst):
     """Reference of :func:`prefill_greedy` (returns the assignment; inputs untouched)."""
@@ -193,52 +256,76 @@ def decode_iqr_lex(order, context, blocks, batch, max_batch, kv, free, iqr_k):  
     n = context.shape[0]
     units = batch.shape[0]
     assignment = np.full(n, -1, np.int64)
+    # unit state kept sorted by KV tokens (one block shift per placement), so candidates come
+    # out in KV order: the quantiles are read off and the fence cuts a prefix
+    unit_s = np.argsort(kv, kind="mergesort")
+    kv_s = kv[unit_s].astype(np.float64)
+    batch_s = batch[unit_s]
+    slots_s = max_batch[unit_s] - batch_s
+    free_s = free[unit_s]
     cand = np.empty(units, np.int64)
     vals = np.empty(units, np.float64)
-    # units kept sorted by KV tokens (one insertion step per placement), so the candidates'
-    # values come out sorted and no per-request sort or allocation is needed
-    by_kv = np.argsort(kv, kind="mergesort")
-    rank = np.empty(units, np.int64)
+    full = 0  # units without a free slot
+    min_free = free_s.min() if units else 0
     for p in range(units):
-        rank[by_kv[p]] = p
+        if slots_s[p] <= 0:
+            full += 1
     for q in range(order.shape[0]):
         i = order[q]
-        m = 0
-        for p in range(units):
-            j = by_kv[p]
-            if batch[j] < max_batch[j] and blocks[i] <= free[j]:
-                cand[m] = j
-                vals[m] = kv[j]
-                m += 1
+        if full == 0 and blocks[i] <= min_free:
+            m = units  # every unit is a candidate: positions are the candidates
+            for c in range(m):
+                cand[c] = c
+            values = kv_s
+        else:
+            m = 0
+            for p in range(units):
+                if slots_s[p] > 0 and blocks[i] <= free_s[p]:
+                    cand[m] = p
+                    vals[m] = kv_s[p]
+                    m += 1
+            values = vals
         if m == 0:
             continue
         fence = np.inf
         if m >= 4:
-            q1 = _quantile_sorted(vals, m, 0.25)
-            q3 = _quantile_sorted(vals, m, 0.75)
+            q1 = _quantile_sorted(values, m, 0.25)
+            q3 = _quantile_sorted(values, m, 0.75)
             fence = q3 + iqr_k * (q3 - q1)
-        best = -1
-        for c in range(m):
-            j = cand[c]
-            if kv[j] > fence:
-                break  # candidates are in increasing KV order
-            if (best < 0 or batch[j] < batch[best]
-                    or (batch[j] == batch[best] and (kv[j] < kv[best]
-                                                     or (kv[j] == kv[best] and j < best)))):
-                best = j
-        assignment[i] = best
-        batch[best] += 1
-        kv[best] += context[i]
-        free[best] -= blocks[i]
-        p = rank[best]
-        while p + 1 < units and kv[by_kv[p + 1]] < kv[best]:
-            by_kv[p] = by_kv[p + 1]
-            rank[by_kv[p]] = p
+        best = cand[0]
+        for c in range(1, m):
+            p = cand[c]
+            if kv_s[p] > fence:
+                break
+            if (batch_s[p] < batch_s[best] or (batch_s[p] == batch_s[best] and (
+                    kv_s[p] < kv_s[best] or (kv_s[p] == kv_s[best] and unit_s[p] < unit_s[best])))):
+                best = p
+        j = unit_s[best]
+        assignment[i] = j
+        batch[j] += 1
+        kv[j] += context[i]
+        free[j] -= blocks[i]
+        new_kv = kv_s[best] + context[i]
+        new_batch = batch_s[best] + 1
+        new_slots = slots_s[best] - 1
+        new_free = free_s[best] - blocks[i]
+        if new_slots == 0:
+            full += 1
+        min_free = min(min_free, new_free)
+        p = best
+        while p + 1 < units and kv_s[p + 1] < new_kv:
+            kv_s[p] = kv_s[p + 1]
+            batch_s[p] = batch_s[p + 1]
+            slots_s[p] = slots_s[p + 1]
+            free_s[p] = free_s[p + 1]
+            unit_s[p] = unit_s[p + 1]
             p += 1
-        by_kv[p] = best
-        rank[best] = p
+        kv_s[p] = new_kv
+        batch_s[p] = new_batch
+        slots_s[p] = new_slots
+        free_s[p] = new_free
+        unit_s[p] = j
     return assignment
-
 
 def decode_iqr_lex_py(order, context, blocks, batch, max_batch, kv, free, iqr_k):
     """Reference of :func:`decode_iqr_lex` (inputs untouched)."""
@@ -273,29 +360,48 @@ def decode_min_step(order, context, blocks, batch, max_batch, kv, free, inst, n_
     for j in range(units):
         max_b[inst[j]] = max(max_b[inst[j]], batch[j])
         max_k[inst[j]] = max(max_k[inst[j]], kv[j])
+    # per-unit copies in float so that the raise pass is branch-free (and vectorised)
+    batch_f = batch.astype(np.float64)
+    kv_f = kv.astype(np.float64)
+    raise_ = np.empty(units, np.float64)
     for q in range(order.shape[0]):
         i = order[q]
-        best = -1
-        best_raise = np.inf
-        for j in range(units):
-            if batch[j] >= max_batch[j] or blocks[i] > free[j]:
-                continue
-            g = inst[j]
-            r = a * max(0.0, batch[j] + 1 - max_b[g]) + b * max(0.0, kv[j] + context[i] - max_k[g])
-            if best < 0 or r < best_raise or (r == best_raise and (
-                    batch[j] < batch[best] or (batch[j] == batch[best] and kv[j] < kv[best]))):
-                best, best_raise = j, r
-        if best < 0:
+        ctx = context[i]
+        least = np.inf
+        if n_inst == 1:
+            top_b = max_b[0] - 1.0
+            top_k = max_k[0] - ctx
+            need = blocks[i]
+            for j in range(units):
+                r = a * max(0.0, batch_f[j] - top_b) + b * max(0.0, kv_f[j] - top_k)
+                r = r if batch[j] < max_batch[j] and need <= free[j] else np.inf
+                raise_[j] = r
+                least = min(least, r)
+        else:
+            for j in range(units):
+                g = inst[j]
+                r = (a * max(0.0, batch_f[j] + 1.0 - max_b[g])
+                     + b * max(0.0, kv_f[j] + ctx - max_k[g]))
+                r = r if batch[j] < max_batch[j] and blocks[i] <= free[j] else np.inf
+                raise_[j] = r
+                least = min(least, r)
+        if least == np.inf:
             continue
+        best = -1
+        for j in range(units):
+            if raise_[j] == least and (best < 0 or batch[j] < batch[best] or (
+                    batch[j] == batch[best] and kv[j] < kv[best])):
+                best = j
         assignment[i] = best
         batch[best] += 1
-        kv[best] += context[i]
+        kv[best] += ctx
         free[best] -= blocks[i]
+        batch_f[best] += 1.0
+        kv_f[best] += ctx
         g = inst[best]
-        max_b[g] = max(max_b[g], batch[best])
-        max_k[g] = max(max_k[g], kv[best])
+        max_b[g] = max(max_b[g], batch_f[best])
+        max_k[g] = max(max_k[g], kv_f[best])
     return assignment
-
 
 def decode_min_step_py(order, context, blocks, batch, max_batch, kv, free, inst, a, b):
     """Reference of :func:`decode_min_step` (inputs untouched)."""
@@ -437,6 +543,57 @@ def _knapsack_gain_nb(gain, weight, capacity):  # pragma: no cover - compiled
 
 
 @numba.njit(cache=True, nogil=True)
+def _fraction_value(lin, quad, pen, weight, lam):  # pragma: no cover - compiled
+    """``(sum_i min_a q_i(a), sum_i weight_i * argmin_a, -sum of slopes)`` over ``a`` in [0, 1] of
+    ``q_i(a) = quad_i*a**2 + (lin_i - pen_i + lam*weight_i)*a``."""
+    value = 0.0
+    used = 0.0
+    slope = 0.0
+    for i in range(lin.shape[0]):
+        s = lin[i] - pen[i] + lam * weight[i]
+        if quad[i] > 0.0:
+            a = min(max(-s / (2.0 * quad[i]), 0.0), 1.0)
+            if 0.0 < a < 1.0:
+                slope += weight[i] * weight[i] / (2.0 * quad[i])
+        else:
+            a = 1.0 if s < 0.0 else 0.0
+        value += quad[i] * a * a + s * a
+        used += weight[i] * a
+    return value, used, slope
+
+
+@numba.njit(cache=True, nogil=True)
+def _fraction_dual(lin, quad, pen, weight, capacity):  # pragma: no cover - compiled
+    """Lagrangian lower bound of ``min sum_i quad_i a_i**2 + (lin_i - pen_i) a_i`` over
+    ``a`` in [0, 1]**n with ``sum_i weight_i a_i <= capacity``: the dual function at the
+    multiplier where the relaxed answer just fills the capacity (safeguarded Newton steps on
+    the piecewise-linear fill; any multiplier gives a valid bound). ``capacity >= 2**61``
+    means unlimited."""
+    value, used, slope = _fraction_value(lin, quad, pen, weight, 0.0)
+    if capacity >= 2.0**61 or used <= capacity:
+        return value
+    lo = 0.0
+    hi = 0.0
+    for i in range(lin.shape[0]):
+        if weight[i] > 0:
+            hi = max(hi, (pen[i] - lin[i]) / weight[i])
+    lam = hi / 2.0
+    best = value
+    for _ in range(60):
+        value, used, slope = _fraction_value(lin, quad, pen, weight, lam)
+        best = max(best, value - lam * capacity)
+        if abs(used - capacity) <= 1e-9 * capacity or hi - lo <= 1e-12 * hi:
+            break
+        if used > capacity:
+            lo = lam
+        else:
+            hi = lam
+        step = lam + (used - capacity) / slope if slope > 0.0 else -1.0
+        lam = step if lo < step < hi else (lo + hi) / 2.0
+    return best
+
+
+@numba.njit(cache=True, nogil=True)
 def decode_value(assignment, context, batch, kv, inst, n_inst, base, a, b,
                  penalty):  # pragma: no cover - compiled
     """``sbsopt.window.objective.decode_objective`` in one compiled pass (inputs untouched)."""
@@ -530,8 +687,8 @@ def decode_analytic_bound(batch, max_batch, kv, free, instance, n_inst, base, a,
 
 
 @numba.njit(cache=True, nogil=True)
-def prefill_analytic_bound(residual, instance, n_inst, base, cost, pen, tokens, blocks, room,
-                           free, chunking, beta):  # pragma: no cover - compiled
+def prefill_analytic_bound(residual, instance, n_inst, base, cost, pen, tokens, cached, blocks,
+                           room, free, chunking, alpha, beta, gamma):  # pragma: no cover - compiled
     """The analytic prefill bound of ``sbsopt.window.bounds`` in one compiled pass."""
     units = residual.shape[0]
     n = cost.shape[0]
@@ -540,7 +697,6 @@ def prefill_analytic_bound(residual, instance, n_inst, base, cost, pen, tokens, 
     gsum = np.zeros(n_inst, np.float64)
     room_total = 0.0
     free_total = 0.0
-    room_max = 0
     for j in range(units):
         g = instance[j]
         size[g] += 1
@@ -548,7 +704,6 @@ def prefill_analytic_bound(residual, instance, n_inst, base, cost, pen, tokens, 
         gsum[g] += residual[j]
         room_total += room[j]
         free_total += free[j]
-        room_max = max(room_max, room[j])
     units_max = size.max()
     resid_max = gmax.sum()
     resid_mean = 0.0
@@ -573,17 +728,19 @@ def prefill_analytic_bound(residual, instance, n_inst, base, cost, pen, tokens, 
     blk = blocks.astype(np.float64)
     floor_a = pen_total - min(_knapsack_gain_nb(gain_a, tok, room_total),
                               _knapsack_gain_nb(gain_a, blk, free_total))
-    floor_b = pen_total - min(_knapsack_gain_nb(gain_b, tok, room_total),
-                              _knapsack_gain_nb(gain_b, blk, free_total))
-    overcount = 0.0
     if chunking:
-        over = np.empty(n, np.float64)
+        # a request placed as a fraction a of itself costs at least lin*a + quad*a**2
+        lin = np.empty(n, np.float64)
+        quad = np.empty(n, np.float64)
         for i in range(n):
-            k = min(np.floor(tokens[i] / 2.0), float(room_max))
-            over[i] = beta * k * (tokens[i] - k) / 2.0
-        over = np.sort(over)[::-1]
-        overcount = over[: min(units, n)].sum() / units_max
-    bound = max(total_base + resid_max + floor_a, total_base + resid_mean + floor_b - overcount)
+            lin[i] = (gamma + alpha * tokens[i] + beta * tokens[i] * cached[i]) / units_max
+            quad[i] = beta * tokens[i] * tokens[i] / 2.0 / units_max
+        floor_b = pen_total + max(_fraction_dual(lin, quad, pen, tok, room_total),
+                                  _fraction_dual(lin, quad, pen, blk, free_total))
+    else:
+        floor_b = pen_total - min(_knapsack_gain_nb(gain_b, tok, room_total),
+                                  _knapsack_gain_nb(gain_b, blk, free_total))
+    bound = max(total_base + resid_max + floor_a, total_base + resid_mean + floor_b)
     if n_inst == 1 and not chunking:
         forced = 0.0
         largest = -np.inf
@@ -656,3 +813,86 @@ def prefill_best_of(orders, cost, tokens, cached, blocks, penalty, guarded, room
             best_assignment = assignment
             best_chunks = chunk_tokens
     return best_row, best_assignment, best_chunks, best_value
+
+
+@numba.njit(cache=True, nogil=True)
+def _priority_order(guarded, key, tie):  # pragma: no cover - compiled
+    """``np.lexsort((tie, key, ~guarded))``: guarded first, then ``key``, then ``tie``, then
+    index, ascending. One sort on ``key``; runs of equal keys (rare) are insertion-sorted."""
+    n = key.shape[0]
+    order = np.argsort(key)
+    start = 0
+    while start < n:
+        stop = start + 1
+        while stop < n and key[order[stop]] == key[order[start]]:
+            stop += 1
+        for q in range(start + 1, stop):
+            i = order[q]
+            p = q
+            while p > start and (tie[order[p - 1]] > tie[i]
+                                 or (tie[order[p - 1]] == tie[i] and order[p - 1] > i)):
+                order[p] = order[p - 1]
+                p -= 1
+            order[p] = i
+        start = stop
+    if not guarded.any():
+        return order
+    out = np.empty_like(order)
+    m = 0
+    for q in range(n):
+        if guarded[order[q]]:
+            out[m] = order[q]
+            m += 1
+    for q in range(n):
+        if not guarded[order[q]]:
+            out[m] = order[q]
+            m += 1
+    return out
+
+
+@numba.njit(cache=True, nogil=True)
+def prefill_orders(cost, tokens, blocks, penalty, guarded, arrival, room,
+                   free):  # pragma: no cover - compiled
+    """The greedy's request orders, guarded requests first in each: PBAA (oldest, then
+    largest), LPT (largest, then oldest) and, when the window holds more tokens or KV blocks
+    than the units have room for, density (deferral penalty per token, then oldest)."""
+    n = cost.shape[0]
+    neg_cost = -cost
+    capacity_bound = tokens.sum() > room.sum() or (
+        blocks.astype(np.float64).sum() > free.astype(np.float64).sum())
+    orders = np.empty((3 if capacity_bound else 2, n), np.int64)
+    orders[0] = _priority_order(guarded, arrival, neg_cost)
+    orders[1] = _priority_order(guarded, neg_cost, arrival)
+    if capacity_bound:
+        density = np.empty(n, np.float64)
+        for i in range(n):
+            density[i] = -penalty[i] / max(tokens[i], 1)
+        orders[2] = _priority_order(guarded, density, arrival)
+    return orders
+
+
+@numba.njit(cache=True, nogil=True)
+def prefill_solve(cost, tokens, cached, blocks, penalty, guarded, arrival, room, free, residual,
+                  inst, n_inst, base, chunking, alpha, beta, gamma, min_chunk,
+                  local_search):  # pragma: no cover - compiled
+    """:func:`prefill_orders`, :func:`prefill_best_of` and :func:`prefill_analytic_bound` in
+    one call (the greedy's hot path): ``(row, assignment, chunk_tokens, objective, bound)``."""
+    orders = prefill_orders(cost, tokens, blocks, penalty, guarded, arrival, room, free)
+    row, assignment, chunk_tokens, value = prefill_best_of(
+        orders, cost, tokens, cached, blocks, penalty, guarded, room, free, residual, inst,
+        n_inst, base, chunking, alpha, beta, gamma, min_chunk, local_search)
+    bound = prefill_analytic_bound(residual, inst, n_inst, base, cost, penalty, tokens, cached,
+                                   blocks, room, free, chunking, alpha, beta, gamma)
+    return row, assignment, chunk_tokens, value, bound
+
+
+@numba.njit(cache=True, nogil=True)
+def decode_solve(context, blocks, batch, max_batch, kv, free, inst, n_inst, base, a, b, penalty,
+                 iqr_k):  # pragma: no cover - compiled
+    """:func:`decode_best_of` and :func:`decode_analytic_bound` in one call:
+    ``(row, assignment, objective, bound)``."""
+    row, assignment, value = decode_best_of(context, blocks, batch, max_batch, kv, free, inst,
+                                            n_inst, base, a, b, penalty, iqr_k)
+    bound = decode_analytic_bound(batch, max_batch, kv, free, inst, n_inst, base, a, b, context,
+                                  blocks, penalty)
+    return row, assignment, value, bound

@@ -10,14 +10,17 @@ Prefill (``G`` instances, ``J_g`` units in instance ``g``, ``J* = max_g J_g``):
 * residual: ``sum_g (base + max_{j in g} r_j) + sum of forced deferral penalties`` (a request
   that fits no unit alone must be deferred, unless chunking may split it);
 * averaging (total / units): ``G*base + sum_g mean_{j in g} r_j + sum_i min(c_i / J*, P_i)``;
-  with chunking, a request placed as a fraction ``a`` of itself is counted ``a * c_i``, which
-  overstates the chunk's cost by at most ``o_i = beta*k*(n_i - k)/2`` (``k`` the chunk); a unit
-  holds at most one chunk, so the bound subtracts the ``J`` largest ``o_i`` over ``J*`` (the
-  LP subtracts ``G * max_i o_i``);
 * capacity (fractional knapsack): the assigned requests fit in the total token room (and the
   total free KV blocks), so in both forms above the penalties of the requests that cannot be
   assigned are at least the LP optimum of the knapsack "keep the requests whose assignment
   saves the most per token", solved exactly by sorting on the ratio;
+* chunking: a request may be placed as a fraction ``a`` of itself (its first chunk, the rest
+  deferred at ``(1 - a) P_i``); the chunk costs at least ``lin_i*a + quad_i*a**2`` with
+  ``lin_i = gamma + alpha*n_i + beta*n_i*p_i`` and ``quad_i = beta*n_i**2/2`` (``a*gamma``
+  for ``gamma``), so the averaging form minimises the convex
+  ``sum_i (lin_i*a_i + quad_i*a_i**2) / J* + (1 - a_i) P_i`` subject to the token (or KV)
+  capacity; its Lagrangian dual, at the multiplier where the relaxed fractions just fill the
+  capacity, is the bound (no chunk is assumed cheaper than it is);
 * largest item (one instance, no chunking): ``base + max_i min(min_{j fits} r_j + c_i,
   max_j r_j + P_i)``.
 
@@ -95,6 +98,34 @@ def _chunk_overcount(problem: PrefillWindow) -> np.ndarray:
     return problem.coefficients.beta_us_per_pair * k * (n - k) / 2.0
 
 
+def _fraction_dual(problem: PrefillWindow, units_max: int, weight: np.ndarray,
+                   capacity: float) -> float:
+    """Reference of ``_kernels._fraction_dual`` by bisection on the multiplier (module Notes)."""
+    c = problem.coefficients
+    n = problem.new_tokens.astype(np.float64)
+    lin = (c.gamma_us_per_request + c.alpha_us_per_token * n
+           + c.beta_us_per_pair * n * problem.cached_tokens) / units_max
+    quad = c.beta_us_per_pair * n * n / 2.0 / units_max
+    pen, weight = problem.penalty_us, weight.astype(np.float64)
+
+    def relaxed(lam: float) -> tuple[float, float]:
+        s = lin - pen + lam * weight
+        with np.errstate(divide="ignore", invalid="ignore"):
+            interior = np.clip(-s / (2.0 * quad), 0.0, 1.0)
+        a = np.where(quad > 0, interior, (s < 0).astype(np.float64))
+        return float((quad * a * a + s * a).sum()) - lam * capacity, float((weight * a).sum())
+
+    value, used = relaxed(0.0)
+    if capacity >= 2**61 or used <= capacity:
+        return value
+    positive = weight > 0
+    lo, hi = 0.0, float(((pen - lin)[positive] / weight[positive]).max())
+    for _ in range(200):
+        mid = (lo + hi) / 2.0
+        lo, hi = (mid, hi) if relaxed(mid)[1] > capacity else (lo, mid)
+    return max(value, relaxed(lo)[0], relaxed(hi)[0])
+
+
 def _prefill_analytic(problem: PrefillWindow) -> float:
     """Reference (numpy) statement of ``_kernels.prefill_analytic_bound``."""
     groups = problem.n_instances
@@ -120,11 +151,10 @@ def _prefill_analytic(problem: PrefillWindow) -> float:
     forced = _penalty_floor(np.where(can, pen, 0.0), pen_total, *args)
     # averaging form: assigning costs c_i / J* on average
     spread = _penalty_floor(np.where(can, pen - work / units_max, 0.0), pen_total, *args)
-    overcount = 0.0
     if problem.allow_chunking:
-        top = np.sort(_chunk_overcount(problem))[::-1][: problem.n_units]
-        overcount = float(top.sum()) / units_max
-    bound = max(base + resid_max + forced, base + resid_mean + spread - overcount)
+        spread = pen_total + max(_fraction_dual(problem, units_max, problem.new_tokens, room),
+                                 _fraction_dual(problem, units_max, problem.kv_blocks, free))
+    bound = max(base + resid_max + forced, base + resid_mean + spread)
     forced = 0.0 if problem.allow_chunking else float(pen[~fits_any].sum())
     if groups == 1 and fits is not None and fits_any.any():
         finish = np.where(fits, problem.residual_us[None, :] + problem.cost_us[:, None], np.inf)
@@ -163,11 +193,12 @@ def _decode_analytic(problem: DecodeWindow) -> float:
 
 
 def _prefill_analytic_fast(problem: PrefillWindow) -> float:
+    c = problem.coefficients
     return float(_kernels.prefill_analytic_bound(
         problem.residual_us, problem.instance, problem.n_instances, problem.base_us,
-        problem.cost_us, problem.penalty_us, problem.new_tokens, problem.kv_blocks,
-        problem.room_tokens, problem.free_kv_blocks, problem.allow_chunking,
-        float(problem.coefficients.beta_us_per_pair)))
+        problem.cost_us, problem.penalty_us, problem.new_tokens, problem.cached_tokens,
+        problem.kv_blocks, problem.room_tokens, problem.free_kv_blocks, problem.allow_chunking,
+        float(c.alpha_us_per_token), float(c.beta_us_per_pair), float(c.gamma_us_per_request)))
 
 
 def _decode_analytic_fast(problem: DecodeWindow) -> float:
@@ -200,8 +231,9 @@ def lp_bound(problem: PrefillWindow | DecodeWindow, *, time_limit_s: float | Non
     ``x_ij`` in [0, 1] for the pairs that fit, ``d_i`` in [0, 1] (0 when guarded), with the
     token-room, KV and batch constraints and continuous step-time variables per instance.
     With chunking allowed ``x_ij`` reads as the fraction of request ``i`` placed on ``j`` and
-    the value is lowered by the chunk overcount (module Notes), which keeps the relaxation a
-    bound of the chunked problem. Returns ``-inf`` if GLOP fails or, with ``time_limit_s``,
+    the value is lowered by ``G`` times the largest chunk overcount (a unit holds at most one
+    chunk, and only the step's unit matters per instance), which keeps it a bound of the chunked
+    problem. Returns ``-inf`` if GLOP fails or, with ``time_limit_s``,
     when the model would not be built and solved in time (about 10 us per request-unit pair
     to build; GLOP gets the rest of the limit).
     """

@@ -1,28 +1,41 @@
 """Greedy backends: PBAA water-filling + LPT (prefill) and IQR-lex (decode), Numba-compiled.
 
-The wrappers are thin on purpose (one ``np.lexsort`` and a few copies around each kernel) so a
-256 x 32 window is decided in tens of microseconds; call :func:`warm_up` once outside timed
-paths (the kernels are cached on disk with ``cache=True``).
+The wrappers are thin on purpose: one compiled call per window computes the request orders,
+every pass, the best answer and its analytic bound, so a 256 x 32 window is decided in tens of
+microseconds; call :func:`warm_up` once outside timed paths (the kernels are cached on disk with
+``cache=True``).
 """
 
 from __future__ import annotations
 
 import time
+from typing import NamedTuple
 
 import numpy as np
 
 from sbsopt.window import _kernels
+from sbsopt.window.bounds import analytic_bound
 from sbsopt.window.objective import prefill_objective
 from sbsopt.window.problem import DecodeWindow, PrefillWindow
 
 __all__ = ["GreedyAnswer", "greedy_prefill", "greedy_decode", "warm_up"]
 
-#: (assignment, chunks, objective, variant name)
-GreedyAnswer = tuple[np.ndarray, dict[int, int], float, str]
+_PREFILL_VARIANTS = ("pbaa", "lpt", "density")
+_DECODE_VARIANTS = ("iqr-lex", "min-step")
+
+class GreedyAnswer(NamedTuple):
+    """A greedy answer with the analytic lower bound computed in the same compiled call."""
+
+    assignment: np.ndarray
+    chunks: dict[int, int]
+    objective: float
+    variant: str
+    bound: float
 
 
 def _prefill_pass(problem: PrefillWindow, order: np.ndarray, local_search: int) -> GreedyAnswer:
-    """One pass in Python around the kernels (reference of ``_kernels.prefill_best_of``)."""
+    """One pass in Python around the kernels (reference of ``_kernels.prefill_best_of``; no
+    bound, reported as ``-inf``)."""
     room = problem.room_tokens.copy()
     free = problem.free_kv_blocks.copy()
     unit_time = problem.residual_us.copy()
@@ -57,13 +70,14 @@ def _prefill_pass(problem: PrefillWindow, order: np.ndarray, local_search: int) 
     value += float(problem.penalty_us[assignment < 0].sum())
     for i, k in chunks.items():
         value += problem.penalty_us[i] * (problem.new_tokens[i] - k) / problem.new_tokens[i]
-    return assignment, chunks, value, ""
+    return GreedyAnswer(assignment, chunks, value, "", -np.inf)
 
 
 def greedy_prefill(problem: PrefillWindow, *, local_search: int = 0) -> GreedyAnswer:
     """Best of PBAA (guarded, then oldest first, then largest) and LPT (guarded, then largest),
     plus, when the window holds more tokens or KV blocks than the units have room for, a pass
-    in order of deferral penalty per token.
+    in order of deferral penalty per token; the answer carries the analytic bound
+    (:func:`sbsopt.window.analytic_bound`).
 
     Parameters
     ----------
@@ -76,37 +90,33 @@ def greedy_prefill(problem: PrefillWindow, *, local_search: int = 0) -> GreedyAn
     >>> c = C(base_us=0.0, alpha_us_per_token=1.0, beta_us_per_pair=0.0, gamma_us_per_request=0.0)
     >>> w = PrefillWindow.from_arrays([30, 20, 20, 10], [0] * 4, [0.0] * 4,
     ...                               capacity_tokens=[64, 64], coefficients=c)
-    >>> assignment, chunks, obj, name = greedy_prefill(w)
-    >>> obj, chunks
-    (40.0, {})
+    >>> answer = greedy_prefill(w)
+    >>> answer.objective, answer.chunks, answer.bound
+    (40.0, {}, 40.0)
     """
     if problem.n_requests == 0:
-        return np.zeros(0, np.int64), {}, prefill_objective(problem, np.zeros(0, np.int64), {}), "empty"
-    # lexsort: last key is primary
-    pbaa = np.lexsort((-problem.cost_us, problem.arrival_s, ~problem.guarded))
-    lpt = np.lexsort((problem.arrival_s, -problem.cost_us, ~problem.guarded))
-    orders = [("pbaa", pbaa), ("lpt", lpt)]
-    if (problem.new_tokens.sum() > problem.room_tokens.sum()
-            or problem.kv_blocks.sum() > problem.free_kv_blocks.sum(dtype=np.float64)):
-        # capacity-bound: keep the requests whose deferral costs most per token
-        density = problem.penalty_us / np.maximum(problem.new_tokens, 1)
-        orders.append(("density", np.lexsort((problem.arrival_s, -density, ~problem.guarded))))
+        empty = np.zeros(0, np.int64)
+        return GreedyAnswer(empty, {}, prefill_objective(problem, empty, {}), "empty",
+                            analytic_bound(problem))
     c = problem.coefficients
-    row, assignment, chunk_tokens, value = _kernels.prefill_best_of(
-        np.stack([order for _, order in orders]), problem.cost_us, problem.new_tokens,
-        problem.cached_tokens, problem.kv_blocks, problem.penalty_us, problem.guarded,
-        problem.room_tokens, problem.free_kv_blocks, problem.residual_us, problem.instance,
-        problem.n_instances, problem.base_us, problem.allow_chunking,
-        float(c.alpha_us_per_token), float(c.beta_us_per_pair), float(c.gamma_us_per_request),
-        problem.min_chunk_tokens, local_search,
+    row, assignment, chunk_tokens, value, bound = _kernels.prefill_solve(
+        problem.cost_us, problem.new_tokens, problem.cached_tokens, problem.kv_blocks,
+        problem.penalty_us, problem.guarded, problem.arrival_s, problem.room_tokens,
+        problem.free_kv_blocks, problem.residual_us, problem.instance, problem.n_instances,
+        problem.base_us, problem.allow_chunking, float(c.alpha_us_per_token),
+        float(c.beta_us_per_pair), float(c.gamma_us_per_request), problem.min_chunk_tokens,
+        local_search,
     )
-    placed = np.flatnonzero(chunk_tokens)
-    chunks = dict(zip(placed.tolist(), chunk_tokens[placed].tolist(), strict=True)) if placed.size else {}
-    return assignment, chunks, float(value), orders[row][0]
+    chunks = {}
+    if chunk_tokens.any():
+        placed = np.flatnonzero(chunk_tokens)
+        chunks = dict(zip(placed.tolist(), chunk_tokens[placed].tolist(), strict=True))
+    return GreedyAnswer(assignment, chunks, value, _PREFILL_VARIANTS[row], bound)
 
 
 def greedy_decode(problem: DecodeWindow) -> GreedyAnswer:
-    """Best of IQR-lex and min-step-raise decode placements, longest context first.
+    """Best of IQR-lex and min-step-raise decode placements, longest context first, with the
+    analytic bound.
 
     Examples
     --------
@@ -118,13 +128,13 @@ def greedy_decode(problem: DecodeWindow) -> GreedyAnswer:
     >>> greedy_decode(d)[0].tolist()
     [0, 1]
     """
-    row, assignment, value = _kernels.decode_best_of(
+    row, assignment, value, bound = _kernels.decode_solve(
         problem.context_tokens, problem.kv_blocks, problem.batch_size, problem.max_batch_size,
         problem.kv_tokens, problem.free_kv_blocks, problem.instance, problem.n_instances,
         problem.base_us, problem.us_per_request, problem.us_per_kv_token, problem.penalty_us,
         problem.iqr_k,
     )
-    return assignment, {}, float(value), ("iqr-lex", "min-step")[row]
+    return GreedyAnswer(assignment, {}, value, _DECODE_VARIANTS[row], bound)
 
 
 def warm_up() -> float:
@@ -142,8 +152,6 @@ def warm_up() -> float:
                                  max_batch_size=[2] * 5, kv_blocks_used=[0] * 5,
                                  free_kv_blocks=[9] * 5, coefficients=dc)
     greedy_decode(d)
-    from sbsopt.window.bounds import analytic_bound
-
     analytic_bound(w)
     analytic_bound(d)
     return time.perf_counter() - start

@@ -3,17 +3,28 @@
 Backends (``greedy``, ``cpsat``, ``auto``) follow :class:`Backend`: a name, the phases they
 handle, ``is_available()`` and ``run()``. :func:`register` adds one and refuses duplicates.
 
-CP-SAT determinism: one search worker (``num_workers=1``) and a fixed ``random_seed`` make the
-search reproducible; presolve is off when less than 0.5 s remains (option ``presolve``),
-because it can outlast a window's budget and yields no solution until it ends; the stop rule is the deterministic time ``max_deterministic_time`` (equal
-to the remaining budget in seconds, CP-SAT's "deterministic seconds"), with the wall clock
-``max_time_in_seconds`` as a hard cap. Model building counts against the budget: it checks the
-clock between phases and falls back to the greedy answer (status ``TIMEOUT``) when the budget
-is gone; a window is not handed to CP-SAT at all when its pair count makes building alone
-likely to exceed the budget (about 8 microseconds per request-unit pair), nor when less than
-8 ms is left after building (CP-SAT's load and presolve are not interruptible); CP-SAT's wall
-limit is the remaining budget minus 3 ms for its stop latency. Measured overshoot beyond the
-budget: a few milliseconds on an idle machine, up to about 15 ms on a loaded one.
+CP-SAT starts from the better of the plain greedy and the greedy with 1000 move/swap rounds
+(``_HINT_LOCAL_SEARCH``; the option ``local_search`` overrides it), given as a complete hint,
+and returns whichever of that start and its own answer is better. Determinism: one search
+thread and a fixed ``random_seed``; presolve is off when less than 0.5 s remains (option
+``presolve``), because it can outlast a window's budget and yields no solution until it ends;
+the stop rule is the deterministic time ``max_deterministic_time`` (equal to the remaining
+budget in seconds, CP-SAT's "deterministic seconds"), with the wall clock
+``max_time_in_seconds`` as a hard cap. Search mode (option ``lns``): below 0.5 s and from
+``_LNS_MIN_PAIRS`` request-unit pairs, CP-SAT runs only neighbourhood search from the hint
+(``_LNS_SUBSOLVERS`` LNS subsolvers interleaved in one thread, no symmetry detection),
+because the full search spends a 50 ms budget on its start-up and first LP; it proves nothing
+then (status ``TIMEOUT`` unless the bound of :func:`solve` is met). Below 0.5 s root probing is
+off in both modes. Extra
+``SatParameters`` fields pass through the option ``cpsat_parameters`` (a dict). Model building
+counts against the budget: it checks the clock between phases and falls back to the greedy
+answer (status ``TIMEOUT``) when the budget is gone; a window is not handed to CP-SAT at all
+when its pair count makes building alone likely to exceed the budget (about 2 microseconds
+per request-unit pair; measured 0.6-1.2 from 128 x 16 to 1024 x 64), nor when less than 8 ms is
+left after building (CP-SAT's load and presolve are not interruptible); CP-SAT's wall limit is
+the remaining budget minus its stop latency (3 ms + 0.5 us per pair). Measured overshoot
+beyond the budget: a few milliseconds on an idle machine (up to 7 ms at 256 x 32), up to about
+15 ms on a loaded one.
 """
 
 from __future__ import annotations
@@ -38,10 +49,18 @@ from sbsopt.window.result import SolveResult, SolveStatus, relative_gap
 
 __all__ = ["Backend", "Answer", "BACKENDS", "register", "available_methods", "solve"]
 
-_PAIR_BUILD_S = 8e-6
+_PAIR_BUILD_S = 2e-6
 _MIN_SOLVE_S = 0.008
 _LP_PAIR_S = 10e-6
 _STOP_LATENCY_S = 0.003
+#: CP-SAT's stop latency grows with the model (measured ~5 ms more at 8192 pairs).
+_STOP_PAIR_S = 0.5e-6
+#: Move/swap rounds of the greedy that hints CP-SAT (microseconds; ``local_search`` overrides).
+_HINT_LOCAL_SEARCH = 1000
+#: From this many request-unit pairs, a budget under 0.5 s runs CP-SAT as neighbourhood search.
+_LNS_MIN_PAIRS = 1024
+#: Interleaved LNS subsolvers (one thread, deterministic interleaving).
+_LNS_SUBSOLVERS = 2
 
 
 @dataclass
@@ -56,6 +75,8 @@ class Answer:
     stats: dict[str, Any] = field(default_factory=dict)
     #: the objective of ``assignment``/``chunks`` when the backend already computed it
     value: float | None = None
+    #: True when ``bound`` already includes the analytic bound (it is not computed again)
+    analytic_included: bool = False
 
 
 class Backend(Protocol):
@@ -96,17 +117,23 @@ def available_methods() -> list[str]:
 
 def _greedy_answer(problem: PrefillWindow | DecodeWindow, options: dict[str, Any]) -> Answer:
     if isinstance(problem, PrefillWindow):
-        rounds = check_int("options.local_search", options.get("local_search", 0))
-        assignment, chunks, value, variant = greedy_prefill(problem, local_search=rounds)
-        missed = problem.guarded & (assignment < 0)
-        if missed.any():
-            return Answer(assignment, chunks, SolveStatus.INFEASIBLE,
-                          message=f"guarded requests not placed: {np.flatnonzero(missed).tolist()}",
-                          stats={"variant": variant}, value=value)
+        rounds = options.get("local_search", 0)
+        if type(rounds) is not int or rounds != 0:  # the default skips the check: hot path
+            rounds = check_int("options.local_search", rounds)
+        answer = greedy_prefill(problem, local_search=rounds)
+        if problem.guarded.any():
+            missed = problem.guarded & (answer.assignment < 0)
+            if missed.any():
+                return Answer(answer.assignment, answer.chunks, SolveStatus.INFEASIBLE,
+                              bound=answer.bound, message="guarded requests not placed: "
+                              f"{np.flatnonzero(missed).tolist()}",
+                              stats={"variant": answer.variant}, value=answer.objective,
+                              analytic_included=True)
     else:
-        assignment, chunks, value, variant = greedy_decode(problem)
-    return Answer(assignment, chunks, SolveStatus.FEASIBLE, stats={"variant": variant},
-                  value=value)
+        answer = greedy_decode(problem)
+    return Answer(answer.assignment, answer.chunks, SolveStatus.FEASIBLE, bound=answer.bound,
+                  stats={"variant": answer.variant}, value=answer.objective,
+                  analytic_included=True)
 
 
 class _Greedy:
@@ -160,71 +187,9 @@ class _CpSat:
         return importlib.util.find_spec("ortools") is not None
 
     def run(self, problem, *, deadline, seed, hint, options):
-        from ortools.sat.python import cp_model
-
-        fallback = _greedy_answer(problem, options)
-        start_hint = fallback.assignment if hint is None else hint
-        if hint is None and fallback.chunks:
-            # the model places whole requests: a chunked request is deferred in the hint
-            start_hint = start_hint.copy()
-            start_hint[list(fallback.chunks)] = -1
-        pairs = problem.n_requests * problem.n_units
-        if time.perf_counter() + pairs * _PAIR_BUILD_S > deadline:
-            return _timeout(fallback, "window too large to build a CP-SAT model in the budget")
-        try:
-            if isinstance(problem, PrefillWindow):
-                built = build_prefill_model(problem, hint=start_hint, deadline=deadline)
-            else:
-                built = build_decode_model(problem, hint=start_hint, deadline=deadline)
-        except BuildTimeout:
-            return _timeout(fallback, "the budget ran out while building the CP-SAT model")
-        if built.trivially_infeasible:
-            return Answer(fallback.assignment, fallback.chunks, SolveStatus.INFEASIBLE,
-                          message="a guarded request fits no unit", stats={"cpsat": "INFEASIBLE"})
-        remaining = deadline - time.perf_counter()
-        if remaining < _MIN_SOLVE_S:
-            # CP-SAT's load/presolve alone takes milliseconds and cannot be interrupted
-            return _timeout(fallback, "too little budget left after building the CP-SAT model")
-        solver = cp_model.CpSolver()
-        params = solver.parameters
-        params.num_workers = check_int("options.num_workers", options.get("num_workers", 1),
-                                       minimum=1)
-        params.random_seed = seed
-        params.max_deterministic_time = float(options.get("deterministic_time_s", remaining))
-        params.max_time_in_seconds = remaining - _STOP_LATENCY_S
-        # presolve alone can take longer than a window's budget and returns nothing until it
-        # ends; below half a second the search starts from the hint at once
-        params.cp_model_presolve = bool(options.get("presolve", remaining > 0.5))
-        status = solver.solve(built.model)
-        name = solver.status_name(status)
-        stats = {"cpsat": name, "cpsat_wall_s": solver.wall_time,
-                 "cpsat_deterministic_time": solver.deterministic_time,
-                 "cpsat_branches": solver.num_branches, "scale": built.scale}
-        if status == cp_model.INFEASIBLE:
-            return Answer(fallback.assignment, fallback.chunks, SolveStatus.INFEASIBLE,
-                          message="CP-SAT proved the guards infeasible", stats=stats)
-        if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
-            return _timeout(fallback, f"CP-SAT stopped with {name}", stats)
-        bound = built.constant_us + (solver.best_objective_bound - built.slack_ticks) / built.scale
-        assignment = read_assignment(solver, built, problem.n_requests)
-        chunks: dict[int, int] = {}
-        if isinstance(problem, PrefillWindow):
-            assignment, chunks = _chunk_after(problem, assignment)
-            if problem.allow_chunking:
-                # CP-SAT's proof covers whole-request placement; chunks may beat it.
-                bound = -np.inf
-        exact = status == cp_model.OPTIMAL and not chunks and np.isfinite(bound)
-        answer = Answer(assignment, chunks, SolveStatus.OPTIMAL if exact else SolveStatus.TIMEOUT,
-                        bound=bound, stats=stats)
-        if fallback.status is not SolveStatus.INFEASIBLE and objective(
-            problem, fallback.assignment, fallback.chunks
-        ) < objective(problem, assignment, chunks):
-            answer.assignment, answer.chunks = fallback.assignment, fallback.chunks
-            answer.stats["kept"] = "greedy"
-        if status == cp_model.OPTIMAL and not exact:
-            answer.status = SolveStatus.FEASIBLE
-            answer.message = "whole-request placement optimal; chunks added after"
-        return answer
+        fallback = _greedy_start(problem, options)
+        return _cpsat_improve(problem, fallback, deadline=deadline, seed=seed, hint=hint,
+                              options=options)
 
 
 class _Auto:
@@ -235,22 +200,145 @@ class _Auto:
         return BACKENDS["cpsat"].is_available()
 
     def run(self, problem, *, deadline, seed, hint, options):
-        first = _greedy_answer(problem, options)
-        if first.status is SolveStatus.FEASIBLE:
-            if first.value <= analytic_bound(problem) * (1 + 1e-12):
-                first.stats["stage"] = "greedy"
-                return first
-        answer = BACKENDS["cpsat"].run(problem, deadline=deadline, seed=seed,
-                                       hint=first.assignment if hint is None else hint,
-                                       options=options)
-        answer.stats["stage"] = "cpsat"
+        first = _greedy_start(problem, options)
+        if first.status is SolveStatus.FEASIBLE and first.value <= first.bound * (1 + 1e-12):
+            first.stats["stage"] = "greedy"
+            return first
+        answer = _cpsat_improve(problem, first, deadline=deadline, seed=seed, hint=hint,
+                                options=options)
+        answer.stats["stage"] = "greedy" if answer.stats.get("kept") == "greedy" else "cpsat"
         return answer
+
+
+def _greedy_start(problem: PrefillWindow | DecodeWindow, options: dict[str, Any]) -> Answer:
+    """The greedy answer CP-SAT starts from: without an explicit ``local_search`` option, the
+    better of the plain greedy and the greedy with ``_HINT_LOCAL_SEARCH`` move/swap rounds
+    (local search balances whole requests, which can leave less room for chunks)."""
+    if "local_search" in options or not isinstance(problem, PrefillWindow):
+        return _greedy_answer(problem, options)
+    plain = _greedy_answer(problem, options)
+    searched = _greedy_answer(problem, {**options, "local_search": _HINT_LOCAL_SEARCH})
+    if plain.status is SolveStatus.INFEASIBLE or searched.status is SolveStatus.INFEASIBLE:
+        return searched if plain.status is SolveStatus.INFEASIBLE else plain
+    return plain if plain.value < searched.value else searched
+
+
+def _sat_parameters(params: Any, problem: PrefillWindow | DecodeWindow, *, seed: int,
+                    remaining: float, options: dict[str, Any]) -> None:
+    params.num_workers = check_int("options.num_workers", options.get("num_workers", 1),
+                                   minimum=1)
+    params.random_seed = seed
+    params.max_deterministic_time = float(options.get("deterministic_time_s", remaining))
+    pairs = problem.n_requests * problem.n_units
+    params.max_time_in_seconds = remaining - _STOP_LATENCY_S - pairs * _STOP_PAIR_S
+    # presolve alone can take longer than a window's budget and returns nothing until it
+    # ends; below half a second the search starts from the hint at once
+    params.cp_model_presolve = bool(options.get("presolve", remaining > 0.5))
+    if remaining <= 0.5:
+        # root probing takes ~10 ms at 128 x 16 before the first decision (measured: decode
+        # 64 x 8 in 50 ms proves 7/12 windows optimal without it, 5/12 with it)
+        params.cp_model_probing_level = 0
+    lns = options.get("lns")
+    if lns is None:
+        lns = remaining <= 0.5 and pairs >= _LNS_MIN_PAIRS
+    if lns:
+        # the full search spends a short budget on its start-up and first LP; neighbourhood
+        # search from the hint improves it at once (measured: decode 128 x 16 gap p50
+        # 0.66% -> 0.31% in 50 ms). It proves nothing.
+        params.interleave_search = True
+        params.num_workers = _LNS_SUBSOLVERS
+        params.use_lns_only = True
+        params.symmetry_level = 0
+    extra = options.get("cpsat_parameters", {})
+    if not isinstance(extra, dict):
+        raise InvalidInputError("options.cpsat_parameters", extra, "a dict of SatParameters fields")
+    for key, value in extra.items():
+        if not hasattr(params, key):
+            raise InvalidInputError(f"options.cpsat_parameters.{key}", value,
+                                    "a field of OR-Tools' SatParameters")
+        try:
+            if isinstance(value, list | tuple):  # a repeated field is extended, not assigned
+                getattr(params, key).extend(value)
+            else:
+                setattr(params, key, value)
+        except (TypeError, AttributeError, ValueError):
+            raise InvalidInputError(f"options.cpsat_parameters.{key}", value,
+                                    "a value of that SatParameters field's type") from None
+
+
+def _cpsat_improve(problem: PrefillWindow | DecodeWindow, fallback: Answer, *, deadline: float,
+                   seed: int, hint: np.ndarray | None, options: dict[str, Any]) -> Answer:
+    """Run CP-SAT from ``hint`` (default: ``fallback``, the greedy's answer) within the
+    deadline; the better of CP-SAT's and ``fallback``'s answers is returned."""
+    from ortools.sat.python import cp_model
+
+    start_hint = fallback.assignment if hint is None else hint
+    if hint is None and fallback.chunks:
+        # the model places whole requests: a chunked request is deferred in the hint
+        start_hint = start_hint.copy()
+        start_hint[list(fallback.chunks)] = -1
+    pairs = problem.n_requests * problem.n_units
+    if time.perf_counter() + pairs * (_PAIR_BUILD_S + _STOP_PAIR_S) + _MIN_SOLVE_S > deadline:
+        return _timeout(fallback, "window too large to build a CP-SAT model in the budget")
+    build = build_prefill_model if isinstance(problem, PrefillWindow) else build_decode_model
+    t0 = time.perf_counter()
+    try:
+        built = build(problem, hint=start_hint, deadline=deadline)
+    except BuildTimeout:
+        return _timeout(fallback, "the budget ran out while building the CP-SAT model")
+    build_s = time.perf_counter() - t0
+    if built.trivially_infeasible:
+        return Answer(fallback.assignment, fallback.chunks, SolveStatus.INFEASIBLE,
+                      bound=fallback.bound, message="a guarded request fits no unit",
+                      stats={"cpsat": "INFEASIBLE", "cpsat_build_s": build_s},
+                      value=fallback.value, analytic_included=fallback.analytic_included)
+    remaining = deadline - time.perf_counter()
+    if remaining < _MIN_SOLVE_S + pairs * _STOP_PAIR_S:
+        # CP-SAT's load/presolve alone takes milliseconds and cannot be interrupted
+        return _timeout(fallback, "too little budget left after building the CP-SAT model",
+                        {"cpsat_build_s": build_s})
+    solver = cp_model.CpSolver()
+    _sat_parameters(solver.parameters, problem, seed=seed, remaining=remaining, options=options)
+    status = solver.solve(built.model)
+    name = solver.status_name(status)
+    stats = {"cpsat": name, "cpsat_build_s": build_s, "cpsat_wall_s": solver.wall_time,
+             "cpsat_deterministic_time": solver.deterministic_time,
+             "cpsat_branches": solver.num_branches, "scale": built.scale}
+    if status == cp_model.INFEASIBLE:
+        return Answer(fallback.assignment, fallback.chunks, SolveStatus.INFEASIBLE,
+                      bound=fallback.bound, message="CP-SAT proved the guards infeasible",
+                      stats=stats, value=fallback.value,
+                      analytic_included=fallback.analytic_included)
+    if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
+        return _timeout(fallback, f"CP-SAT stopped with {name}", stats)
+    bound = built.constant_us + (solver.best_objective_bound - built.slack_ticks) / built.scale
+    assignment = read_assignment(solver.response_proto, built, problem.n_requests)
+    chunks: dict[int, int] = {}
+    if isinstance(problem, PrefillWindow):
+        assignment, chunks = _chunk_after(problem, assignment)
+        if problem.allow_chunking:
+            # CP-SAT's proof covers whole-request placement; chunks may beat it.
+            bound = -np.inf
+    exact = status == cp_model.OPTIMAL and not chunks and np.isfinite(bound)
+    value = objective(problem, assignment, chunks)
+    answer = Answer(assignment, chunks, SolveStatus.OPTIMAL if exact else SolveStatus.TIMEOUT,
+                    bound=max(bound, fallback.bound), stats=stats, value=value,
+                    analytic_included=fallback.analytic_included)
+    if fallback.status is not SolveStatus.INFEASIBLE and fallback.value < value:
+        answer.assignment, answer.chunks = fallback.assignment, fallback.chunks
+        answer.value = fallback.value
+        answer.stats["kept"] = "greedy"
+    if status == cp_model.OPTIMAL and not exact:
+        answer.status = SolveStatus.FEASIBLE
+        answer.message = "whole-request placement optimal; chunks added after"
+    return answer
 
 
 def _timeout(fallback: Answer, message: str, stats: dict | None = None) -> Answer:
     status = SolveStatus.INFEASIBLE if fallback.status is SolveStatus.INFEASIBLE else SolveStatus.TIMEOUT
-    return Answer(fallback.assignment, fallback.chunks, status, message=message,
-                  stats={**fallback.stats, **(stats or {})}, value=fallback.value)
+    return Answer(fallback.assignment, fallback.chunks, status, bound=fallback.bound,
+                  message=message, stats={**fallback.stats, **(stats or {})},
+                  value=fallback.value, analytic_included=fallback.analytic_included)
 
 
 for _backend in (_Greedy(), _CpSat(), _Auto()):
@@ -295,8 +383,12 @@ def solve(
     options : dict, optional
         ``local_search`` (int, move/swap changes after the greedy, default 0), ``lp_bound``
         (bool: True adds the LP relaxation to the bound whatever it costs; by default
-        ``cpsat``/``auto`` add it only within the remaining budget and ``greedy`` never),
-        ``num_workers`` (CP-SAT, default 1), ``deterministic_time_s``, ``presolve`` (bool).
+        ``cpsat``/``auto`` add it only within the remaining budget and only to whole-request
+        windows, ``greedy`` never),
+        ``num_workers`` (CP-SAT threads, default 1), ``deterministic_time_s``, ``presolve``
+        (bool),
+        ``lns`` (bool, default by size and budget: module docstring),
+        ``cpsat_parameters`` (dict of extra ``SatParameters`` fields).
 
     Returns
     -------
@@ -334,8 +426,11 @@ def solve(
     value = answer.value
     if value is None:
         value = objective(problem, answer.assignment, answer.chunks)
-    bound = max(answer.bound, analytic_bound(problem))
-    if options.get("lp_bound", method != "greedy") and answer.status is not SolveStatus.INFEASIBLE:
+    bound = answer.bound if answer.analytic_included else max(answer.bound, analytic_bound(problem))
+    # with chunking the LP (whole-request rows less a chunk allowance) is weaker than the
+    # analytic bound on every window measured, so by default it is not spent on them
+    default_lp = method != "greedy" and not getattr(problem, "allow_chunking", False)
+    if options.get("lp_bound", default_lp) and answer.status is not SolveStatus.INFEASIBLE:
         # the LP runs only inside what is left of the budget (unless asked for explicitly)
         left = None if options.get("lp_bound") else start + budget - time.perf_counter()
         # building the LP in Python is the slow part and cannot be interrupted: keep a margin

@@ -91,3 +91,19 @@ def test_sweep_cli_engine_flags_fill_base_parameters(capsys, tmp_path):
     assert [r["batching"] for r in rows] == ["sarathi", "fairbatching"]
     assert all(r["mode"] == "colocated" and r["gpus"] == 2 * EP and r["completed"] == 30 for r in rows)
     assert all("prefill_instances" not in r for r in rows)  # flags left at their defaults are not injected
+
+
+def test_colocated_instance_plan_speaks_of_engines():
+    from sbsopt.plan.planner import InstancePlan
+    from sbsopt.plan.search import search_min_instances
+
+    policy = Policy(router="fair_load", mode="colocated", batching="fairbatching")
+    found = search_min_instances(lambda pts: [(p >= 3, {}) for p, _ in pts], max_prefill=5,
+                                 max_decode=1, gpus=lambda p, d: 16 * p)
+    d = InstancePlan(found, None, 10.0, SLO(), policy).as_dict()
+    assert (d["prefill_instances"], d["decode_instances"]) == (3, 0)
+    assert d["message"].startswith("3 colocated engines") and "decode" not in d["message"]
+    none = search_min_instances(lambda pts: [(False, {}) for _ in pts], max_prefill=5,
+                                max_decode=1, gpus=lambda p, d: 16 * p)
+    d = InstancePlan(none, None, 10.0, SLO(), policy).as_dict()
+    assert d["decode_instances"] is None and "decode" not in d["message"]

@@ -418,6 +418,19 @@ def test_ten_megabyte_lines(oracle: OracleProcess) -> None:
     check_answer(follow_up, oracle.ask(_dumps(follow_up)))
 
 
+def test_lines_over_the_cap_are_refused_without_reading_them_whole() -> None:
+    process = OracleProcess("--max-line-mb", "0.01")  # about 10 kB
+    try:
+        _check_error(process.ask("x" * (3 * 2**20)), None, "line", "3 MB over the cap")
+        padded = _prefill("padded")
+        padded["padding"] = "y" * 20_000
+        _check_error(process.ask(_dumps(padded)), None, "line", "20 kB over the cap")
+        follow_up = _prefill("after-cap")
+        check_answer(follow_up, process.ask(_dumps(follow_up)))
+    finally:
+        assert process.close() == 0, process.stderr
+
+
 def test_invalid_utf8_bytes(oracle: OracleProcess) -> None:
     _check_error(oracle.ask(b'{"id": "\xff\xfe", "phase": "prefill"}'), ..., None, "bad utf-8")
     follow_up = _decode("after-bad-utf8")

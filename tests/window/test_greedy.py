@@ -31,6 +31,23 @@ def test_prefill_kernel_matches_reference(cat, seed: int) -> None:
 
 
 @pytest.mark.parametrize("seed", range(20))
+def test_one_instance_kernel_matches_reference_with_ties(cat, seed: int) -> None:
+    from sbsopt.window import PrefillWindow
+
+    rng = np.random.default_rng(seed)
+    j, n = int(rng.integers(2, 9)), int(rng.integers(0, 40))
+    # equal loads and few distinct request sizes: unit times tie all the time
+    problem = PrefillWindow.from_arrays(
+        rng.integers(1, 4, n) * 500, np.zeros(n, np.int64), np.zeros(n),
+        capacity_tokens=np.full(j, int(rng.integers(1000, 8000))),
+        load_tokens=np.full(j, 200) * rng.integers(0, 2, j),
+        free_kv_blocks=rng.integers(5, 40, j), coefficients=cat.PREFILL)
+    order = rng.permutation(n)
+    fast = _kernels.prefill_greedy(*_prefill_args(problem, order), np.full(1, problem.residual_us.max()))
+    np.testing.assert_array_equal(fast, _kernels.prefill_greedy_py(*_prefill_args(problem, order)))
+
+
+@pytest.mark.parametrize("seed", range(20))
 def test_chunk_fill_matches_reference(cat, seed: int) -> None:
     rng = np.random.default_rng(seed)
     j = int(rng.integers(1, 6))
@@ -166,6 +183,17 @@ def test_decode_best_of_matches_the_references_with_ties(cat, seed: int) -> None
                                        p.instance, p.us_per_request, p.us_per_kv_token)
     values = decode_objective(p, iqr), decode_objective(p, step)
     expected = step if values[1] < values[0] else iqr
-    assignment, _, value, _ = greedy_decode(p)
+    assignment, _, value, _, _ = greedy_decode(p)
     np.testing.assert_array_equal(assignment, expected)
     assert value == pytest.approx(min(values), rel=1e-12)
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_priority_order_is_lexsort(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(0, 60))
+    # few distinct values: ties in both keys
+    key, tie = rng.integers(0, 4, n).astype(float), rng.integers(0, 3, n).astype(float)
+    guarded = rng.random(n) < 0.2 * (seed % 2)
+    np.testing.assert_array_equal(_kernels._priority_order(guarded, key, tie),
+                                  np.lexsort((tie, key, ~guarded)))

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from sbsopt.errors import InvalidInputError
-from sbsopt.window import BACKENDS, SolveStatus, available_methods, register, solve
+from sbsopt.window import BACKENDS, SolveStatus, analytic_bound, available_methods, register, solve
 
 
 def test_registry_refuses_duplicates_and_lists_methods() -> None:
@@ -81,3 +81,5 @@ def test_greedy_objective_from_the_kernels_matches_the_reference(cat, seed: int)
         r = solve(problem, method=method, time_limit_s=0.05)
         expected = objective(problem, r.assignment, r.chunks)
         assert r.objective == pytest.approx(expected, rel=1e-9, abs=1e-9)
+    # the greedy's bound comes from the same compiled call: it is the analytic bound
+    assert solve(problem, method="greedy").bound == analytic_bound(problem)

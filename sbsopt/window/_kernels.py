@@ -26,17 +26,71 @@ __all__ = [
 
 
 @numba.njit(cache=True, nogil=True)
+def _chunk_cost(k, cached, alpha, beta, gamma):  # pragma: no cover - compiled
+    return alpha * k + beta * k * (cached + k / 2.0) + gamma
+
+
+@numba.njit(cache=True, nogil=True)
+def _best_chunk(i, tokens, blocks, penalty, room, free, unit_time, inst, inst_max, used,
+                spec):  # pragma: no cover - compiled
+    """Where the first chunk of request ``i`` lowers the objective most: ``(unit, tokens,
+    unit time after)``, unit -1 if nowhere. ``spec = (cached, alpha, beta, gamma, min_chunk)``.
+
+    A unit takes at most one chunk (``used``), of at most ``tokens - 1`` tokens and its room,
+    KV blocks pro rata (rounded up); the change is the step raise minus the share of the
+    deferral penalty removed (``penalty * k / tokens``), and it must be negative."""
+    cached, alpha, beta, gamma, min_chunk = spec
+    best = -1
+    best_delta = 0.0
+    best_k = 0
+    best_time = 0.0
+    if tokens[i] < 2:
+        return best, best_k, best_time
+    for j in range(room.shape[0]):
+        if used[j]:
+            continue
+        k = min(room[j], tokens[i] - 1)
+        if blocks[i] > free[j]:
+            # largest k whose pro-rata blocks ceil(k*blocks/tokens) fit in free[j]
+            k = min(k, (free[j] * tokens[i]) // blocks[i])
+        if k < min_chunk or k <= 0:
+            continue
+        t = unit_time[j] + _chunk_cost(k, cached[i], alpha, beta, gamma)
+        delta = max(0.0, t - inst_max[inst[j]]) - penalty[i] * k / tokens[i]
+        if delta < best_delta:
+            best, best_delta, best_k, best_time = j, delta, k, t
+    return best, best_k, best_time
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _take_chunk(i, j, k, t, tokens, blocks, room, free, unit_time, inst, inst_max, used,
+                assignment, chunk_tokens):  # pragma: no cover - compiled
+    assignment[i] = j
+    chunk_tokens[i] = k
+    used[j] = True
+    room[j] -= k
+    free[j] -= (k * blocks[i] + tokens[i] - 1) // tokens[i]
+    unit_time[j] = t
+    if t > inst_max[inst[j]]:
+        inst_max[inst[j]] = t
+
+
+@numba.njit(cache=True, nogil=True)
 def prefill_greedy(order, cost, tokens, blocks, penalty, guarded, room, free, unit_time, inst,
-                   inst_max):  # pragma: no cover - compiled
+                   inst_max, chunk_tokens, used, chunking, spec):  # pragma: no cover - compiled
     """Water-filling in ``order``: each request goes to the feasible unit that least raises its
-    instance's step time (ties: least loaded unit); deferred when none fits or when that raise
-    is not below its deferral penalty (guarded requests are placed whenever they fit).
-    ``room``, ``free``, ``unit_time`` and ``inst_max`` are updated in place."""
+    instance's step time (ties: least loaded unit); deferred when that raise is not below its
+    deferral penalty (guarded requests are placed whenever they fit). With ``chunking``, a
+    request that fits no unit whole places its first chunk at once (:func:`_best_chunk`, the
+    chunk split of PBAA), so that large requests claim the room before smaller ones fill it.
+    ``room``, ``free``, ``unit_time``, ``inst_max``, ``chunk_tokens`` (tokens of a chunked
+    request) and ``used`` (units holding a chunk) are updated in place."""
     n = cost.shape[0]
     units = room.shape[0]
     if inst_max.shape[0] == 1:
         return _prefill_greedy_one(order, cost, tokens, blocks, penalty, guarded, room, free,
-                                   unit_time, inst_max)
+                                   unit_time, inst, inst_max, chunk_tokens, used, chunking,
+                                   spec)
     assignment = np.full(n, -1, np.int64)
     for k in range(order.shape[0]):
         i = order[k]
@@ -49,7 +103,15 @@ def prefill_greedy(order, cost, tokens, blocks, penalty, guarded, room, free, un
                 d = max(0.0, t - inst_max[inst[j]])
                 if d < best_raise or (d == best_raise and t < best_time):
                     best, best_raise, best_time = j, d, t
-        if best >= 0 and (guarded[i] or best_raise < penalty[i]):
+        if best < 0:
+            if chunking:
+                j, size, t = _best_chunk(i, tokens, blocks, penalty, room, free, unit_time, inst,
+                                         inst_max, used, spec)
+                if j >= 0:
+                    _take_chunk(i, j, size, t, tokens, blocks, room, free, unit_time, inst,
+                                inst_max, used, assignment, chunk_tokens)
+            continue
+        if guarded[i] or best_raise < penalty[i]:
             assignment[i] = best
             room[best] -= tokens[i]
             free[best] -= blocks[i]
@@ -59,73 +121,123 @@ def prefill_greedy(order, cost, tokens, blocks, penalty, guarded, room, free, un
     return assignment
 
 
+@numba.njit(cache=True, nogil=True, inline="always")
+def _move_up(by_time, sorted_time, p, unit, new_time):  # pragma: no cover - compiled
+    """Unit ``unit`` at position ``p`` of the ``(time, index)`` order now takes ``new_time``
+    (not smaller): binary search of its new position and a block shift."""
+    units = by_time.shape[0]
+    lo, hi = p + 1, units
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if sorted_time[mid] < new_time or (sorted_time[mid] == new_time and by_time[mid] < unit):
+            lo = mid + 1
+        else:
+            hi = mid
+    for q in range(p, lo - 1):
+        by_time[q] = by_time[q + 1]
+        sorted_time[q] = sorted_time[q + 1]
+    by_time[lo - 1] = unit
+    sorted_time[lo - 1] = new_time
+
+
 @numba.njit(cache=True, nogil=True)
 def _prefill_greedy_one(order, cost, tokens, blocks, penalty, guarded, room, free, unit_time,
-                        inst_max):  # pragma: no cover - compiled
+                        inst, inst_max, chunk_tokens, used, chunking,
+                        spec):  # pragma: no cover - compiled
     """:func:`prefill_greedy` for one instance. There the least step raise, then least time,
-    is the feasible unit of least time, so units are kept sorted by ``(time, index)`` (a
-    binary search and a block shift per placement) and the scan stops at the first feasible
-    one (and the units tied with it after rounding)."""
+    is the feasible unit of least time, so units are kept sorted by ``(time, index)`` and the
+    scan stops at the first feasible one (and the units tied with it after rounding)."""
     n = cost.shape[0]
     units = room.shape[0]
     assignment = np.full(n, -1, np.int64)
     by_time = np.argsort(unit_time, kind="mergesort")
     sorted_time = unit_time[by_time]
-    # rooms only shrink: a request larger than the largest room is skipped without a scan
+    # rooms only shrink: a request larger than the largest room fits nowhere whole
     room_max = room.max() if units else 0
     for k in range(order.shape[0]):
         i = order[k]
-        if tokens[i] > room_max:
-            continue
-        c = cost[i]
         best = -1
         best_time = np.inf
         p_best = -1
-        for p in range(units):
-            j = by_time[p]
-            if tokens[i] <= room[j] and blocks[i] <= free[j]:
-                t = sorted_time[p] + c
-                if best >= 0 and t > best_time:
-                    break
-                if best < 0 or t < best_time or j < best:
-                    best, best_time, p_best = j, t, p
+        need = tokens[i]
+        if need <= room_max:
+            c = cost[i]
+            need_blocks = blocks[i]
+            for p in range(units):
+                j = by_time[p]
+                if need <= room[j] and need_blocks <= free[j]:
+                    t = sorted_time[p] + c
+                    if best >= 0 and t > best_time:
+                        break
+                    if best < 0 or t < best_time or j < best:
+                        best, best_time, p_best = j, t, p
         if best < 0:
+            if chunking:
+                j, size, t = _best_chunk(i, tokens, blocks, penalty, room, free, unit_time, inst,
+                                         inst_max, used, spec)
+                if j >= 0:
+                    _take_chunk(i, j, size, t, tokens, blocks, room, free, unit_time, inst,
+                                inst_max, used, assignment, chunk_tokens)
+                    for p in range(units):
+                        if by_time[p] == j:
+                            _move_up(by_time, sorted_time, p, j, t)
+                            break
+                    room_max = room.max()
             continue
         if not (guarded[i] or max(0.0, best_time - inst_max[0]) < penalty[i]):
             continue
         assignment[i] = best
-        if room[best] == room_max:
-            room[best] -= tokens[i]
+        shrinks_max = room[best] == room_max
+        room[best] -= tokens[i]
+        if shrinks_max:
             room_max = room.max()
-        else:
-            room[best] -= tokens[i]
         free[best] -= blocks[i]
         unit_time[best] = best_time
         if best_time > inst_max[0]:
             inst_max[0] = best_time
-        # new position: after every unit of smaller (time, index)
-        lo, hi = p_best + 1, units
-        while lo < hi:
-            mid = (lo + hi) // 2
-            if sorted_time[mid] < best_time or (sorted_time[mid] == best_time
-                                                and by_time[mid] < best):
-                lo = mid + 1
-            else:
-                hi = mid
-        for p in range(p_best, lo - 1):
-            by_time[p] = by_time[p + 1]
-            sorted_time[p] = sorted_time[p + 1]
-        by_time[lo - 1] = best
-        sorted_time[lo - 1] = best_time
+        _move_up(by_time, sorted_time, p_best, best, best_time)
     return assignment
 
-def prefill_greedy_py(order, cost, tokens, blocks, penalty, guarded, room, free, unit_time, inst):
-    """Reference of :func:`prefill_greedy` (returns the assignment; inputs untouched)."""
+
+def _best_chunk_py(i, tokens, cached, blocks, penalty, room, free, unit_time, inst, step, used,
+                   alpha, beta, gamma, min_chunk):
+    """Reference of :func:`_best_chunk` on lists: ``(delta, unit, tokens, time)`` or None."""
+    if tokens[i] < 2:
+        return None
+    best = None
+    for j in range(len(room)):
+        if j in used:
+            continue
+        k = min(room[j], tokens[i] - 1)
+        if blocks[i] > free[j]:
+            k = min(k, (free[j] * tokens[i]) // blocks[i])
+        if k < max(min_chunk, 1):
+            continue
+        t = unit_time[j] + alpha * k + beta * k * (cached[i] + k / 2.0) + gamma
+        delta = max(0.0, t - step[inst[j]]) - penalty[i] * k / tokens[i]
+        if delta < 0 and (best is None or delta < best[0]):
+            best = (delta, j, k, t)
+    return best
+
+
+def _take_chunk_py(best, i, tokens, blocks, room, free, unit_time, inst, step, used, placed):
+    _, j, k, t = best
+    placed[i] = (j, k)
+    used.add(j)
+    room[j] -= k
+    free[j] -= -(-(k * blocks[i]) // tokens[i])
+    unit_time[j] = t
+    step[inst[j]] = max(step[inst[j]], t)
+
+
+def prefill_greedy_py(order, cost, tokens, blocks, penalty, guarded, room, free, unit_time, inst,
+                      chunking=False, cached=None, alpha=0.0, beta=0.0, gamma=0.0, min_chunk=1):
+    """Reference of :func:`prefill_greedy`: ``(assignment, chunk_tokens)``, inputs untouched."""
     room, free, unit_time = list(room), list(free), list(unit_time)
     step = {}
     for j, g in enumerate(inst):
         step[g] = max(step.get(g, 0.0), unit_time[j])
-    assignment = [-1] * len(cost)
+    placed, used = {}, set()
     for i in order:
         options = []
         for j in range(len(room)):
@@ -133,106 +245,64 @@ def prefill_greedy_py(order, cost, tokens, blocks, penalty, guarded, room, free,
                 t = unit_time[j] + cost[i]
                 options.append((max(0.0, t - step[inst[j]]), t, j))
         if not options:
+            best = chunking and _best_chunk_py(i, tokens, cached, blocks, penalty, room, free,
+                                               unit_time, inst, step, used, alpha, beta, gamma,
+                                               min_chunk)
+            if best:
+                _take_chunk_py(best, i, tokens, blocks, room, free, unit_time, inst, step, used,
+                               placed)
             continue
         raise_, t, j = min(options)
         if guarded[i] or raise_ < penalty[i]:
-            assignment[i] = j
+            placed[i] = (j, 0)
             room[j] -= tokens[i]
             free[j] -= blocks[i]
             unit_time[j] = t
             step[inst[j]] = max(step[inst[j]], t)
-    return np.array(assignment, np.int64)
+    assignment = np.full(len(cost), -1, np.int64)
+    chunk_tokens = np.zeros(len(cost), np.int64)
+    for i, (j, k) in placed.items():
+        assignment[i], chunk_tokens[i] = j, k
+    return assignment, chunk_tokens
 
 
 @numba.njit(cache=True, nogil=True)
-def _chunk_cost(k, cached, alpha, beta, gamma):  # pragma: no cover - compiled
-    return alpha * k + beta * k * (cached + k / 2.0) + gamma
-
-
-@numba.njit(cache=True, nogil=True)
-def chunk_fill(order, tokens, cached, blocks, penalty, room, free, unit_time, inst, inst_max,
-               alpha, beta, gamma, min_chunk):  # pragma: no cover - compiled
-    """Place the first chunk of deferred requests (in ``order``) on units with token room.
-
-    Each unit takes at most one chunk, each request at most one, of at most ``tokens - 1``
-    tokens, KV blocks pro rata (rounded up). A chunk is placed where it lowers the objective
-    most: its step raise minus the share of the deferral penalty it removes
-    (``penalty * k / tokens``), and only if that change is negative.
-    Returns ``(unit, chunk_tokens)`` per request (-1 / 0 if none)."""
+def chunk_fill(order, tokens, blocks, penalty, room, free, unit_time, inst, inst_max, used,
+               spec):  # pragma: no cover - compiled
+    """Place the first chunk of deferred requests (in ``order``) where :func:`_best_chunk`
+    finds it lowers the objective; at most one chunk per unit (``used``, updated in place)
+    and per request. Returns ``(unit, chunk_tokens)`` per request (-1 / 0 if none)."""
     n = tokens.shape[0]
-    units = room.shape[0]
     chunk_unit = np.full(n, -1, np.int64)
     chunk_tokens = np.zeros(n, np.int64)
-    used = np.zeros(units, np.bool_)
     for q in range(order.shape[0]):
         i = order[q]
-        if tokens[i] < 2:
-            continue
-        best = -1
-        best_delta = 0.0
-        best_k = 0
-        best_time = 0.0
-        for j in range(units):
-            if used[j]:
-                continue
-            k = min(room[j], tokens[i] - 1)
-            if blocks[i] > free[j]:
-                # largest k whose pro-rata blocks ceil(k*blocks/tokens) fit in free[j]
-                k = min(k, (free[j] * tokens[i]) // blocks[i])
-            if k < min_chunk or k <= 0:
-                continue
-            t = unit_time[j] + _chunk_cost(k, cached[i], alpha, beta, gamma)
-            delta = max(0.0, t - inst_max[inst[j]]) - penalty[i] * k / tokens[i]
-            if delta < best_delta:
-                best, best_delta, best_k, best_time = j, delta, k, t
-        if best >= 0:
-            chunk_unit[i] = best
-            chunk_tokens[i] = best_k
-            used[best] = True
-            room[best] -= best_k
-            free[best] -= (best_k * blocks[i] + tokens[i] - 1) // tokens[i]
-            unit_time[best] = best_time
-            if best_time > inst_max[inst[best]]:
-                inst_max[inst[best]] = best_time
+        j, k, t = _best_chunk(i, tokens, blocks, penalty, room, free, unit_time, inst, inst_max,
+                              used, spec)
+        if j >= 0:
+            _take_chunk(i, j, k, t, tokens, blocks, room, free, unit_time, inst, inst_max, used,
+                        chunk_unit, chunk_tokens)
     return chunk_unit, chunk_tokens
 
 
 def chunk_fill_py(order, tokens, cached, blocks, penalty, room, free, unit_time, inst,
-                  alpha, beta, gamma, min_chunk):
-    """Reference of :func:`chunk_fill` (inputs untouched)."""
-    room, free, unit_time = list(room), list(free), list(unit_time)
+                  alpha, beta, gamma, min_chunk, used=()):
+    """Reference of :func:`chunk_fill` (inputs untouched; ``used``: units already chunked)."""
+    room, free, unit_time, used = list(room), list(free), list(unit_time), set(used)
     step = {}
     for j, g in enumerate(inst):
         step[g] = max(step.get(g, 0.0), unit_time[j])
-    unit_of, size_of, used = {}, {}, set()
+    placed = {}
     for i in order:
-        if tokens[i] < 2:
-            continue
-        best = None
-        for j in range(len(room)):
-            if j in used:
-                continue
-            k = min(room[j], tokens[i] - 1)
-            if blocks[i] > free[j]:
-                k = min(k, (free[j] * tokens[i]) // blocks[i])
-            if k < max(min_chunk, 1):
-                continue
-            t = unit_time[j] + alpha * k + beta * k * (cached[i] + k / 2.0) + gamma
-            delta = max(0.0, t - step[inst[j]]) - penalty[i] * k / tokens[i]
-            if delta < 0 and (best is None or delta < best[0]):
-                best = (delta, j, k, t)
+        best = _best_chunk_py(i, tokens, cached, blocks, penalty, room, free, unit_time, inst,
+                              step, used, alpha, beta, gamma, min_chunk)
         if best is not None:
-            _, j, k, t = best
-            unit_of[i], size_of[i] = j, k
-            used.add(j)
-            room[j] -= k
-            free[j] -= -(-(k * blocks[i]) // tokens[i])
-            unit_time[j] = t
-            step[inst[j]] = max(step[inst[j]], t)
+            _take_chunk_py(best, i, tokens, blocks, room, free, unit_time, inst, step, used,
+                           placed)
     chunk_unit = np.full(len(tokens), -1, np.int64)
     chunk_tokens = np.zeros(len(tokens), np.int64)
-    for i, j in unit_of.items():
-        chunk_unit[i], chunk_tokens[i] = j, size_of[i]
+    for i, (j, k) in placed.items():
+        chunk_unit[i], chunk_tokens[i] = j, k
     return chunk_unit, chunk_tokens
 
 
@@ -432,8 +502,8 @@ def decode_min_step_py(order, context, blocks, batch, max_batch, kv, free, inst,
 
 @numba.njit(cache=True, nogil=True)
 def prefill_local_search(assignment, cost, tokens, blocks, room, free, unit_time, inst, inst_max,
-                         max_rounds):  # pragma: no cover - compiled
-    """Move/swap descent on the critical unit of each instance.
+                         chunk_tokens, max_rounds):  # pragma: no cover - compiled
+    """Move/swap descent on the critical unit of each instance (chunked requests stay put).
 
     Repeatedly takes the unit that sets an instance's step time and tries (1) moving one of
     its requests to another unit of the same instance, (2) swapping one of its requests with
@@ -454,7 +524,7 @@ def prefill_local_search(assignment, cost, tokens, blocks, room, free, unit_time
                 continue
             top = unit_time[crit]
             for a in range(n):
-                if assignment[a] != crit or improved:
+                if assignment[a] != crit or chunk_tokens[a] > 0 or improved:
                     continue
                 for j in range(units):
                     if j == crit or inst[j] != g:
@@ -475,7 +545,8 @@ def prefill_local_search(assignment, cost, tokens, blocks, room, free, unit_time
                     break
                 for b in range(n):
                     j = assignment[b]
-                    if j < 0 or j == crit or inst[j] != g or cost[b] >= cost[a]:
+                    if (j < 0 or j == crit or inst[j] != g or cost[b] >= cost[a]
+                            or chunk_tokens[b] > 0):
                         continue
                     diff = cost[a] - cost[b]
                     dt = tokens[a] - tokens[b]
@@ -543,33 +614,33 @@ def _knapsack_gain_nb(gain, weight, capacity):  # pragma: no cover - compiled
 
 
 @numba.njit(cache=True, nogil=True)
-def _fraction_value(lin, quad, pen, weight, lam):  # pragma: no cover - compiled
-    """``(sum_i min_a q_i(a), sum_i weight_i * argmin_a, -sum of slopes)`` over ``a`` in [0, 1] of
-    ``q_i(a) = quad_i*a**2 + (lin_i - pen_i + lam*weight_i)*a``."""
+def _fraction_value(lin, quad, pen, weight, top, lam):  # pragma: no cover - compiled
+    """``(sum_i min_a q_i(a), sum_i weight_i * argmin_a, -sum of slopes)`` over ``a`` in
+    ``[0, top_i]`` of ``q_i(a) = quad_i*a**2 + (lin_i - pen_i + lam*weight_i)*a``."""
     value = 0.0
     used = 0.0
     slope = 0.0
     for i in range(lin.shape[0]):
         s = lin[i] - pen[i] + lam * weight[i]
         if quad[i] > 0.0:
-            a = min(max(-s / (2.0 * quad[i]), 0.0), 1.0)
-            if 0.0 < a < 1.0:
+            a = min(max(-s / (2.0 * quad[i]), 0.0), top[i])
+            if 0.0 < a < top[i]:
                 slope += weight[i] * weight[i] / (2.0 * quad[i])
         else:
-            a = 1.0 if s < 0.0 else 0.0
+            a = top[i] if s < 0.0 else 0.0
         value += quad[i] * a * a + s * a
         used += weight[i] * a
     return value, used, slope
 
 
 @numba.njit(cache=True, nogil=True)
-def _fraction_dual(lin, quad, pen, weight, capacity):  # pragma: no cover - compiled
+def _fraction_dual(lin, quad, pen, weight, top, capacity):  # pragma: no cover - compiled
     """Lagrangian lower bound of ``min sum_i quad_i a_i**2 + (lin_i - pen_i) a_i`` over
-    ``a`` in [0, 1]**n with ``sum_i weight_i a_i <= capacity``: the dual function at the
+    ``0 <= a_i <= top_i`` with ``sum_i weight_i a_i <= capacity``: the dual function at the
     multiplier where the relaxed answer just fills the capacity (safeguarded Newton steps on
     the piecewise-linear fill; any multiplier gives a valid bound). ``capacity >= 2**61``
     means unlimited."""
-    value, used, slope = _fraction_value(lin, quad, pen, weight, 0.0)
+    value, used, slope = _fraction_value(lin, quad, pen, weight, top, 0.0)
     if capacity >= 2.0**61 or used <= capacity:
         return value
     lo = 0.0
@@ -580,7 +651,7 @@ def _fraction_dual(lin, quad, pen, weight, capacity):  # pragma: no cover - comp
     lam = hi / 2.0
     best = value
     for _ in range(60):
-        value, used, slope = _fraction_value(lin, quad, pen, weight, lam)
+        value, used, slope = _fraction_value(lin, quad, pen, weight, top, lam)
         best = max(best, value - lam * capacity)
         if abs(used - capacity) <= 1e-9 * capacity or hi - lo <= 1e-12 * hi:
             break
@@ -726,18 +797,34 @@ def prefill_analytic_bound(residual, instance, n_inst, base, cost, pen, tokens, 
     gain_b = np.where(can, pen - cost / units_max, 0.0)
     tok = tokens.astype(np.float64)
     blk = blocks.astype(np.float64)
-    floor_a = pen_total - min(_knapsack_gain_nb(gain_a, tok, room_total),
-                              _knapsack_gain_nb(gain_a, blk, free_total))
     if chunking:
+        # one chunk per request, on one unit: at most the largest room's share is placed now
+        room_max = 0
+        for j in range(units):
+            room_max = max(room_max, room[j])
+        top = np.ones(n, np.float64)
+        partial = False
+        for i in range(n):
+            if tokens[i] > room_max:
+                top[i] = max(min(tokens[i] - 1, room_max), 0) / tokens[i]
+                partial = True
+        if partial:
+            floor_a = pen_total - min(_knapsack_gain_nb(gain_a * top, tok * top, room_total),
+                                      _knapsack_gain_nb(gain_a * top, blk * top, free_total))
+        else:
+            floor_a = pen_total - min(_knapsack_gain_nb(gain_a, tok, room_total),
+                                      _knapsack_gain_nb(gain_a, blk, free_total))
         # a request placed as a fraction a of itself costs at least lin*a + quad*a**2
         lin = np.empty(n, np.float64)
         quad = np.empty(n, np.float64)
         for i in range(n):
             lin[i] = (gamma + alpha * tokens[i] + beta * tokens[i] * cached[i]) / units_max
             quad[i] = beta * tokens[i] * tokens[i] / 2.0 / units_max
-        floor_b = pen_total + max(_fraction_dual(lin, quad, pen, tok, room_total),
-                                  _fraction_dual(lin, quad, pen, blk, free_total))
+        floor_b = pen_total + max(_fraction_dual(lin, quad, pen, tok, top, room_total),
+                                  _fraction_dual(lin, quad, pen, blk, top, free_total))
     else:
+        floor_a = pen_total - min(_knapsack_gain_nb(gain_a, tok, room_total),
+                                  _knapsack_gain_nb(gain_a, blk, free_total))
         floor_b = pen_total - min(_knapsack_gain_nb(gain_b, tok, room_total),
                                   _knapsack_gain_nb(gain_b, blk, free_total))
     bound = max(total_base + resid_max + floor_a, total_base + resid_mean + floor_b)
@@ -755,17 +842,60 @@ def prefill_analytic_bound(residual, instance, n_inst, base, cost, pen, tokens, 
             largest = max(largest, min(best, resid_max + pen[i]))
         if largest > -np.inf:
             bound = max(bound, total_base + largest + forced)
+    if chunking:
+        bound = max(bound, total_base + resid_max + _largest_fraction(
+            residual, instance, n_inst, room, tokens, cached, pen, alpha, beta, gamma))
     return bound
+
+
+@numba.njit(cache=True, nogil=True)
+def _largest_fraction(residual, instance, n_inst, room, tokens, cached, pen, alpha, beta,
+                      gamma):  # pragma: no cover - compiled
+    """Largest-item form with chunking: the least step raise plus deferral that request ``i``
+    alone forces, maximised over ``i`` (``sbsopt.window.bounds`` Notes)."""
+    units = residual.shape[0]
+    gmax = np.full(n_inst, -np.inf)
+    room_max = 0
+    for j in range(units):
+        gmax[instance[j]] = max(gmax[instance[j]], residual[j])
+        room_max = max(room_max, room[j])
+    slack = np.inf  # min over units with room of (residual - its instance's step floor)
+    for j in range(units):
+        if room[j] > 0:
+            slack = min(slack, residual[j] - gmax[instance[j]])
+    best = 0.0
+    if slack == np.inf:
+        return best
+    for i in range(tokens.shape[0]):
+        n = float(tokens[i])
+        lin = gamma + alpha * n + beta * n * cached[i]
+        quad = beta * n * n / 2.0
+        top = 1.0 if tokens[i] <= room_max else min(n - 1.0, float(room_max)) / n
+        top = max(top, 0.0)
+        # h(a) = max(0, slack + lin*a + quad*a**2) + (1 - a)*pen: convex, least at the larger
+        # of the point where the raise starts and the stationary point of the raised part
+        if quad > 0.0:
+            start = (-lin + math.sqrt(lin * lin - 4.0 * quad * slack)) / (2.0 * quad)
+            stationary = (pen[i] - lin) / (2.0 * quad)
+        else:
+            start = -slack / lin if lin > 0.0 else np.inf
+            stationary = top if pen[i] > lin else 0.0
+        a = min(max(max(start, stationary), 0.0), top)
+        value = max(0.0, slack + lin * a + quad * a * a) + (1.0 - a) * pen[i]
+        best = max(best, value)
+    return best
 
 
 @numba.njit(cache=True, nogil=True)
 def prefill_best_of(orders, cost, tokens, cached, blocks, penalty, guarded, room, free,
                     residual, inst, n_inst, base, chunking, alpha, beta, gamma, min_chunk,
                     local_search):  # pragma: no cover - compiled
-    """Run :func:`prefill_greedy` (+ local search, + :func:`chunk_fill`) once per row of
-    ``orders`` on fresh copies of the unit state; return the best
+    """Run :func:`prefill_greedy` (+ local search, + :func:`chunk_fill` of what is left) once
+    per row of ``orders`` on fresh copies of the unit state; return the best
     ``(row, assignment, chunk_tokens, objective)`` (``chunk_tokens[i] > 0`` marks a chunk)."""
     n = cost.shape[0]
+    units = room.shape[0]
+    spec = (cached, alpha, beta, gamma, min_chunk)
     best_row = -1
     best_value = np.inf
     best_assignment = np.full(n, -1, np.int64)
@@ -776,14 +906,16 @@ def prefill_best_of(orders, cost, tokens, cached, blocks, penalty, guarded, room
         free_r = free.copy()
         time_r = residual.copy()
         inst_max = np.full(n_inst, -np.inf)
-        for j in range(time_r.shape[0]):
+        for j in range(units):
             inst_max[inst[j]] = max(inst_max[inst[j]], time_r[j])
+        chunk_tokens = np.zeros(n, np.int64)
+        used = np.zeros(units, np.bool_)
         assignment = prefill_greedy(order, cost, tokens, blocks, penalty, guarded, room_r,
-                                    free_r, time_r, inst, inst_max)
+                                    free_r, time_r, inst, inst_max, chunk_tokens, used,
+                                    chunking, spec)
         if local_search > 0:
             prefill_local_search(assignment, cost, tokens, blocks, room_r, free_r, time_r, inst,
-                                 inst_max, local_search)
-        chunk_tokens = np.zeros(n, np.int64)
+                                 inst_max, chunk_tokens, local_search)
         if chunking:
             m = 0
             for q in range(n):
@@ -796,12 +928,12 @@ def prefill_best_of(orders, cost, tokens, cached, blocks, penalty, guarded, room
                     if assignment[order[q]] < 0:
                         waiting[m] = order[q]
                         m += 1
-                chunk_unit, chunk_tokens = chunk_fill(waiting, tokens, cached, blocks, penalty,
-                                                      room_r, free_r, time_r, inst, inst_max,
-                                                      alpha, beta, gamma, min_chunk)
+                chunk_unit, late = chunk_fill(waiting, tokens, blocks, penalty, room_r, free_r,
+                                              time_r, inst, inst_max, used, spec)
                 for i in range(n):
                     if chunk_unit[i] >= 0:
                         assignment[i] = chunk_unit[i]
+                        chunk_tokens[i] = late[i]
         value = n_inst * base + inst_max.sum()
         for i in range(n):
             if assignment[i] < 0:

@@ -20,9 +20,17 @@ Prefill (``G`` instances, ``J_g`` units in instance ``g``, ``J* = max_g J_g``):
   for ``gamma``), so the averaging form minimises the convex
   ``sum_i (lin_i*a_i + quad_i*a_i**2) / J* + (1 - a_i) P_i`` subject to the token (or KV)
   capacity; its Lagrangian dual, at the multiplier where the relaxed fractions just fill the
-  capacity, is the bound (no chunk is assumed cheaper than it is);
+  capacity, is the bound (no chunk is assumed cheaper than it is). A request has one chunk,
+  on one unit, so ``a_i`` is at most ``min(n_i - 1, max_j room_j) / n_i`` when ``n_i`` fits
+  no unit whole, in this form and in the residual form's knapsack;
 * largest item (one instance, no chunking): ``base + max_i min(min_{j fits} r_j + c_i,
-  max_j r_j + P_i)``.
+  max_j r_j + P_i)``; with chunking (any number of instances), request ``i`` placed as a
+  fraction ``a`` on unit ``j`` raises its instance's step to at least ``r_j + lin_i*a +
+  quad_i*a**2`` and leaves ``(1 - a) P_i`` deferred, so ``sum_g (base + max_{j in g} r_j) +
+  max_i min_a [max(0, s + lin_i*a + quad_i*a**2) + (1 - a) P_i]`` with ``s`` the least
+  ``r_j - max_{j' in g(j)} r_j'`` over units with room and ``a`` at most 1 (or the largest
+  room's share of ``n_i`` when ``n_i`` fits no unit whole) is a bound; the minimum over ``a``
+  of that convex function is in closed form.
 
 Decode has the same residual and averaging forms with ``a = us_per_request`` and
 ``b = us_per_kv_token``: an assigned request adds ``(a + b*k_i) / J*`` on average.
@@ -98,7 +106,17 @@ def _chunk_overcount(problem: PrefillWindow) -> np.ndarray:
     return problem.coefficients.beta_us_per_pair * k * (n - k) / 2.0
 
 
-def _fraction_dual(problem: PrefillWindow, units_max: int, weight: np.ndarray,
+def _largest_share(problem: PrefillWindow) -> np.ndarray:
+    """Largest fraction of each request one window can place: a request has one chunk, on
+    one unit, of at most ``n_i - 1`` tokens and the unit's room (1 when it fits whole)."""
+    n = problem.new_tokens.astype(np.float64)
+    room_max = float(problem.room_tokens.max())
+    with np.errstate(divide="ignore", invalid="ignore"):
+        share = np.maximum(np.minimum(n - 1.0, room_max), 0.0) / n
+    return np.where(n <= room_max, 1.0, share)
+
+
+def _fraction_dual(problem: PrefillWindow, units_max: int, weight: np.ndarray, top: np.ndarray,
                    capacity: float) -> float:
     """Reference of ``_kernels._fraction_dual`` by bisection on the multiplier (module Notes)."""
     c = problem.coefficients
@@ -111,8 +129,8 @@ def _fraction_dual(problem: PrefillWindow, units_max: int, weight: np.ndarray,
     def relaxed(lam: float) -> tuple[float, float]:
         s = lin - pen + lam * weight
         with np.errstate(divide="ignore", invalid="ignore"):
-            interior = np.clip(-s / (2.0 * quad), 0.0, 1.0)
-        a = np.where(quad > 0, interior, (s < 0).astype(np.float64))
+            interior = np.clip(-s / (2.0 * quad), 0.0, top)
+        a = np.where(quad > 0, interior, np.where(s < 0, top, 0.0))
         return float((quad * a * a + s * a).sum()) - lam * capacity, float((weight * a).sum())
 
     value, used = relaxed(0.0)
@@ -147,20 +165,57 @@ def _prefill_analytic(problem: PrefillWindow) -> float:
     free = float(problem.free_kv_blocks.sum(dtype=np.float64))
     args = (problem.new_tokens, room, problem.kv_blocks, free)
     pen_total = float(pen.sum())
-    # residual form: assigning costs nothing beyond the residual max, deferring costs P_i
-    forced = _penalty_floor(np.where(can, pen, 0.0), pen_total, *args)
     # averaging form: assigning costs c_i / J* on average
     spread = _penalty_floor(np.where(can, pen - work / units_max, 0.0), pen_total, *args)
     if problem.allow_chunking:
-        spread = pen_total + max(_fraction_dual(problem, units_max, problem.new_tokens, room),
-                                 _fraction_dual(problem, units_max, problem.kv_blocks, free))
+        top = _largest_share(problem)
+        # residual form: at most the share `top` of a request is placed, at no step cost
+        forced = _penalty_floor(pen * top, pen_total, problem.new_tokens * top, room,
+                                problem.kv_blocks * top, free)
+        spread = pen_total + max(
+            _fraction_dual(problem, units_max, problem.new_tokens, top, room),
+            _fraction_dual(problem, units_max, problem.kv_blocks, top, free))
+    else:
+        # residual form: assigning costs nothing beyond the residual max, deferring costs P_i
+        forced = _penalty_floor(np.where(can, pen, 0.0), pen_total, *args)
     bound = max(base + resid_max + forced, base + resid_mean + spread)
     forced = 0.0 if problem.allow_chunking else float(pen[~fits_any].sum())
     if groups == 1 and fits is not None and fits_any.any():
         finish = np.where(fits, problem.residual_us[None, :] + problem.cost_us[:, None], np.inf)
         largest = np.minimum(finish.min(axis=1), resid_max + pen)[fits_any]
         bound = max(bound, base + float(largest.max()) + forced)
+    if problem.allow_chunking:
+        bound = max(bound, base + resid_max + _largest_fraction(problem))
     return bound
+
+
+def _largest_fraction(problem: PrefillWindow) -> float:
+    """Reference of ``_kernels._largest_fraction`` (module Notes), on a grid of fractions
+    refined around the best point."""
+    c = problem.coefficients
+    inst, groups = problem.instance, problem.n_instances
+    floor = np.full(groups, -np.inf)
+    np.maximum.at(floor, inst, problem.residual_us)
+    has_room = problem.room_tokens > 0
+    if not has_room.any():
+        return 0.0
+    slack = float((problem.residual_us - floor[inst])[has_room].min())
+    room_max = float(problem.room_tokens.max())
+    best = 0.0
+    for n, p, pen in zip(problem.new_tokens.astype(float), problem.cached_tokens, problem.penalty_us,
+                         strict=True):
+        top = 1.0 if n <= room_max else max(min(n - 1.0, room_max) / n, 0.0)
+
+        def h(a: np.ndarray, n: float = n, p: float = p, pen: float = pen) -> np.ndarray:
+            cost = (c.gamma_us_per_request + c.alpha_us_per_token * n
+                    + c.beta_us_per_pair * n * p) * a + c.beta_us_per_pair * n * n / 2.0 * a * a
+            return np.maximum(0.0, slack + cost) + (1.0 - a) * pen
+
+        grid = np.linspace(0.0, top, 2001)
+        k = int(np.argmin(h(grid)))
+        fine = np.linspace(grid[max(k - 1, 0)], grid[min(k + 1, grid.size - 1)], 2001)
+        best = max(best, float(h(fine).min()))
+    return best
 
 
 def _decode_analytic(problem: DecodeWindow) -> float:

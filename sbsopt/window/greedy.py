@@ -36,35 +36,36 @@ class GreedyAnswer(NamedTuple):
 def _prefill_pass(problem: PrefillWindow, order: np.ndarray, local_search: int) -> GreedyAnswer:
     """One pass in Python around the kernels (reference of ``_kernels.prefill_best_of``; no
     bound, reported as ``-inf``)."""
+    c = problem.coefficients
+    spec = (problem.cached_tokens, float(c.alpha_us_per_token), float(c.beta_us_per_pair),
+            float(c.gamma_us_per_request), problem.min_chunk_tokens)
     room = problem.room_tokens.copy()
     free = problem.free_kv_blocks.copy()
     unit_time = problem.residual_us.copy()
     inst_max = np.full(problem.n_instances, -np.inf)
     np.maximum.at(inst_max, problem.instance, unit_time)
+    chunk_tokens = np.zeros(problem.n_requests, np.int64)
+    used = np.zeros(problem.n_units, np.bool_)
     assignment = _kernels.prefill_greedy(
         order, problem.cost_us, problem.new_tokens, problem.kv_blocks, problem.penalty_us,
-        problem.guarded, room, free, unit_time, problem.instance, inst_max,
+        problem.guarded, room, free, unit_time, problem.instance, inst_max, chunk_tokens, used,
+        problem.allow_chunking, spec,
     )
     if local_search > 0:
         _kernels.prefill_local_search(
             assignment, problem.cost_us, problem.new_tokens, problem.kv_blocks, room, free,
-            unit_time, problem.instance, inst_max, local_search,
+            unit_time, problem.instance, inst_max, chunk_tokens, local_search,
         )
-    chunks: dict[int, int] = {}
     deferred = assignment < 0
     if problem.allow_chunking and deferred.any():
-        c = problem.coefficients
-        waiting = order[deferred[order]]
-        chunk_unit, chunk_tokens = _kernels.chunk_fill(
-            waiting, problem.new_tokens, problem.cached_tokens, problem.kv_blocks,
-            problem.penalty_us, room, free, unit_time, problem.instance, inst_max,
-            float(c.alpha_us_per_token), float(c.beta_us_per_pair),
-            float(c.gamma_us_per_request), problem.min_chunk_tokens,
+        chunk_unit, late = _kernels.chunk_fill(
+            order[deferred[order]], problem.new_tokens, problem.kv_blocks, problem.penalty_us,
+            room, free, unit_time, problem.instance, inst_max, used, spec,
         )
-        placed = np.flatnonzero(chunk_unit >= 0)
-        if placed.size:
-            assignment[placed] = chunk_unit[placed]
-            chunks = dict(zip(placed.tolist(), chunk_tokens[placed].tolist(), strict=True))
+        placed = chunk_unit >= 0
+        assignment[placed] = chunk_unit[placed]
+        chunk_tokens[placed] = late[placed]
+    chunks = {int(i): int(chunk_tokens[i]) for i in np.flatnonzero(chunk_tokens)}
     # objective from the kernels' state (same formula as objective.prefill_objective)
     value = problem.n_instances * problem.base_us + float(inst_max.sum())
     value += float(problem.penalty_us[assignment < 0].sum())

@@ -165,11 +165,12 @@ def _chunk_after(problem: PrefillWindow, assignment: np.ndarray) -> tuple[np.nda
     np.maximum.at(inst_max, problem.instance, unit_time)
     order = np.lexsort((-problem.cost_us, problem.arrival_s, ~problem.guarded))
     c = problem.coefficients
+    spec = (problem.cached_tokens, float(c.alpha_us_per_token), float(c.beta_us_per_pair),
+            float(c.gamma_us_per_request), problem.min_chunk_tokens)
     chunk_unit, chunk_tokens = _kernels.chunk_fill(
-        order[assignment[order] < 0], problem.new_tokens, problem.cached_tokens,
-        problem.kv_blocks, problem.penalty_us, room, free, unit_time, problem.instance,
-        inst_max, float(c.alpha_us_per_token), float(c.beta_us_per_pair),
-        float(c.gamma_us_per_request), problem.min_chunk_tokens,
+        order[assignment[order] < 0], problem.new_tokens, problem.kv_blocks, problem.penalty_us,
+        room, free, unit_time, problem.instance, inst_max, np.zeros(problem.n_units, np.bool_),
+        spec,
     )
     idx = np.flatnonzero(chunk_unit >= 0)
     assignment = assignment.copy()

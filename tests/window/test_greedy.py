@@ -15,19 +15,44 @@ def _prefill_args(problem, order):
             problem.residual_us.copy(), problem.instance)
 
 
+def _chunk_spec(problem):
+    c = problem.coefficients
+    return (problem.cached_tokens, float(c.alpha_us_per_token), float(c.beta_us_per_pair),
+            float(c.gamma_us_per_request), problem.min_chunk_tokens)
+
+
+def _kernel_greedy(problem, order, inst_max):
+    """``prefill_greedy`` on fresh copies: ``(assignment, chunk_tokens)``."""
+    chunk_tokens = np.zeros(problem.n_requests, np.int64)
+    assignment = _kernels.prefill_greedy(
+        *_prefill_args(problem, order), inst_max, chunk_tokens,
+        np.zeros(problem.n_units, np.bool_), problem.allow_chunking, _chunk_spec(problem))
+    return assignment, chunk_tokens
+
+
+def _reference_greedy(problem, order):
+    c = problem.coefficients
+    return _kernels.prefill_greedy_py(
+        *_prefill_args(problem, order), chunking=problem.allow_chunking,
+        cached=problem.cached_tokens, alpha=c.alpha_us_per_token, beta=c.beta_us_per_pair,
+        gamma=c.gamma_us_per_request, min_chunk=problem.min_chunk_tokens)
+
+
 @pytest.mark.parametrize("seed", range(20))
 def test_prefill_kernel_matches_reference(cat, seed: int) -> None:
     rng = np.random.default_rng(seed)
     j = int(rng.integers(1, 9))
     problem = cat.random_prefill(rng, int(rng.integers(0, 40)), j,
                                  free_kv_blocks=rng.integers(0, 200, j),
-                                 instance=np.arange(j) % 2 if j > 1 else None)
+                                 instance=np.arange(j) % 2 if j > 1 else None,
+                                 allow_chunking=bool(seed % 2))
     order = rng.permutation(problem.n_requests)
-    args = _prefill_args(problem, order)
     inst_max = np.full(problem.n_instances, -np.inf)
     np.maximum.at(inst_max, problem.instance, problem.residual_us)
-    fast = _kernels.prefill_greedy(*args, inst_max)
-    np.testing.assert_array_equal(fast, _kernels.prefill_greedy_py(*_prefill_args(problem, order)))
+    fast = _kernel_greedy(problem, order, inst_max)
+    slow = _reference_greedy(problem, order)
+    np.testing.assert_array_equal(fast[0], slow[0])
+    np.testing.assert_array_equal(fast[1], slow[1])
 
 
 @pytest.mark.parametrize("seed", range(20))
@@ -38,13 +63,16 @@ def test_one_instance_kernel_matches_reference_with_ties(cat, seed: int) -> None
     j, n = int(rng.integers(2, 9)), int(rng.integers(0, 40))
     # equal loads and few distinct request sizes: unit times tie all the time
     problem = PrefillWindow.from_arrays(
-        rng.integers(1, 4, n) * 500, np.zeros(n, np.int64), np.zeros(n),
-        capacity_tokens=np.full(j, int(rng.integers(1000, 8000))),
+        rng.integers(1, 4, n) * 500 * rng.choice([1, 1, 8], n), np.zeros(n, np.int64),
+        np.zeros(n), capacity_tokens=np.full(j, int(rng.integers(1000, 8000))),
         load_tokens=np.full(j, 200) * rng.integers(0, 2, j),
-        free_kv_blocks=rng.integers(5, 40, j), coefficients=cat.PREFILL)
+        free_kv_blocks=rng.integers(5, 40, j), coefficients=cat.PREFILL,
+        allow_chunking=bool(seed % 2))
     order = rng.permutation(n)
-    fast = _kernels.prefill_greedy(*_prefill_args(problem, order), np.full(1, problem.residual_us.max()))
-    np.testing.assert_array_equal(fast, _kernels.prefill_greedy_py(*_prefill_args(problem, order)))
+    fast = _kernel_greedy(problem, order, np.full(1, problem.residual_us.max()))
+    slow = _reference_greedy(problem, order)
+    np.testing.assert_array_equal(fast[0], slow[0])
+    np.testing.assert_array_equal(fast[1], slow[1])
 
 
 @pytest.mark.parametrize("seed", range(20))
@@ -55,14 +83,17 @@ def test_chunk_fill_matches_reference(cat, seed: int) -> None:
                                  free_kv_blocks=rng.integers(0, 100, j))
     order = rng.permutation(problem.n_requests)
     c = problem.coefficients
-    common = (problem.new_tokens, problem.cached_tokens, problem.kv_blocks, problem.penalty_us)
-    tail = (c.alpha_us_per_token, c.beta_us_per_pair, c.gamma_us_per_request, 1)
+    used = rng.random(j) < 0.3
     inst_max = np.full(1, problem.residual_us.max())
-    fast = _kernels.chunk_fill(order, *common, problem.room_tokens.copy(),
-                               problem.free_kv_blocks.copy(), problem.residual_us.copy(),
-                               problem.instance, inst_max, *tail)
-    slow = _kernels.chunk_fill_py(order, *common, problem.room_tokens, problem.free_kv_blocks,
-                                  problem.residual_us, problem.instance, *tail)
+    fast = _kernels.chunk_fill(order, problem.new_tokens, problem.kv_blocks, problem.penalty_us,
+                               problem.room_tokens.copy(), problem.free_kv_blocks.copy(),
+                               problem.residual_us.copy(), problem.instance, inst_max,
+                               used.copy(), _chunk_spec(problem))
+    slow = _kernels.chunk_fill_py(order, problem.new_tokens, problem.cached_tokens,
+                                  problem.kv_blocks, problem.penalty_us, problem.room_tokens,
+                                  problem.free_kv_blocks, problem.residual_us, problem.instance,
+                                  c.alpha_us_per_token, c.beta_us_per_pair,
+                                  c.gamma_us_per_request, 1, used=np.flatnonzero(used).tolist())
     np.testing.assert_array_equal(fast[0], slow[0])
     np.testing.assert_array_equal(fast[1], slow[1])
 

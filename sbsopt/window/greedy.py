@@ -20,7 +20,7 @@ from sbsopt.window.problem import DecodeWindow, PrefillWindow
 
 __all__ = ["GreedyAnswer", "greedy_prefill", "greedy_decode", "warm_up"]
 
-_PREFILL_VARIANTS = ("pbaa", "lpt", "density")
+_PREFILL_VARIANTS = ("pbaa", "lpt", "density", "knapsack")  # by _kernels.ORDER_* code
 _DECODE_VARIANTS = ("iqr-lex", "min-step")
 
 class GreedyAnswer(NamedTuple):
@@ -75,10 +75,11 @@ def _prefill_pass(problem: PrefillWindow, order: np.ndarray, local_search: int) 
 
 
 def greedy_prefill(problem: PrefillWindow, *, local_search: int = 0) -> GreedyAnswer:
-    """Best of PBAA (guarded, then oldest first, then largest) and LPT (guarded, then largest),
-    plus, when the window holds more tokens or KV blocks than the units have room for, a pass
-    in order of deferral penalty per token; the answer carries the analytic bound
-    (:func:`sbsopt.window.analytic_bound`).
+    """Best of PBAA (guarded, then oldest first, then largest) and LPT (guarded, then largest);
+    in a window that holds more tokens or KV blocks than the units have room for, best of LPT,
+    penalty density and knapsack orders (``_kernels.prefill_orders``). A request that fits no
+    unit whole places its first chunk when chunking is allowed; the answer carries the
+    analytic bound (:func:`sbsopt.window.analytic_bound`).
 
     Parameters
     ----------
@@ -100,7 +101,7 @@ def greedy_prefill(problem: PrefillWindow, *, local_search: int = 0) -> GreedyAn
         return GreedyAnswer(empty, {}, prefill_objective(problem, empty, {}), "empty",
                             analytic_bound(problem))
     c = problem.coefficients
-    row, assignment, chunk_tokens, value, bound = _kernels.prefill_solve(
+    kind, assignment, chunk_tokens, value, bound = _kernels.prefill_solve(
         problem.cost_us, problem.new_tokens, problem.cached_tokens, problem.kv_blocks,
         problem.penalty_us, problem.guarded, problem.arrival_s, problem.room_tokens,
         problem.free_kv_blocks, problem.residual_us, problem.instance, problem.n_instances,
@@ -112,7 +113,7 @@ def greedy_prefill(problem: PrefillWindow, *, local_search: int = 0) -> GreedyAn
     if chunk_tokens.any():
         placed = np.flatnonzero(chunk_tokens)
         chunks = dict(zip(placed.tolist(), chunk_tokens[placed].tolist(), strict=True))
-    return GreedyAnswer(assignment, chunks, value, _PREFILL_VARIANTS[row], bound)
+    return GreedyAnswer(assignment, chunks, value, _PREFILL_VARIANTS[kind], bound)
 
 
 def greedy_decode(problem: DecodeWindow) -> GreedyAnswer:

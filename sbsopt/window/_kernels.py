@@ -62,6 +62,17 @@ def _best_chunk(i, tokens, blocks, penalty, room, free, unit_time, inst, inst_ma
     return best, best_k, best_time
 
 
+@numba.njit(cache=True, nogil=True)
+def _chunkable_units(room, used, min_chunk):  # pragma: no cover - compiled
+    """Units that could still take a chunk (none used yet, room for ``min_chunk`` tokens):
+    when there are none, the per-request chunk scan is skipped."""
+    count = 0
+    for j in range(room.shape[0]):
+        if not used[j] and room[j] >= max(min_chunk, 1):
+            count += 1
+    return count
+
+
 @numba.njit(cache=True, nogil=True, inline="always")
 def _take_chunk(i, j, k, t, tokens, blocks, room, free, unit_time, inst, inst_max, used,
                 assignment, chunk_tokens):  # pragma: no cover - compiled
@@ -92,6 +103,8 @@ def prefill_greedy(order, cost, tokens, blocks, penalty, guarded, room, free, un
                                    unit_time, inst, inst_max, chunk_tokens, used, chunking,
                                    spec)
     assignment = np.full(n, -1, np.int64)
+    min_chunk = max(spec[4], 1)
+    chunkable = _chunkable_units(room, used, min_chunk) if chunking else 0
     for k in range(order.shape[0]):
         i = order[k]
         best = -1
@@ -104,15 +117,18 @@ def prefill_greedy(order, cost, tokens, blocks, penalty, guarded, room, free, un
                 if d < best_raise or (d == best_raise and t < best_time):
                     best, best_raise, best_time = j, d, t
         if best < 0:
-            if chunking:
+            if chunkable > 0:
                 j, size, t = _best_chunk(i, tokens, blocks, penalty, room, free, unit_time, inst,
                                          inst_max, used, spec)
                 if j >= 0:
+                    chunkable -= 1
                     _take_chunk(i, j, size, t, tokens, blocks, room, free, unit_time, inst,
                                 inst_max, used, assignment, chunk_tokens)
             continue
         if guarded[i] or best_raise < penalty[i]:
             assignment[i] = best
+            if chunkable > 0 and not used[best] and room[best] >= min_chunk > room[best] - tokens[i]:
+                chunkable -= 1
             room[best] -= tokens[i]
             free[best] -= blocks[i]
             unit_time[best] = best_time
@@ -154,6 +170,8 @@ def _prefill_greedy_one(order, cost, tokens, blocks, penalty, guarded, room, fre
     sorted_time = unit_time[by_time]
     # rooms only shrink: a request larger than the largest room fits nowhere whole
     room_max = room.max() if units else 0
+    min_chunk = max(spec[4], 1)
+    chunkable = _chunkable_units(room, used, min_chunk) if chunking else 0
     for k in range(order.shape[0]):
         i = order[k]
         best = -1
@@ -172,10 +190,11 @@ def _prefill_greedy_one(order, cost, tokens, blocks, penalty, guarded, room, fre
                     if best < 0 or t < best_time or j < best:
                         best, best_time, p_best = j, t, p
         if best < 0:
-            if chunking:
+            if chunkable > 0:
                 j, size, t = _best_chunk(i, tokens, blocks, penalty, room, free, unit_time, inst,
                                          inst_max, used, spec)
                 if j >= 0:
+                    chunkable -= 1
                     _take_chunk(i, j, size, t, tokens, blocks, room, free, unit_time, inst,
                                 inst_max, used, assignment, chunk_tokens)
                     for p in range(units):
@@ -188,6 +207,8 @@ def _prefill_greedy_one(order, cost, tokens, blocks, penalty, guarded, room, fre
             continue
         assignment[i] = best
         shrinks_max = room[best] == room_max
+        if chunkable > 0 and not used[best] and room[best] >= min_chunk > room[best] - tokens[i]:
+            chunkable -= 1
         room[best] -= tokens[i]
         if shrinks_max:
             room_max = room.max()
@@ -275,11 +296,15 @@ def chunk_fill(order, tokens, blocks, penalty, room, free, unit_time, inst, inst
     n = tokens.shape[0]
     chunk_unit = np.full(n, -1, np.int64)
     chunk_tokens = np.zeros(n, np.int64)
+    chunkable = _chunkable_units(room, used, spec[4])
     for q in range(order.shape[0]):
+        if chunkable == 0:
+            break
         i = order[q]
         j, k, t = _best_chunk(i, tokens, blocks, penalty, room, free, unit_time, inst, inst_max,
                               used, spec)
         if j >= 0:
+            chunkable -= 1
             _take_chunk(i, j, k, t, tokens, blocks, room, free, unit_time, inst, inst_max, used,
                         chunk_unit, chunk_tokens)
     return chunk_unit, chunk_tokens

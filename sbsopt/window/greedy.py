@@ -76,10 +76,10 @@ def _prefill_pass(problem: PrefillWindow, order: np.ndarray, local_search: int) 
 
 def greedy_prefill(problem: PrefillWindow, *, local_search: int = 0) -> GreedyAnswer:
     """Best of PBAA (guarded, then oldest first, then largest) and LPT (guarded, then largest);
-    in a window that holds more tokens or KV blocks than the units have room for, best of LPT,
-    penalty density and knapsack orders (``_kernels.prefill_orders``). A request that fits no
-    unit whole places its first chunk when chunking is allowed; the answer carries the
-    analytic bound (:func:`sbsopt.window.analytic_bound`).
+    in a window that holds more tokens or KV blocks than the units have room for, best of a
+    knapsack order and penalty density (chunking) or LPT (``_kernels.prefill_orders``). A
+    request that fits no unit whole places its first chunk when chunking is allowed; the
+    answer carries the analytic bound (:func:`sbsopt.window.analytic_bound`).
 
     Parameters
     ----------

@@ -603,37 +603,33 @@ def prefill_local_search(assignment, cost, tokens, blocks, room, free, unit_time
 
 
 @numba.njit(cache=True, nogil=True)
-def _knapsack_gain_nb(gain, weight, capacity):  # pragma: no cover - compiled
+def _knapsack_gain_nb(gain, weight, capacity, order):  # pragma: no cover - compiled
+    """max sum(gain*a) s.t. sum(weight*a) <= capacity, 0 <= a <= 1 (fractional knapsack);
+    ``order``: the items by decreasing ``gain / weight`` if already known, else empty."""
     total_w = 0.0
     total_g = 0.0
-    m = 0
     for i in range(gain.shape[0]):
         if gain[i] > 0:
             total_w += weight[i]
             total_g += gain[i]
-            m += 1
     if total_w <= capacity:
         return total_g
-    g = np.empty(m, np.float64)
-    w = np.empty(m, np.float64)
-    ratio = np.empty(m, np.float64)
-    k = 0
-    for i in range(gain.shape[0]):
-        if gain[i] > 0:
-            g[k] = gain[i]
-            w[k] = weight[i]
-            ratio[k] = -np.inf if weight[i] <= 0 else -gain[i] / weight[i]
-            k += 1
-    order = np.argsort(ratio)
+    if order.shape[0] == 0:
+        ratio = np.empty(gain.shape[0], np.float64)
+        for i in range(gain.shape[0]):
+            ratio[i] = -np.inf if weight[i] <= 0 else -gain[i] / weight[i]
+        order = np.argsort(ratio)
     used = 0.0
     total = 0.0
-    for q in range(m):
+    for q in range(order.shape[0]):
         i = order[q]
-        if used + w[i] <= capacity:
-            used += w[i]
-            total += g[i]
+        if gain[i] <= 0:
+            continue
+        if used + weight[i] <= capacity:
+            used += weight[i]
+            total += gain[i]
         else:
-            total += g[i] * max(capacity - used, 0.0) / w[i]
+            total += gain[i] * max(capacity - used, 0.0) / weight[i]
             break
     return total
 
@@ -774,18 +770,25 @@ def decode_analytic_bound(batch, max_batch, kv, free, instance, n_inst, base, a,
                 gain_b[i] = pen[i] - (a + b * context[i]) / units_max
                 break
     pen_total = pen.sum()
-    floor_a = pen_total - min(_knapsack_gain_nb(gain_a, ones, slots_total),
-                              _knapsack_gain_nb(gain_a, blk, free_total))
-    floor_b = pen_total - min(_knapsack_gain_nb(gain_b, ones, slots_total),
-                              _knapsack_gain_nb(gain_b, blk, free_total))
+    none = np.empty(0, np.int64)
+    floor_a = pen_total - min(_knapsack_gain_nb(gain_a, ones, slots_total, none),
+                              _knapsack_gain_nb(gain_a, blk, free_total, none))
+    floor_b = pen_total - min(_knapsack_gain_nb(gain_b, ones, slots_total, none),
+                              _knapsack_gain_nb(gain_b, blk, free_total, none))
     return max(total_base + a * batch_max + b * kv_max + floor_a,
                total_base + a * batch_mean + b * kv_mean + floor_b)
 
 
 @numba.njit(cache=True, nogil=True)
 def prefill_analytic_bound(residual, instance, n_inst, base, cost, pen, tokens, cached, blocks,
-                           room, free, chunking, alpha, beta, gamma):  # pragma: no cover - compiled
-    """The analytic prefill bound of ``sbsopt.window.bounds`` in one compiled pass."""
+                           room, free, chunking, alpha, beta, gamma, by_density,
+                           by_saving):  # pragma: no cover - compiled
+    """The analytic prefill bound of ``sbsopt.window.bounds`` in one compiled pass.
+
+    ``by_density`` / ``by_saving``: the requests by decreasing ``pen / tokens`` and
+    ``(pen - cost / units_max) / tokens`` when the caller has them (the greedy's orders), else
+    empty (the token knapsacks then sort for themselves)."""
+    none = np.empty(0, np.int64)
     units = residual.shape[0]
     n = cost.shape[0]
     size = np.zeros(n_inst, np.int64)
@@ -834,11 +837,12 @@ def prefill_analytic_bound(residual, instance, n_inst, base, cost, pen, tokens, 
                 top[i] = max(min(tokens[i] - 1, room_max), 0) / tokens[i]
                 partial = True
         if partial:
-            floor_a = pen_total - min(_knapsack_gain_nb(gain_a * top, tok * top, room_total),
-                                      _knapsack_gain_nb(gain_a * top, blk * top, free_total))
+            floor_a = pen_total - min(
+                _knapsack_gain_nb(gain_a * top, tok * top, room_total, by_density),
+                _knapsack_gain_nb(gain_a * top, blk * top, free_total, none))
         else:
-            floor_a = pen_total - min(_knapsack_gain_nb(gain_a, tok, room_total),
-                                      _knapsack_gain_nb(gain_a, blk, free_total))
+            floor_a = pen_total - min(_knapsack_gain_nb(gain_a, tok, room_total, by_density),
+                                      _knapsack_gain_nb(gain_a, blk, free_total, none))
         # a request placed as a fraction a of itself costs at least lin*a + quad*a**2
         lin = np.empty(n, np.float64)
         quad = np.empty(n, np.float64)
@@ -848,10 +852,10 @@ def prefill_analytic_bound(residual, instance, n_inst, base, cost, pen, tokens, 
         floor_b = pen_total + max(_fraction_dual(lin, quad, pen, tok, top, room_total),
                                   _fraction_dual(lin, quad, pen, blk, top, free_total))
     else:
-        floor_a = pen_total - min(_knapsack_gain_nb(gain_a, tok, room_total),
-                                  _knapsack_gain_nb(gain_a, blk, free_total))
-        floor_b = pen_total - min(_knapsack_gain_nb(gain_b, tok, room_total),
-                                  _knapsack_gain_nb(gain_b, blk, free_total))
+        floor_a = pen_total - min(_knapsack_gain_nb(gain_a, tok, room_total, by_density),
+                                  _knapsack_gain_nb(gain_a, blk, free_total, none))
+        floor_b = pen_total - min(_knapsack_gain_nb(gain_b, tok, room_total, by_saving),
+                                  _knapsack_gain_nb(gain_b, blk, free_total, none))
     bound = max(total_base + resid_max + floor_a, total_base + resid_mean + floor_b)
     if n_inst == 1 and not chunking:
         forced = 0.0
@@ -973,11 +977,10 @@ def prefill_best_of(orders, cost, tokens, cached, blocks, penalty, guarded, room
 
 
 @numba.njit(cache=True, nogil=True)
-def _priority_order(guarded, key, tie):  # pragma: no cover - compiled
-    """``np.lexsort((tie, key, ~guarded))``: guarded first, then ``key``, then ``tie``, then
-    index, ascending. One sort on ``key``; runs of equal keys (rare) are insertion-sorted."""
+def _refine_order(order, guarded, key, tie):  # pragma: no cover - compiled
+    """``order`` (indices sorted by ``key``) made ``np.lexsort((tie, key, ~guarded))``: runs
+    of equal keys (rare) are insertion-sorted by ``tie`` then index, guarded requests first."""
     n = key.shape[0]
-    order = np.argsort(key)
     start = 0
     while start < n:
         stop = start + 1
@@ -1007,24 +1010,29 @@ def _priority_order(guarded, key, tie):  # pragma: no cover - compiled
     return out
 
 
+@numba.njit(cache=True, nogil=True)
+def _priority_order(guarded, key, tie):  # pragma: no cover - compiled
+    """``np.lexsort((tie, key, ~guarded))``: guarded first, then ``key``, then ``tie``, then
+    index, ascending, with one sort on ``key``."""
+    return _refine_order(np.argsort(key), guarded, key, tie)
+
+
 #: Codes of the greedy's request orders (``sbsopt.window.greedy`` names them).
 ORDER_PBAA, ORDER_LPT, ORDER_DENSITY, ORDER_KNAPSACK = 0, 1, 2, 3
 
 
 @numba.njit(cache=True, nogil=True)
-def _knapsack_first(lpt, guarded, cost, tokens, penalty, room_total,
-                    units_max):  # pragma: no cover - compiled
+def _knapsack_first(lpt, guarded, tokens, by_saving, saving,
+                    room_total):  # pragma: no cover - compiled
     """``lpt`` with the requests a fractional knapsack keeps moved to the front (stable,
-    guarded requests still first): value ``penalty - cost / units_max`` (what assigning a
-    request saves under the averaging bound), weight its tokens, capacity the total room."""
-    n = cost.shape[0]
-    ratio = np.empty(n, np.float64)
-    for i in range(n):
-        ratio[i] = -(penalty[i] - cost[i] / units_max) / max(tokens[i], 1)
+    guarded requests still first): value ``saving`` (``penalty - cost / units_max``, what
+    assigning a request saves under the averaging bound), weight its tokens, capacity the
+    total room; ``by_saving`` lists the requests by decreasing ``saving / tokens``."""
+    n = tokens.shape[0]
     keep = np.zeros(n, np.bool_)
     used = 0.0
-    for i in np.argsort(ratio):
-        if ratio[i] >= 0.0 or used + tokens[i] > room_total:
+    for i in by_saving:
+        if saving[i] <= 0.0 or used + tokens[i] > room_total:
             break
         used += tokens[i]
         keep[i] = True
@@ -1042,7 +1050,9 @@ def _knapsack_first(lpt, guarded, cost, tokens, penalty, room_total,
 @numba.njit(cache=True, nogil=True)
 def prefill_orders(cost, tokens, blocks, penalty, guarded, arrival, room, free, units_max,
                    chunking):  # pragma: no cover - compiled
-    """The greedy's request orders and their codes, guarded requests first in each.
+    """The greedy's request orders and their codes, guarded requests first in each, and the
+    requests by decreasing ``penalty / tokens`` and ``(penalty - cost / units_max) / tokens``
+    when those were sorted (for the bound's knapsacks; empty otherwise).
 
     Usual window: PBAA (oldest, then largest) and LPT (largest, then oldest). Capacity-bound
     window (more tokens or KV blocks than the units have room for): knapsack (LPT with the
@@ -1053,6 +1063,7 @@ def prefill_orders(cost, tokens, blocks, penalty, guarded, arrival, room, free, 
     PBAA, LPT, density and knapsack together (PBAA was the best on 1 window)."""
     n = cost.shape[0]
     neg_cost = -cost
+    none = np.empty(0, np.int64)
     room_total = room.astype(np.float64).sum()
     capacity_bound = tokens.sum() > room_total or (
         blocks.astype(np.float64).sum() > free.astype(np.float64).sum())
@@ -1061,16 +1072,21 @@ def prefill_orders(cost, tokens, blocks, penalty, guarded, arrival, room, free, 
     if not capacity_bound:
         orders[0] = _priority_order(guarded, arrival, neg_cost)
         orders[1] = lpt
-        return orders, np.array([ORDER_PBAA, ORDER_LPT])
-    orders[0] = _knapsack_first(lpt, guarded, cost, tokens, penalty, room_total, units_max)
+        return orders, np.array([ORDER_PBAA, ORDER_LPT]), none, none
+    # the knapsack sorts are shared with the bound's token knapsacks (same ratios when every
+    # request has a token; a zero-token request would be keyed differently)
+    positive = tokens.min() >= 1
+    saving = penalty - cost / units_max
+    by_saving = np.argsort(-saving / np.maximum(tokens, 1))
+    orders[0] = _knapsack_first(lpt, guarded, tokens, by_saving, saving, room_total)
     if not chunking:
         orders[1] = lpt
-        return orders, np.array([ORDER_KNAPSACK, ORDER_LPT])
-    density = np.empty(n, np.float64)
-    for i in range(n):
-        density[i] = -penalty[i] / max(tokens[i], 1)
-    orders[1] = _priority_order(guarded, density, arrival)
-    return orders, np.array([ORDER_KNAPSACK, ORDER_DENSITY])
+        return orders, np.array([ORDER_KNAPSACK, ORDER_LPT]), none, by_saving if positive else none
+    density = -penalty / np.maximum(tokens, 1)
+    by_density = np.argsort(density)
+    orders[1] = _refine_order(by_density.copy(), guarded, density, arrival)
+    return (orders, np.array([ORDER_KNAPSACK, ORDER_DENSITY]), by_density if positive else none,
+            by_saving if positive else none)
 
 
 @numba.njit(cache=True, nogil=True)
@@ -1081,13 +1097,14 @@ def prefill_solve(cost, tokens, cached, blocks, penalty, guarded, arrival, room,
     one call (the greedy's hot path): ``(order code, assignment, chunk_tokens, objective,
     bound)``."""
     units_max = np.bincount(inst).max()
-    orders, kinds = prefill_orders(cost, tokens, blocks, penalty, guarded, arrival, room, free,
-                                   units_max, chunking)
+    orders, kinds, by_density, by_saving = prefill_orders(
+        cost, tokens, blocks, penalty, guarded, arrival, room, free, units_max, chunking)
     row, assignment, chunk_tokens, value = prefill_best_of(
         orders, cost, tokens, cached, blocks, penalty, guarded, room, free, residual, inst,
         n_inst, base, chunking, alpha, beta, gamma, min_chunk, local_search)
     bound = prefill_analytic_bound(residual, inst, n_inst, base, cost, penalty, tokens, cached,
-                                   blocks, room, free, chunking, alpha, beta, gamma)
+                                   blocks, room, free, chunking, alpha, beta, gamma, by_density,
+                                   by_saving)
     return kinds[row], assignment, chunk_tokens, value, bound
 
 

@@ -48,6 +48,7 @@ from sbsopt.window.problem import DecodeWindow, PrefillWindow
 __all__ = ["analytic_bound", "lp_bound", "lower_bound"]
 
 _LP_PAIR_S = 10e-6
+_NONE = np.empty(0, np.int64)  # "not sorted yet" for the compiled bound's knapsacks
 
 
 def _group_stats(values: np.ndarray, instance: np.ndarray, groups: int) -> tuple[float, float]:
@@ -253,7 +254,8 @@ def _prefill_analytic_fast(problem: PrefillWindow) -> float:
         problem.residual_us, problem.instance, problem.n_instances, problem.base_us,
         problem.cost_us, problem.penalty_us, problem.new_tokens, problem.cached_tokens,
         problem.kv_blocks, problem.room_tokens, problem.free_kv_blocks, problem.allow_chunking,
-        float(c.alpha_us_per_token), float(c.beta_us_per_pair), float(c.gamma_us_per_request)))
+        float(c.alpha_us_per_token), float(c.beta_us_per_pair), float(c.gamma_us_per_request),
+        _NONE, _NONE))
 
 
 def _decode_analytic_fast(problem: DecodeWindow) -> float:

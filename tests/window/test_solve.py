@@ -82,4 +82,6 @@ def test_greedy_objective_from_the_kernels_matches_the_reference(cat, seed: int)
         expected = objective(problem, r.assignment, r.chunks)
         assert r.objective == pytest.approx(expected, rel=1e-9, abs=1e-9)
     # the greedy's bound comes from the same compiled call: it is the analytic bound
-    assert solve(problem, method="greedy").bound == analytic_bound(problem)
+    # (its token knapsacks reuse the greedy's sorts: equal up to summation order)
+    assert solve(problem, method="greedy").bound == pytest.approx(analytic_bound(problem),
+                                                                  rel=1e-12)

@@ -18,10 +18,11 @@ with ``P_i = w_i * (defer_factor * c_i + defer_cost_us)`` and the age weight
 ``w_i = 1 + (now_s - arrival_s_i) / age_scale_s``. With ``defer_factor >= 1`` assigning a
 request never costs more than deferring it, so requests are deferred only when capacity (tokens
 or KV blocks) forces it, and the oldest are served first. A request whose ``deadline_s`` is at
-or before ``now_s + guard_horizon_s`` cannot be deferred. Chunking (third objective) fills
-the lock-step bubble: after the assignment, a deferred request may place its first chunk on a
-unit with spare token room, only as many tokens as keep that unit at or under its instance's
-step time, so a chunk never lengthens the step (at most one chunk per unit and per request).
+or before ``now_s + guard_horizon_s`` cannot be deferred. Chunking (third objective): a
+request may place its first chunk of ``k < n_i`` tokens (as many as the unit's room and free
+KV blocks allow, blocks pro rata) on a unit with spare room, its remainder staying buffered at
+``(n_i - k) / n_i`` of its penalty; a chunk is placed only where the penalty share it removes
+exceeds the step-time raise it causes, at most one chunk per unit and per request.
 
 **Decode.** Request ``i`` brings ``k_i`` context tokens and needs ``b_i`` KV blocks; unit
 ``j`` runs ``B_j`` requests (at most ``max_batch_size[j]``) holding ``K_j`` KV tokens. The

@@ -86,6 +86,19 @@ def _take_chunk(i, j, k, t, tokens, blocks, room, free, unit_time, inst, inst_ma
         inst_max[inst[j]] = t
 
 
+@numba.njit(cache=True, nogil=True, inline="always")
+def _chunk_now(i, tokens, blocks, penalty, room, free, unit_time, inst, inst_max, used, spec,
+               assignment, chunk_tokens):  # pragma: no cover - compiled
+    """Place request ``i``'s first chunk where :func:`_best_chunk` finds it helps (state
+    updated in place); returns the unit, or -1 when it is nowhere worth it."""
+    j, size, t = _best_chunk(i, tokens, blocks, penalty, room, free, unit_time, inst, inst_max,
+                             used, spec)
+    if j >= 0:
+        _take_chunk(i, j, size, t, tokens, blocks, room, free, unit_time, inst, inst_max, used,
+                    assignment, chunk_tokens)
+    return j
+
+
 @numba.njit(cache=True, nogil=True)
 def prefill_greedy(order, cost, tokens, blocks, penalty, guarded, room, free, unit_time, inst,
                    inst_max, chunk_tokens, used, chunking, spec):  # pragma: no cover - compiled
@@ -117,13 +130,10 @@ def prefill_greedy(order, cost, tokens, blocks, penalty, guarded, room, free, un
                 if d < best_raise or (d == best_raise and t < best_time):
                     best, best_raise, best_time = j, d, t
         if best < 0:
-            if chunkable > 0:
-                j, size, t = _best_chunk(i, tokens, blocks, penalty, room, free, unit_time, inst,
-                                         inst_max, used, spec)
-                if j >= 0:
-                    chunkable -= 1
-                    _take_chunk(i, j, size, t, tokens, blocks, room, free, unit_time, inst,
-                                inst_max, used, assignment, chunk_tokens)
+            if chunkable > 0 and _chunk_now(i, tokens, blocks, penalty, room, free, unit_time,
+                                            inst, inst_max, used, spec, assignment,
+                                            chunk_tokens) >= 0:
+                chunkable -= 1
             continue
         if guarded[i] or best_raise < penalty[i]:
             assignment[i] = best
@@ -190,18 +200,17 @@ def _prefill_greedy_one(order, cost, tokens, blocks, penalty, guarded, room, fre
                     if best < 0 or t < best_time or j < best:
                         best, best_time, p_best = j, t, p
         if best < 0:
+            j = -1
             if chunkable > 0:
-                j, size, t = _best_chunk(i, tokens, blocks, penalty, room, free, unit_time, inst,
-                                         inst_max, used, spec)
-                if j >= 0:
-                    chunkable -= 1
-                    _take_chunk(i, j, size, t, tokens, blocks, room, free, unit_time, inst,
-                                inst_max, used, assignment, chunk_tokens)
-                    for p in range(units):
-                        if by_time[p] == j:
-                            _move_up(by_time, sorted_time, p, j, t)
-                            break
-                    room_max = room.max()
+                j = _chunk_now(i, tokens, blocks, penalty, room, free, unit_time, inst, inst_max,
+                               used, spec, assignment, chunk_tokens)
+            if j >= 0:
+                chunkable -= 1
+                for p in range(units):
+                    if by_time[p] == j:
+                        _move_up(by_time, sorted_time, p, j, unit_time[j])
+                        break
+                room_max = room.max()
             continue
         if not (guarded[i] or max(0.0, best_time - inst_max[0]) < penalty[i]):
             continue
@@ -300,13 +309,9 @@ def chunk_fill(order, tokens, blocks, penalty, room, free, unit_time, inst, inst
     for q in range(order.shape[0]):
         if chunkable == 0:
             break
-        i = order[q]
-        j, k, t = _best_chunk(i, tokens, blocks, penalty, room, free, unit_time, inst, inst_max,
-                              used, spec)
-        if j >= 0:
+        if _chunk_now(order[q], tokens, blocks, penalty, room, free, unit_time, inst, inst_max,
+                      used, spec, chunk_unit, chunk_tokens) >= 0:
             chunkable -= 1
-            _take_chunk(i, j, k, t, tokens, blocks, room, free, unit_time, inst, inst_max, used,
-                        chunk_unit, chunk_tokens)
     return chunk_unit, chunk_tokens
 
 

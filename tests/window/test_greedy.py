@@ -21,21 +21,22 @@ def _chunk_spec(problem):
             float(c.gamma_us_per_request), problem.min_chunk_tokens)
 
 
-def _kernel_greedy(problem, order, inst_max):
-    """``prefill_greedy`` on fresh copies: ``(assignment, chunk_tokens)``."""
+def _assert_kernel_matches_reference(problem, order):
+    """``prefill_greedy`` (on fresh copies) and ``prefill_greedy_py`` agree on the assignment
+    and the chunks."""
+    inst_max = np.full(problem.n_instances, -np.inf)
+    np.maximum.at(inst_max, problem.instance, problem.residual_us)
     chunk_tokens = np.zeros(problem.n_requests, np.int64)
     assignment = _kernels.prefill_greedy(
         *_prefill_args(problem, order), inst_max, chunk_tokens,
         np.zeros(problem.n_units, np.bool_), problem.allow_chunking, _chunk_spec(problem))
-    return assignment, chunk_tokens
-
-
-def _reference_greedy(problem, order):
     c = problem.coefficients
-    return _kernels.prefill_greedy_py(
+    expected = _kernels.prefill_greedy_py(
         *_prefill_args(problem, order), chunking=problem.allow_chunking,
         cached=problem.cached_tokens, alpha=c.alpha_us_per_token, beta=c.beta_us_per_pair,
         gamma=c.gamma_us_per_request, min_chunk=problem.min_chunk_tokens)
+    np.testing.assert_array_equal(assignment, expected[0])
+    np.testing.assert_array_equal(chunk_tokens, expected[1])
 
 
 @pytest.mark.parametrize("seed", range(20))
@@ -46,13 +47,7 @@ def test_prefill_kernel_matches_reference(cat, seed: int) -> None:
                                  free_kv_blocks=rng.integers(0, 200, j),
                                  instance=np.arange(j) % 2 if j > 1 else None,
                                  allow_chunking=bool(seed % 2))
-    order = rng.permutation(problem.n_requests)
-    inst_max = np.full(problem.n_instances, -np.inf)
-    np.maximum.at(inst_max, problem.instance, problem.residual_us)
-    fast = _kernel_greedy(problem, order, inst_max)
-    slow = _reference_greedy(problem, order)
-    np.testing.assert_array_equal(fast[0], slow[0])
-    np.testing.assert_array_equal(fast[1], slow[1])
+    _assert_kernel_matches_reference(problem, rng.permutation(problem.n_requests))
 
 
 @pytest.mark.parametrize("seed", range(20))
@@ -68,11 +63,7 @@ def test_one_instance_kernel_matches_reference_with_ties(cat, seed: int) -> None
         load_tokens=np.full(j, 200) * rng.integers(0, 2, j),
         free_kv_blocks=rng.integers(5, 40, j), coefficients=cat.PREFILL,
         allow_chunking=bool(seed % 2))
-    order = rng.permutation(n)
-    fast = _kernel_greedy(problem, order, np.full(1, problem.residual_us.max()))
-    slow = _reference_greedy(problem, order)
-    np.testing.assert_array_equal(fast[0], slow[0])
-    np.testing.assert_array_equal(fast[1], slow[1])
+    _assert_kernel_matches_reference(problem, rng.permutation(n))
 
 
 @pytest.mark.parametrize("seed", range(20))

@@ -1099,8 +1099,8 @@ def prefill_solve(cost, tokens, cached, blocks, penalty, guarded, arrival, room,
                   inst, n_inst, base, chunking, alpha, beta, gamma, min_chunk,
                   local_search):  # pragma: no cover - compiled
     """:func:`prefill_orders`, :func:`prefill_best_of` and :func:`prefill_analytic_bound` in
-    one call (the greedy's hot path): ``(order code, assignment, chunk_tokens, objective,
-    bound)``."""
+    one call (the greedy's hot path): ``(order code, assignment, chunk_tokens, chunked
+    requests, guarded requests left unplaced, objective, bound)``."""
     units_max = np.bincount(inst).max()
     orders, kinds, by_density, by_saving = prefill_orders(
         cost, tokens, blocks, penalty, guarded, arrival, room, free, units_max, chunking)
@@ -1110,7 +1110,12 @@ def prefill_solve(cost, tokens, cached, blocks, penalty, guarded, arrival, room,
     bound = prefill_analytic_bound(residual, inst, n_inst, base, cost, penalty, tokens, cached,
                                    blocks, room, free, chunking, alpha, beta, gamma, by_density,
                                    by_saving)
-    return kinds[row], assignment, chunk_tokens, value, bound
+    chunked = 0
+    unplaced_guarded = 0
+    for i in range(cost.shape[0]):
+        chunked += chunk_tokens[i] > 0
+        unplaced_guarded += guarded[i] and assignment[i] < 0
+    return kinds[row], assignment, chunk_tokens, chunked, unplaced_guarded, value, bound
 
 
 @numba.njit(cache=True, nogil=True)

@@ -24,13 +24,15 @@ _PREFILL_VARIANTS = ("pbaa", "lpt", "density", "knapsack")  # by _kernels.ORDER_
 _DECODE_VARIANTS = ("iqr-lex", "min-step")
 
 class GreedyAnswer(NamedTuple):
-    """A greedy answer with the analytic lower bound computed in the same compiled call."""
+    """A greedy answer with the analytic lower bound computed in the same compiled call, and
+    how many guarded requests (past their guard) it could not place."""
 
     assignment: np.ndarray
     chunks: dict[int, int]
     objective: float
     variant: str
     bound: float
+    unplaced_guarded: int = 0
 
 
 def _prefill_pass(problem: PrefillWindow, order: np.ndarray, local_search: int) -> GreedyAnswer:
@@ -101,7 +103,7 @@ def greedy_prefill(problem: PrefillWindow, *, local_search: int = 0) -> GreedyAn
         return GreedyAnswer(empty, {}, prefill_objective(problem, empty, {}), "empty",
                             analytic_bound(problem))
     c = problem.coefficients
-    kind, assignment, chunk_tokens, value, bound = _kernels.prefill_solve(
+    kind, assignment, chunk_tokens, chunked, unplaced, value, bound = _kernels.prefill_solve(
         problem.cost_us, problem.new_tokens, problem.cached_tokens, problem.kv_blocks,
         problem.penalty_us, problem.guarded, problem.arrival_s, problem.room_tokens,
         problem.free_kv_blocks, problem.residual_us, problem.instance, problem.n_instances,
@@ -110,10 +112,10 @@ def greedy_prefill(problem: PrefillWindow, *, local_search: int = 0) -> GreedyAn
         local_search,
     )
     chunks = {}
-    if chunk_tokens.any():
-        placed = np.flatnonzero(chunk_tokens)
+    if chunked:
+        placed = chunk_tokens.nonzero()[0]
         chunks = dict(zip(placed.tolist(), chunk_tokens[placed].tolist(), strict=True))
-    return GreedyAnswer(assignment, chunks, value, _PREFILL_VARIANTS[kind], bound)
+    return GreedyAnswer(assignment, chunks, value, _PREFILL_VARIANTS[kind], bound, unplaced)
 
 
 def greedy_decode(problem: DecodeWindow) -> GreedyAnswer:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -102,7 +103,7 @@ class SolveResult:
 
 def relative_gap(objective: float, bound: float) -> float:
     """``(objective - bound) / objective``, 0 when both are 0, clipped at 0 from below."""
-    if not np.isfinite(objective):
+    if not math.isfinite(objective):
         return float("nan")
     if objective <= 0.0:
         return 0.0

@@ -29,6 +29,7 @@ beyond the budget: a few milliseconds on an idle machine (up to 7 ms at 256 x 32
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
@@ -53,6 +54,7 @@ _PAIR_BUILD_S = 2e-6
 _MIN_SOLVE_S = 0.008
 _LP_PAIR_S = 10e-6
 _STOP_LATENCY_S = 0.003
+_WINDOWS = (PrefillWindow, DecodeWindow)
 #: CP-SAT's stop latency grows with the model (measured ~5 ms more at 8192 pairs).
 _STOP_PAIR_S = 0.5e-6
 #: Move/swap rounds of the greedy that hints CP-SAT (microseconds; ``local_search`` overrides).
@@ -121,14 +123,13 @@ def _greedy_answer(problem: PrefillWindow | DecodeWindow, options: dict[str, Any
         if type(rounds) is not int or rounds != 0:  # the default skips the check: hot path
             rounds = check_int("options.local_search", rounds)
         answer = greedy_prefill(problem, local_search=rounds)
-        if problem.guarded.any():
+        if answer.unplaced_guarded:
             missed = problem.guarded & (answer.assignment < 0)
-            if missed.any():
-                return Answer(answer.assignment, answer.chunks, SolveStatus.INFEASIBLE,
-                              bound=answer.bound, message="guarded requests not placed: "
-                              f"{np.flatnonzero(missed).tolist()}",
-                              stats={"variant": answer.variant}, value=answer.objective,
-                              analytic_included=True)
+            return Answer(answer.assignment, answer.chunks, SolveStatus.INFEASIBLE,
+                          bound=answer.bound, message="guarded requests not placed: "
+                          f"{np.flatnonzero(missed).tolist()}",
+                          stats={"variant": answer.variant}, value=answer.objective,
+                          analytic_included=True)
     else:
         answer = greedy_decode(problem)
     return Answer(answer.assignment, answer.chunks, SolveStatus.FEASIBLE, bound=answer.bound,
@@ -407,7 +408,7 @@ def solve(
     ('OPTIMAL', 40.0, 40.0, [0, 1, 1, 0])
     """
     start = time.perf_counter()
-    if not isinstance(problem, PrefillWindow | DecodeWindow):
+    if not isinstance(problem, _WINDOWS):
         raise InvalidInputError("problem", problem, "a PrefillWindow or a DecodeWindow")
     backend = BACKENDS.get(method) if isinstance(method, str) else None
     if backend is None or problem.phase not in backend.phases:
@@ -416,7 +417,10 @@ def solve(
         from sbsopt.errors import BackendUnavailableError
 
         raise BackendUnavailableError(f"method {method!r} is not available here")
-    budget = check_positive_time_limit("time_limit_s", time_limit_s)
+    if type(time_limit_s) is float and 0.0 < time_limit_s < math.inf:
+        budget = time_limit_s  # the common case, checked without the general validator
+    else:
+        budget = check_positive_time_limit("time_limit_s", time_limit_s)
     options = dict(options or {})
     if isinstance(seed, int) and not isinstance(seed, bool) and 0 <= seed < 2**31 - 1:
         int_seed = seed  # the common case, without building a Generator to validate it
@@ -440,7 +444,7 @@ def solve(
     status = answer.status
     if status in (SolveStatus.FEASIBLE, SolveStatus.TIMEOUT) and value <= bound * (1 + 1e-12):
         status = SolveStatus.OPTIMAL  # the bound proves it
-    deferred = np.flatnonzero(answer.assignment < 0)
+    deferred = (answer.assignment < 0).nonzero()[0]
     return SolveResult(
         assignment=answer.assignment, deferred=deferred, chunks=answer.chunks, status=status,
         objective=value, bound=bound,

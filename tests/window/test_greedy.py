@@ -205,7 +205,7 @@ def test_decode_best_of_matches_the_references_with_ties(cat, seed: int) -> None
                                        p.instance, p.us_per_request, p.us_per_kv_token)
     values = decode_objective(p, iqr), decode_objective(p, step)
     expected = step if values[1] < values[0] else iqr
-    assignment, _, value, _, _ = greedy_decode(p)
+    assignment, _, value, _, _, _ = greedy_decode(p)
     np.testing.assert_array_equal(assignment, expected)
     assert value == pytest.approx(min(values), rel=1e-12)
 

@@ -12,7 +12,7 @@ Examples
 [0, 1]
 """
 
-from sbsopt.window.bounds import analytic_bound, lower_bound, lp_bound
+from sbsopt.window.bounds import analytic_bound, lower_bound, lp_bound, split_bound
 from sbsopt.window.greedy import warm_up
 from sbsopt.window.objective import objective
 from sbsopt.window.problem import DecodeWindow, PrefillWindow, WindowProblem
@@ -33,6 +33,7 @@ __all__ = [
     "register",
     "available_methods",
     "analytic_bound",
+    "split_bound",
     "lp_bound",
     "lower_bound",
     "objective",

@@ -921,6 +921,91 @@ def _largest_fraction(residual, instance, n_inst, room, tokens, cached, pen, alp
 
 
 @numba.njit(cache=True, nogil=True)
+def _split_range_value(low, high, last, lowest, lin, quad, pen, tok, top, cap, room_total,
+                       resid_mean, units):  # pragma: no cover - compiled
+    """Lower bound (without the base cost) over the steps ``S`` in ``[low, high]`` (``last``:
+    ``[low, inf)``): ``max(low + least penalty, averaging form)`` with each request's placed
+    fraction capped by what one unit runs within ``high``."""
+    n = lin.shape[0]
+    for i in range(n):
+        if last:
+            cap[i] = top[i]
+        elif quad[i] > 0.0:
+            free = max(high - lowest, 0.0)
+            a = (-lin[i] + math.sqrt(lin[i] * lin[i] + 4.0 * quad[i] * free)) / (2.0 * quad[i])
+            cap[i] = min(max(a, 0.0), top[i])
+        elif lin[i] > 0.0:
+            cap[i] = min(max((high - lowest) / lin[i], 0.0), top[i])
+        else:
+            cap[i] = top[i]
+    pen_total = pen.sum()
+    least_pen = pen_total - _knapsack_gain_nb(pen * cap, tok * cap, room_total,
+                                              np.empty(0, np.int64))
+    spread = resid_mean + pen_total + _fraction_dual(lin / units, quad / units, pen, tok, cap,
+                                                     room_total)
+    return max(low + least_pen, spread)
+
+
+@numba.njit(cache=True, nogil=True)
+def prefill_split_bound(residual, room, tokens, cached, pen, top, alpha, beta, gamma,
+                        ranges, splits):  # pragma: no cover - compiled
+    """Step-split bound of a one-instance prefill window without its base cost
+    (``sbsopt.window.bounds`` Notes): ``ranges`` equal ranges of the step from the largest
+    residual, plus the open last one; then ``splits`` times the range of least value is
+    halved. The bound is the least value over the ranges."""
+    n = tokens.shape[0]
+    units = residual.shape[0]
+    resid_max = residual.max()
+    zero = False
+    for i in range(n):
+        zero = zero or tokens[i] == 0
+    lowest = np.inf  # least residual of a unit a request can go to (zero-token ones: any)
+    for j in range(units):
+        if room[j] > 0 or zero:
+            lowest = min(lowest, residual[j])
+    if lowest == np.inf:
+        return resid_max + pen.sum()
+    lin = np.empty(n, np.float64)
+    quad = np.empty(n, np.float64)
+    widest = 0.0
+    for i in range(n):
+        lin[i] = gamma + alpha * tokens[i] + beta * tokens[i] * cached[i]
+        quad[i] = beta * tokens[i] * tokens[i] / 2.0
+        widest = max(widest, lin[i] * top[i] + quad[i] * top[i] * top[i])
+    tok = tokens.astype(np.float64)
+    room_total = room.astype(np.float64).sum()
+    resid_mean = residual.mean()
+    cap = np.empty(n, np.float64)
+    stop = max(lowest + widest, resid_max)
+    size = ranges + 1 + splits
+    lows = np.empty(size, np.float64)
+    highs = np.empty(size, np.float64)
+    values = np.empty(size, np.float64)
+    for k in range(ranges + 1):
+        lows[k] = resid_max + (stop - resid_max) * k / ranges
+        highs[k] = resid_max + (stop - resid_max) * (k + 1) / ranges
+        values[k] = _split_range_value(lows[k], highs[k], k == ranges, lowest, lin, quad, pen,
+                                       tok, top, cap, room_total, resid_mean, units)
+    count = ranges + 1
+    for _ in range(splits):
+        k = -1
+        for q in range(count):  # the open range (index ``ranges``) is never split
+            if q != ranges and (k < 0 or values[q] < values[k]):
+                k = q
+        if k < 0 or values[ranges] <= values[k]:
+            break  # the open range has the least value: halving others cannot raise the bound
+        mid = (lows[k] + highs[k]) / 2.0
+        lows[count], highs[count] = mid, highs[k]
+        values[count] = _split_range_value(mid, highs[k], False, lowest, lin, quad, pen, tok,
+                                           top, cap, room_total, resid_mean, units)
+        highs[k] = mid
+        values[k] = _split_range_value(lows[k], mid, False, lowest, lin, quad, pen, tok, top,
+                                       cap, room_total, resid_mean, units)
+        count += 1
+    return values[:count].min()
+
+
+@numba.njit(cache=True, nogil=True)
 def prefill_best_of(orders, cost, tokens, cached, blocks, penalty, guarded, room, free,
                     residual, inst, n_inst, base, chunking, alpha, beta, gamma, min_chunk,
                     local_search):  # pragma: no cover - compiled

@@ -32,6 +32,15 @@ Prefill (``G`` instances, ``J_g`` units in instance ``g``, ``J* = max_g J_g``):
   room's share of ``n_i`` when ``n_i`` fits no unit whole) is a bound; the minimum over ``a``
   of that convex function is in closed form.
 
+Step split (one instance, :func:`split_bound`; hundreds of microseconds, so not on the
+greedy's path): for a step ``S``, request ``i`` can have at most the fraction ``cap_i(S)``
+placed that one unit runs within ``S`` (``min_j r_j + lin_i*a + quad_i*a**2 <= S``, over
+units with room), so the objective is at least ``base + max(S + least penalty with those
+caps, averaging form with those caps)``. Cutting ``[max_j r_j, ...)`` into ranges and taking,
+in each, its low end for ``S`` and the caps of its high end gives a bound; the least over the
+ranges is the bound. It sees what the averaging form cannot: one long prompt (quadratic
+attention) runs on one unit.
+
 Decode has the same residual and averaging forms with ``a = us_per_request`` and
 ``b = us_per_kv_token``: an assigned request adds ``(a + b*k_i) / J*`` on average.
 """
@@ -45,7 +54,7 @@ import numpy as np
 from sbsopt.window import _kernels
 from sbsopt.window.problem import DecodeWindow, PrefillWindow
 
-__all__ = ["analytic_bound", "lp_bound", "lower_bound"]
+__all__ = ["analytic_bound", "split_bound", "lp_bound", "lower_bound"]
 
 _LP_PAIR_S = 10e-6
 _NONE = np.empty(0, np.int64)  # "not sorted yet" for the compiled bound's knapsacks
@@ -119,13 +128,20 @@ def _largest_share(problem: PrefillWindow) -> np.ndarray:
 
 def _fraction_dual(problem: PrefillWindow, units_max: int, weight: np.ndarray, top: np.ndarray,
                    capacity: float) -> float:
-    """Reference of ``_kernels._fraction_dual`` by bisection on the multiplier (module Notes)."""
+    """Reference of ``_kernels._fraction_dual`` for a window's requests (module Notes)."""
     c = problem.coefficients
     n = problem.new_tokens.astype(np.float64)
     lin = (c.gamma_us_per_request + c.alpha_us_per_token * n
            + c.beta_us_per_pair * n * problem.cached_tokens) / units_max
     quad = c.beta_us_per_pair * n * n / 2.0 / units_max
-    pen, weight = problem.penalty_us, weight.astype(np.float64)
+    return _fraction_dual_parts(lin, quad, problem.penalty_us, weight.astype(np.float64), top,
+                                capacity)
+
+
+def _fraction_dual_parts(lin: np.ndarray, quad: np.ndarray, pen: np.ndarray, weight: np.ndarray,
+                         top: np.ndarray, capacity: float) -> float:
+    """Lagrangian bound of ``min sum quad*a**2 + (lin - pen)*a`` over ``0 <= a <= top`` with
+    ``sum weight*a <= capacity``, by bisection on the multiplier."""
 
     def relaxed(lam: float) -> tuple[float, float]:
         s = lin - pen + lam * weight
@@ -282,6 +298,79 @@ def analytic_bound(problem: PrefillWindow | DecodeWindow) -> float:
     return _decode_analytic_fast(problem)
 
 
+#: Equal ranges of the step in :func:`split_bound`, and how many times the range of least
+#: value is then halved.
+SPLIT_RANGES, SPLIT_HALVINGS = 12, 24
+
+
+def split_bound(problem: PrefillWindow | DecodeWindow) -> float:
+    """Step-split bound (module Notes) of a one-instance prefill window, microseconds;
+    ``-inf`` for decode and multi-instance windows.
+
+    Examples
+    --------
+    >>> from types import SimpleNamespace as C
+    >>> c = C(base_us=0.0, alpha_us_per_token=1.0, beta_us_per_pair=0.0, gamma_us_per_request=0.0)
+    >>> w = PrefillWindow.from_arrays([60, 10, 10], [0] * 3, [0.0] * 3, capacity_tokens=[64] * 2,
+    ...                               coefficients=c)
+    >>> round(split_bound(w), 3)  # the optimum: the 60 alone on one unit
+    60.0
+    """
+    if not isinstance(problem, PrefillWindow) or problem.n_instances != 1:
+        return -np.inf
+    if problem.n_requests == 0:
+        return analytic_bound(problem)
+    c = problem.coefficients
+    return problem.base_us + float(_kernels.prefill_split_bound(
+        problem.residual_us, problem.room_tokens, problem.new_tokens, problem.cached_tokens,
+        problem.penalty_us, _largest_share(problem), float(c.alpha_us_per_token),
+        float(c.beta_us_per_pair), float(c.gamma_us_per_request), SPLIT_RANGES, SPLIT_HALVINGS))
+
+
+def _split_bound(problem: PrefillWindow) -> float:
+    """Reference (numpy, bisection) of :func:`split_bound`."""
+    c = problem.coefficients
+    n = problem.new_tokens.astype(np.float64)
+    lin = c.gamma_us_per_request + c.alpha_us_per_token * n + c.beta_us_per_pair * n * problem.cached_tokens
+    quad = c.beta_us_per_pair * n * n / 2.0
+    pen, units = problem.penalty_us, problem.n_units
+    room = float(problem.room_tokens.sum())
+    resid = problem.residual_us
+    reach = (problem.room_tokens > 0) | (problem.new_tokens == 0).any()
+    if not reach.any():
+        return problem.base_us + float(resid.max() + pen.sum())
+    lowest = float(resid[reach].min())
+    top = _largest_share(problem)
+    stop = max(lowest + float((lin * top + quad * top * top).max()), float(resid.max()))
+
+    def value(low: float, high: float | None) -> float:
+        if high is None:
+            cap = top
+        else:
+            free = max(high - lowest, 0.0)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                a = np.where(quad > 0, (-lin + np.sqrt(lin * lin + 4 * quad * free)) / (2 * quad),
+                             np.where(lin > 0, free / lin, np.inf))
+            cap = np.clip(a, 0.0, top)
+        least_pen = float(pen.sum()) - _knapsack_gain(pen * cap, n * cap, room)
+        spread = float(resid.mean() + pen.sum()) + _fraction_dual_parts(
+            lin / units, quad / units, pen, n, cap, room)
+        return max(low + least_pen, spread)
+
+    edges = np.linspace(float(resid.max()), stop, SPLIT_RANGES + 1)
+    closed = [(lo, hi, value(lo, hi)) for lo, hi in zip(edges[:-1], edges[1:], strict=True)]
+    open_value = value(float(edges[-1]), None)
+    for _ in range(SPLIT_HALVINGS):
+        k = min(range(len(closed)), key=lambda q: closed[q][2])
+        if open_value <= closed[k][2]:
+            break
+        lo, hi, _ = closed[k]
+        mid = (lo + hi) / 2.0
+        closed[k] = (lo, mid, value(lo, mid))
+        closed.append((mid, hi, value(mid, hi)))
+    return problem.base_us + min(open_value, min(v for _, _, v in closed))
+
+
 def lp_bound(problem: PrefillWindow | DecodeWindow, *, time_limit_s: float | None = None) -> float:
     """LP relaxation of the window's integer program (OR-Tools GLOP), microseconds.
 
@@ -367,6 +456,6 @@ def lp_bound(problem: PrefillWindow | DecodeWindow, *, time_limit_s: float | Non
 
 
 def lower_bound(problem: PrefillWindow | DecodeWindow, *, lp: bool = True) -> float:
-    """``max(analytic_bound, lp_bound)`` (the LP only when ``lp``), microseconds."""
-    bound = analytic_bound(problem)
+    """``max(analytic_bound, split_bound, lp_bound)`` (the LP only when ``lp``), microseconds."""
+    bound = max(analytic_bound(problem), split_bound(problem))
     return max(bound, lp_bound(problem)) if lp else bound

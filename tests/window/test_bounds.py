@@ -129,3 +129,48 @@ def test_chunked_bound_is_the_whole_bound_when_capacity_is_ample(cat, rng) -> No
                                  capacity_tokens=np.full(4, 200_000),
                                  free_kv_blocks=np.full(4, 10**6))
     assert analytic_bound(chunked) == pytest.approx(analytic_bound(whole), rel=1e-12)
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_split_bound_below_every_answer(cat, seed: int) -> None:
+    from sbsopt.window import objective, split_bound
+
+    rng = np.random.default_rng(5000 + seed)
+    j = int(rng.integers(1, 5))
+    chunking = bool(seed % 2)
+    # long prompts with long cached prefixes, tight rooms: the form this bound is for
+    problem = cat.random_prefill(rng, int(rng.integers(1, 7)), j, allow_chunking=chunking,
+                                 capacity_tokens=rng.integers(2000, 9000, j))
+    bound = split_bound(problem)
+    best, _ = cat.brute_force(problem)
+    for _ in range(300 if chunking else 0):
+        answer = _random_chunked_answer(problem, rng)
+        if answer is not None:
+            best = min(best, objective(problem, *answer))
+    assert bound <= best * (1 + 1e-9)
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_compiled_split_bound_matches_the_numpy_reference(cat, seed: int) -> None:
+    from sbsopt.window.bounds import _split_bound, split_bound
+
+    rng = np.random.default_rng(seed)
+    j = int(rng.integers(1, 6))
+    problem = cat.random_prefill(rng, int(rng.integers(1, 30)), j, allow_chunking=bool(seed % 2),
+                                 capacity_tokens=rng.integers(2000, 12000, j))
+    assert split_bound(problem) == pytest.approx(_split_bound(problem), rel=1e-9)
+
+
+@pytest.mark.parametrize("chunking", [False, True])
+def test_split_bound_sees_one_long_prompt(cat, chunking: bool) -> None:
+    from sbsopt.window import objective, solve, split_bound
+
+    # a long prompt with a long cached prefix among short ones, more tokens than room: the
+    # averaging form spreads the long one over both units, the largest-item form ignores the
+    # short ones' penalties; the split bound has both
+    w = PrefillWindow.from_arrays([7000] + [500] * 30, [20000] + [0] * 30, [0.0] * 31,
+                                  capacity_tokens=[8000] * 2, coefficients=cat.PREFILL,
+                                  allow_chunking=chunking)
+    answer = solve(w, method="greedy")
+    assert analytic_bound(w) * 1.05 < split_bound(w) <= objective(w, answer.assignment,
+                                                                  answer.chunks)

@@ -5,8 +5,9 @@ not copied). For each size and problem kind (prefill with chunking, prefill whol
 decode) the table reports, per method: latency p50 / max, CP-SAT's model-build time p50, the gap
 against the best bound known for the window (the max of every method's bound and an untimed LP
 relaxation) as p50 / p90 / max, how many windows meet the target (proven optimal or gap <=
-1%), and the statuses. ``greedy+ls`` is the greedy with the local search CP-SAT is hinted with
-(the baseline, run in the same process).
+1%), and the statuses. ``greedy+ls`` is the baseline run in the same process: the greedy
+with the local search CP-SAT is hinted with (prefill; decode has no local search, so there it
+is the plain greedy).
 
 Run: ``python benchmarks/cpsat.py`` (``--quick`` for fewer windows; ``--param name=value``
 passes a SatParameters field, e.g. ``--param linearization_level=0``; ``--lns`` / ``--no-lns``

@@ -109,9 +109,12 @@ def allocate_prefill(
     coefficients,
     solver: str,
     seed: int,
+    instance: np.ndarray | None = None,
 ) -> np.ndarray:
     """PBAA window allocation: unit index per request, -1 if deferred.
 
+    ``instance`` (instance of each unit, ``0..G-1``) makes a window over several idle
+    instances one multi-instance problem: each instance's lock-step step counts on its own.
     A request that the solver splits (``chunks``) is assigned whole to that unit: its KV must
     stay on one DP rank, and the engine chunk-prefills the rest over the next forwards.
     Requests past their TTFT guard that are still deferred go to the least-loaded unit.
@@ -123,7 +126,7 @@ def allocate_prefill(
         new_tokens.astype(np.int64), cached_tokens.astype(np.int64), arrival_s,
         capacity_tokens=capacity_tokens.astype(np.int64), load_tokens=load.astype(np.int64),
         deadline_s=arrival_s + guard_s, now_s=now_s, coefficients=coefficients,
-        allow_chunking=True,
+        allow_chunking=True, instance=instance,
     )
     result = solve(window, method=solver, seed=seed)
     assignment = np.array(result.assignment, dtype=np.int64, copy=True)

@@ -396,7 +396,7 @@ class _Simulation:
         if not self.buffer:
             return
         base = inst.index * self.pep
-        self.allocate(np.arange(base, base + self.pep), inst.index)
+        self.allocate(np.arange(base, base + self.pep), [inst.index])
 
     def arm_window(self) -> None:
         """(Re)arm the next window: interval from the policy, early when the buffer is full."""
@@ -432,18 +432,20 @@ class _Simulation:
         if self.buffer and idle:
             self.fresh_views()
             units = np.concatenate([np.arange(k * self.pep, (k + 1) * self.pep) for k in idle])
-            self.allocate(units, idle[0] if len(idle) == 1 else None)
+            self.allocate(units, idle)
         if self.buffer:
             self.arm_window()
 
-    def allocate(self, units: np.ndarray, instance: int | None) -> None:
-        """Solve one prefill window over the given flattened units and dispatch the assigned."""
+    def allocate(self, units: np.ndarray, instances: list[int]) -> None:
+        """Solve one prefill window over the units of ``instances`` (flattened, in that order)
+        and dispatch the assigned. Prefix-cache hits count only in a one-instance window (the
+        window model has one cached length per request, and each instance has its own cache)."""
         load = self.pview.tokens[units]
         rids = np.asarray(self.buffer, dtype=np.int64)
         inp = self.inp[rids]
         cached = np.zeros(len(rids), dtype=np.int64)
-        if self.hashes is not None and instance is not None:
-            cache = self.caches[instance]
+        if self.hashes is not None and len(instances) == 1:
+            cache = self.caches[instances[0]]
             cached = np.array([cache.lookup(self.hashes[r], input_tokens=int(self.inp[r])) for r in rids],
                               dtype=np.int64)
         capacity = np.full(len(load), self.cluster.chunk_tokens, dtype=np.int64)
@@ -451,6 +453,7 @@ class _Simulation:
             inp - cached, cached, self.arrival[rids], capacity_tokens=capacity,
             load_tokens=np.asarray(load), now_s=self.now, guard_s=self.sched.ttft_guard_s,
             coefficients=self.pcoef, solver=self.solver, seed=self.seed,
+            instance=np.repeat(np.arange(len(instances)), self.pep) if len(instances) > 1 else None,
         )
         keep = []
         for idx, rid in enumerate(rids.tolist()):

@@ -1,4 +1,4 @@
-"""House style is checked, not hoped for: ruff over the package, tests and benchmarks."""
+"""House style is checked, not hoped for: ruff over the package, tests, benchmarks and notebooks."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ def test_ruff_is_clean() -> None:
     if ruff is None:
         pytest.skip("ruff is not installed (it comes with the test extra)")
     result = subprocess.run(
-        [ruff, "check", "--quiet", "sbsopt", "tests", "benchmarks"],
+        [ruff, "check", "--quiet", "sbsopt", "tests", "benchmarks", "notebooks"],
         cwd=ROOT, capture_output=True, text=True, timeout=120,
     )
     assert result.returncode == 0, result.stdout + result.stderr

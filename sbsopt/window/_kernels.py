@@ -785,6 +785,27 @@ def decode_analytic_bound(batch, max_batch, kv, free, instance, n_inst, base, a,
 
 
 @numba.njit(cache=True, nogil=True)
+def _fraction_terms(tokens, cached, room, alpha, beta, gamma):  # pragma: no cover - compiled
+    """Per request, for the chunked bounds: ``lin`` and ``quad`` (a fraction ``a`` of the
+    request costs at least ``lin*a + quad*a**2``) and ``top``, the largest fraction one window
+    places (one chunk, on one unit: 1 when it fits the largest room whole, else that room's
+    share of it, at most ``n - 1`` tokens)."""
+    n = tokens.shape[0]
+    room_max = 0
+    for j in range(room.shape[0]):
+        room_max = max(room_max, room[j])
+    lin = np.empty(n, np.float64)
+    quad = np.empty(n, np.float64)
+    top = np.ones(n, np.float64)
+    for i in range(n):
+        lin[i] = gamma + alpha * tokens[i] + beta * tokens[i] * cached[i]
+        quad[i] = beta * tokens[i] * tokens[i] / 2.0
+        if tokens[i] > room_max:
+            top[i] = max(min(tokens[i] - 1, room_max), 0) / tokens[i]
+    return lin, quad, top
+
+
+@numba.njit(cache=True, nogil=True)
 def prefill_analytic_bound(residual, instance, n_inst, base, cost, pen, tokens, cached, blocks,
                            room, free, chunking, alpha, beta, gamma, by_density,
                            by_saving):  # pragma: no cover - compiled
@@ -831,31 +852,18 @@ def prefill_analytic_bound(residual, instance, n_inst, base, cost, pen, tokens, 
     tok = tokens.astype(np.float64)
     blk = blocks.astype(np.float64)
     if chunking:
-        # one chunk per request, on one unit: at most the largest room's share is placed now
-        room_max = 0
-        for j in range(units):
-            room_max = max(room_max, room[j])
-        top = np.ones(n, np.float64)
-        partial = False
-        for i in range(n):
-            if tokens[i] > room_max:
-                top[i] = max(min(tokens[i] - 1, room_max), 0) / tokens[i]
-                partial = True
-        if partial:
+        lin, quad, top = _fraction_terms(tokens, cached, room, alpha, beta, gamma)
+        if (top < 1.0).any():
             floor_a = pen_total - min(
                 _knapsack_gain_nb(gain_a * top, tok * top, room_total, by_density),
                 _knapsack_gain_nb(gain_a * top, blk * top, free_total, none))
         else:
             floor_a = pen_total - min(_knapsack_gain_nb(gain_a, tok, room_total, by_density),
                                       _knapsack_gain_nb(gain_a, blk, free_total, none))
-        # a request placed as a fraction a of itself costs at least lin*a + quad*a**2
-        lin = np.empty(n, np.float64)
-        quad = np.empty(n, np.float64)
-        for i in range(n):
-            lin[i] = (gamma + alpha * tokens[i] + beta * tokens[i] * cached[i]) / units_max
-            quad[i] = beta * tokens[i] * tokens[i] / 2.0 / units_max
-        floor_b = pen_total + max(_fraction_dual(lin, quad, pen, tok, top, room_total),
-                                  _fraction_dual(lin, quad, pen, blk, top, free_total))
+        # averaging form: the fraction's cost spread over the instance's units
+        floor_b = pen_total + max(
+            _fraction_dual(lin / units_max, quad / units_max, pen, tok, top, room_total),
+            _fraction_dual(lin / units_max, quad / units_max, pen, blk, top, free_total))
     else:
         floor_a = pen_total - min(_knapsack_gain_nb(gain_a, tok, room_total, by_density),
                                   _knapsack_gain_nb(gain_a, blk, free_total, none))
@@ -878,21 +886,20 @@ def prefill_analytic_bound(residual, instance, n_inst, base, cost, pen, tokens, 
             bound = max(bound, total_base + largest + forced)
     if chunking:
         bound = max(bound, total_base + resid_max + _largest_fraction(
-            residual, instance, n_inst, room, tokens, cached, pen, alpha, beta, gamma))
+            residual, instance, n_inst, room, lin, quad, top, pen))
     return bound
 
 
 @numba.njit(cache=True, nogil=True)
-def _largest_fraction(residual, instance, n_inst, room, tokens, cached, pen, alpha, beta,
-                      gamma):  # pragma: no cover - compiled
+def _largest_fraction(residual, instance, n_inst, room, lin, quad, top,
+                      pen):  # pragma: no cover - compiled
     """Largest-item form with chunking: the least step raise plus deferral that request ``i``
-    alone forces, maximised over ``i`` (``sbsopt.window.bounds`` Notes)."""
+    alone forces, maximised over ``i`` (``sbsopt.window.bounds`` Notes; ``lin``, ``quad``,
+    ``top`` from :func:`_fraction_terms`)."""
     units = residual.shape[0]
     gmax = np.full(n_inst, -np.inf)
-    room_max = 0
     for j in range(units):
         gmax[instance[j]] = max(gmax[instance[j]], residual[j])
-        room_max = max(room_max, room[j])
     slack = np.inf  # min over units with room of (residual - its instance's step floor)
     for j in range(units):
         if room[j] > 0:
@@ -900,22 +907,18 @@ def _largest_fraction(residual, instance, n_inst, room, tokens, cached, pen, alp
     best = 0.0
     if slack == np.inf:
         return best
-    for i in range(tokens.shape[0]):
-        n = float(tokens[i])
-        lin = gamma + alpha * n + beta * n * cached[i]
-        quad = beta * n * n / 2.0
-        top = 1.0 if tokens[i] <= room_max else min(n - 1.0, float(room_max)) / n
-        top = max(top, 0.0)
+    for i in range(lin.shape[0]):
         # h(a) = max(0, slack + lin*a + quad*a**2) + (1 - a)*pen: convex, least at the larger
         # of the point where the raise starts and the stationary point of the raised part
-        if quad > 0.0:
-            start = (-lin + math.sqrt(lin * lin - 4.0 * quad * slack)) / (2.0 * quad)
-            stationary = (pen[i] - lin) / (2.0 * quad)
+        b, q = lin[i], quad[i]
+        if q > 0.0:
+            start = (-b + math.sqrt(b * b - 4.0 * q * slack)) / (2.0 * q)
+            stationary = (pen[i] - b) / (2.0 * q)
         else:
-            start = -slack / lin if lin > 0.0 else np.inf
-            stationary = top if pen[i] > lin else 0.0
-        a = min(max(max(start, stationary), 0.0), top)
-        value = max(0.0, slack + lin * a + quad * a * a) + (1.0 - a) * pen[i]
+            start = -slack / b if b > 0.0 else np.inf
+            stationary = top[i] if pen[i] > b else 0.0
+        a = min(max(max(start, stationary), 0.0), top[i])
+        value = max(0.0, slack + b * a + q * a * a) + (1.0 - a) * pen[i]
         best = max(best, value)
     return best
 
@@ -947,8 +950,8 @@ def _split_range_value(low, high, last, lowest, lin, quad, pen, tok, top, cap, r
 
 
 @numba.njit(cache=True, nogil=True)
-def prefill_split_bound(residual, room, tokens, cached, pen, top, alpha, beta, gamma,
-                        ranges, splits):  # pragma: no cover - compiled
+def prefill_split_bound(residual, room, tokens, cached, pen, alpha, beta, gamma, ranges,
+                        splits):  # pragma: no cover - compiled
     """Step-split bound of a one-instance prefill window without its base cost
     (``sbsopt.window.bounds`` Notes): ``ranges`` equal ranges of the step from the largest
     residual, plus the open last one; then ``splits`` times the range of least value is
@@ -965,13 +968,8 @@ def prefill_split_bound(residual, room, tokens, cached, pen, top, alpha, beta, g
             lowest = min(lowest, residual[j])
     if lowest == np.inf:
         return resid_max + pen.sum()
-    lin = np.empty(n, np.float64)
-    quad = np.empty(n, np.float64)
-    widest = 0.0
-    for i in range(n):
-        lin[i] = gamma + alpha * tokens[i] + beta * tokens[i] * cached[i]
-        quad[i] = beta * tokens[i] * tokens[i] / 2.0
-        widest = max(widest, lin[i] * top[i] + quad[i] * top[i] * top[i])
+    lin, quad, top = _fraction_terms(tokens, cached, room, alpha, beta, gamma)
+    widest = (lin * top + quad * top * top).max()
     tok = tokens.astype(np.float64)
     room_total = room.astype(np.float64).sum()
     resid_mean = residual.mean()

@@ -116,6 +116,16 @@ def _chunk_overcount(problem: PrefillWindow) -> np.ndarray:
     return problem.coefficients.beta_us_per_pair * k * (n - k) / 2.0
 
 
+def _fraction_terms(problem: PrefillWindow) -> tuple[np.ndarray, np.ndarray]:
+    """``(lin, quad)``: a fraction ``a`` of request ``i`` costs at least ``lin_i*a +
+    quad_i*a**2`` (module Notes)."""
+    c = problem.coefficients
+    n = problem.new_tokens.astype(np.float64)
+    lin = (c.gamma_us_per_request + c.alpha_us_per_token * n
+           + c.beta_us_per_pair * n * problem.cached_tokens)
+    return lin, c.beta_us_per_pair * n * n / 2.0
+
+
 def _largest_share(problem: PrefillWindow) -> np.ndarray:
     """Largest fraction of each request one window can place: a request has one chunk, on
     one unit, of at most ``n_i - 1`` tokens and the unit's room (1 when it fits whole)."""
@@ -129,13 +139,9 @@ def _largest_share(problem: PrefillWindow) -> np.ndarray:
 def _fraction_dual(problem: PrefillWindow, units_max: int, weight: np.ndarray, top: np.ndarray,
                    capacity: float) -> float:
     """Reference of ``_kernels._fraction_dual`` for a window's requests (module Notes)."""
-    c = problem.coefficients
-    n = problem.new_tokens.astype(np.float64)
-    lin = (c.gamma_us_per_request + c.alpha_us_per_token * n
-           + c.beta_us_per_pair * n * problem.cached_tokens) / units_max
-    quad = c.beta_us_per_pair * n * n / 2.0 / units_max
-    return _fraction_dual_parts(lin, quad, problem.penalty_us, weight.astype(np.float64), top,
-                                capacity)
+    lin, quad = _fraction_terms(problem)
+    return _fraction_dual_parts(lin / units_max, quad / units_max, problem.penalty_us,
+                                weight.astype(np.float64), top, capacity)
 
 
 def _fraction_dual_parts(lin: np.ndarray, quad: np.ndarray, pen: np.ndarray, weight: np.ndarray,
@@ -209,7 +215,6 @@ def _prefill_analytic(problem: PrefillWindow) -> float:
 def _largest_fraction(problem: PrefillWindow) -> float:
     """Reference of ``_kernels._largest_fraction`` (module Notes), on a grid of fractions
     refined around the best point."""
-    c = problem.coefficients
     inst, groups = problem.instance, problem.n_instances
     floor = np.full(groups, -np.inf)
     np.maximum.at(floor, inst, problem.residual_us)
@@ -217,16 +222,12 @@ def _largest_fraction(problem: PrefillWindow) -> float:
     if not has_room.any():
         return 0.0
     slack = float((problem.residual_us - floor[inst])[has_room].min())
-    room_max = float(problem.room_tokens.max())
     best = 0.0
-    for n, p, pen in zip(problem.new_tokens.astype(float), problem.cached_tokens, problem.penalty_us,
-                         strict=True):
-        top = 1.0 if n <= room_max else max(min(n - 1.0, room_max) / n, 0.0)
+    for lin, quad, top, pen in zip(*_fraction_terms(problem), _largest_share(problem),
+                                   problem.penalty_us, strict=True):
 
-        def h(a: np.ndarray, n: float = n, p: float = p, pen: float = pen) -> np.ndarray:
-            cost = (c.gamma_us_per_request + c.alpha_us_per_token * n
-                    + c.beta_us_per_pair * n * p) * a + c.beta_us_per_pair * n * n / 2.0 * a * a
-            return np.maximum(0.0, slack + cost) + (1.0 - a) * pen
+        def h(a: np.ndarray, lin: float = lin, quad: float = quad, pen: float = pen) -> np.ndarray:
+            return np.maximum(0.0, slack + lin * a + quad * a * a) + (1.0 - a) * pen
 
         grid = np.linspace(0.0, top, 2001)
         k = int(np.argmin(h(grid)))
@@ -323,16 +324,14 @@ def split_bound(problem: PrefillWindow | DecodeWindow) -> float:
     c = problem.coefficients
     return problem.base_us + float(_kernels.prefill_split_bound(
         problem.residual_us, problem.room_tokens, problem.new_tokens, problem.cached_tokens,
-        problem.penalty_us, _largest_share(problem), float(c.alpha_us_per_token),
-        float(c.beta_us_per_pair), float(c.gamma_us_per_request), SPLIT_RANGES, SPLIT_HALVINGS))
+        problem.penalty_us, float(c.alpha_us_per_token), float(c.beta_us_per_pair),
+        float(c.gamma_us_per_request), SPLIT_RANGES, SPLIT_HALVINGS))
 
 
 def _split_bound(problem: PrefillWindow) -> float:
     """Reference (numpy, bisection) of :func:`split_bound`."""
-    c = problem.coefficients
     n = problem.new_tokens.astype(np.float64)
-    lin = c.gamma_us_per_request + c.alpha_us_per_token * n + c.beta_us_per_pair * n * problem.cached_tokens
-    quad = c.beta_us_per_pair * n * n / 2.0
+    lin, quad = _fraction_terms(problem)
     pen, units = problem.penalty_us, problem.n_units
     room = float(problem.room_tokens.sum())
     resid = problem.residual_us

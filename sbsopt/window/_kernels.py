@@ -250,6 +250,23 @@ def _best_chunk_py(i, tokens, cached, blocks, penalty, room, free, unit_time, in
     return best
 
 
+def _steps_py(unit_time, inst):
+    """Step time per instance (the references' dict form of ``inst_max``)."""
+    step = {}
+    for j, g in enumerate(inst):
+        step[g] = max(step.get(g, 0.0), unit_time[j])
+    return step
+
+
+def _placed_arrays_py(placed, n):
+    """``{request: (unit, chunk tokens)}`` to ``(unit per request, chunk tokens per request)``."""
+    unit = np.full(n, -1, np.int64)
+    chunk_tokens = np.zeros(n, np.int64)
+    for i, (j, k) in placed.items():
+        unit[i], chunk_tokens[i] = j, k
+    return unit, chunk_tokens
+
+
 def _take_chunk_py(best, i, tokens, blocks, room, free, unit_time, inst, step, used, placed):
     _, j, k, t = best
     placed[i] = (j, k)
@@ -264,9 +281,7 @@ def prefill_greedy_py(order, cost, tokens, blocks, penalty, guarded, room, free,
                       chunking=False, cached=None, alpha=0.0, beta=0.0, gamma=0.0, min_chunk=1):
     """Reference of :func:`prefill_greedy`: ``(assignment, chunk_tokens)``, inputs untouched."""
     room, free, unit_time = list(room), list(free), list(unit_time)
-    step = {}
-    for j, g in enumerate(inst):
-        step[g] = max(step.get(g, 0.0), unit_time[j])
+    step = _steps_py(unit_time, inst)
     placed, used = {}, set()
     for i in order:
         options = []
@@ -289,11 +304,7 @@ def prefill_greedy_py(order, cost, tokens, blocks, penalty, guarded, room, free,
             free[j] -= blocks[i]
             unit_time[j] = t
             step[inst[j]] = max(step[inst[j]], t)
-    assignment = np.full(len(cost), -1, np.int64)
-    chunk_tokens = np.zeros(len(cost), np.int64)
-    for i, (j, k) in placed.items():
-        assignment[i], chunk_tokens[i] = j, k
-    return assignment, chunk_tokens
+    return _placed_arrays_py(placed, len(cost))
 
 
 @numba.njit(cache=True, nogil=True)
@@ -319,9 +330,7 @@ def chunk_fill_py(order, tokens, cached, blocks, penalty, room, free, unit_time,
                   alpha, beta, gamma, min_chunk, used=()):
     """Reference of :func:`chunk_fill` (inputs untouched; ``used``: units already chunked)."""
     room, free, unit_time, used = list(room), list(free), list(unit_time), set(used)
-    step = {}
-    for j, g in enumerate(inst):
-        step[g] = max(step.get(g, 0.0), unit_time[j])
+    step = _steps_py(unit_time, inst)
     placed = {}
     for i in order:
         best = _best_chunk_py(i, tokens, cached, blocks, penalty, room, free, unit_time, inst,
@@ -329,11 +338,7 @@ def chunk_fill_py(order, tokens, cached, blocks, penalty, room, free, unit_time,
         if best is not None:
             _take_chunk_py(best, i, tokens, blocks, room, free, unit_time, inst, step, used,
                            placed)
-    chunk_unit = np.full(len(tokens), -1, np.int64)
-    chunk_tokens = np.zeros(len(tokens), np.int64)
-    for i, (j, k) in placed.items():
-        chunk_unit[i], chunk_tokens[i] = j, k
-    return chunk_unit, chunk_tokens
+    return _placed_arrays_py(placed, len(tokens))
 
 
 @numba.njit(cache=True, nogil=True)

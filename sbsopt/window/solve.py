@@ -43,7 +43,7 @@ from sbsopt.window import _kernels
 from sbsopt.window.bounds import analytic_bound, lp_bound, split_bound
 from sbsopt.window.decode import build_decode_model
 from sbsopt.window.greedy import greedy_decode, greedy_prefill
-from sbsopt.window.objective import objective
+from sbsopt.window.objective import objective, prefill_unit_time_us
 from sbsopt.window.prefill import BuildTimeout, build_prefill_model, read_assignment
 from sbsopt.window.problem import DecodeWindow, PrefillWindow
 from sbsopt.window.result import SolveResult, SolveStatus, relative_gap
@@ -162,9 +162,7 @@ def _chunk_after(problem: PrefillWindow, assignment: np.ndarray) -> tuple[np.nda
     free = problem.free_kv_blocks - np.bincount(
         assignment[placed], weights=problem.kv_blocks[placed], minlength=problem.n_units
     ).astype(np.int64)
-    unit_time = problem.residual_us + np.bincount(
-        assignment[placed], weights=problem.cost_us[placed], minlength=problem.n_units
-    )
+    unit_time = prefill_unit_time_us(problem, assignment, {})
     inst_max = np.full(problem.n_instances, -np.inf)
     np.maximum.at(inst_max, problem.instance, unit_time)
     order = np.lexsort((-problem.cost_us, problem.arrival_s, ~problem.guarded))

@@ -14,11 +14,11 @@ from typing import NamedTuple
 import numpy as np
 
 from sbsopt.window import _kernels
-from sbsopt.window.bounds import analytic_bound
-from sbsopt.window.objective import prefill_objective
+from sbsopt.window.bounds import analytic_bound, split_bound
+from sbsopt.window.objective import prefill_objective, prefill_unit_time_us
 from sbsopt.window.problem import DecodeWindow, PrefillWindow
 
-__all__ = ["GreedyAnswer", "greedy_prefill", "greedy_decode", "warm_up"]
+__all__ = ["GreedyAnswer", "greedy_prefill", "greedy_decode", "chunk_after", "warm_up"]
 
 _PREFILL_VARIANTS = ("pbaa", "lpt", "density", "knapsack")  # by _kernels.ORDER_* code
 _DECODE_VARIANTS = ("iqr-lex", "min-step")
@@ -74,6 +74,37 @@ def _prefill_pass(problem: PrefillWindow, order: np.ndarray, local_search: int) 
     for i, k in chunks.items():
         value += problem.penalty_us[i] * (problem.new_tokens[i] - k) / problem.new_tokens[i]
     return GreedyAnswer(assignment, chunks, value, "", -np.inf)
+
+
+def chunk_after(problem: PrefillWindow, assignment: np.ndarray) -> tuple[np.ndarray, dict]:
+    """The greedy chunk post-pass applied to a whole-request assignment (CP-SAT's answer):
+    the deferred requests, guarded then oldest then largest first, place first chunks where
+    they remove more penalty than they add step time. Returns a new assignment and the chunks."""
+    if not problem.allow_chunking or not (assignment < 0).any():
+        return assignment, {}
+    placed = assignment >= 0
+    room = problem.room_tokens - np.bincount(
+        assignment[placed], weights=problem.new_tokens[placed], minlength=problem.n_units
+    ).astype(np.int64)
+    free = problem.free_kv_blocks - np.bincount(
+        assignment[placed], weights=problem.kv_blocks[placed], minlength=problem.n_units
+    ).astype(np.int64)
+    unit_time = prefill_unit_time_us(problem, assignment, {})
+    inst_max = np.full(problem.n_instances, -np.inf)
+    np.maximum.at(inst_max, problem.instance, unit_time)
+    order = np.lexsort((-problem.cost_us, problem.arrival_s, ~problem.guarded))
+    c = problem.coefficients
+    spec = (problem.cached_tokens, float(c.alpha_us_per_token), float(c.beta_us_per_pair),
+            float(c.gamma_us_per_request), problem.min_chunk_tokens)
+    chunk_unit, chunk_tokens = _kernels.chunk_fill(
+        order[assignment[order] < 0], problem.new_tokens, problem.kv_blocks, problem.penalty_us,
+        room, free, unit_time, problem.instance, inst_max, np.zeros(problem.n_units, np.bool_),
+        spec,
+    )
+    idx = np.flatnonzero(chunk_unit >= 0)
+    assignment = assignment.copy()
+    assignment[idx] = chunk_unit[idx]
+    return assignment, dict(zip(idx.tolist(), chunk_tokens[idx].tolist(), strict=True))
 
 
 def greedy_prefill(problem: PrefillWindow, *, local_search: int = 0) -> GreedyAnswer:
@@ -151,6 +182,9 @@ def warm_up() -> float:
     w = PrefillWindow.from_arrays([5, 300, 40], [0, 0, 0], [0.0, 0.0, 0.0],
                                   capacity_tokens=[200, 100], coefficients=pc)
     greedy_prefill(w, local_search=4)
+    # loaded on first use otherwise: the step-split bound and CP-SAT's chunk post-pass
+    split_bound(w)
+    chunk_after(w, np.full(w.n_requests, -1, np.int64))
     dc = SimpleNamespace(base_us=1.0, us_per_request=1.0, us_per_kv_token=0.001)
     d = DecodeWindow.from_arrays([5, 6, 7, 8, 9], [1] * 5, batch_size=[0] * 5,
                                  max_batch_size=[2] * 5, kv_blocks_used=[0] * 5,

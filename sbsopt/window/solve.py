@@ -22,9 +22,9 @@ answer (status ``TIMEOUT``) when the budget is gone; a window is not handed to C
 when its pair count makes building alone likely to exceed the budget (about 2 microseconds
 per request-unit pair; measured 0.6-1.2 from 128 x 16 to 1024 x 64), nor when less than 8 ms is
 left after building (CP-SAT's load and presolve are not interruptible); CP-SAT's wall limit is
-the remaining budget minus its stop latency (3 ms + 0.5 us per pair). Measured overshoot
-beyond the budget: a few milliseconds on an idle machine (up to 7 ms at 256 x 32), up to about
-15 ms on a loaded one.
+the remaining budget minus its stop latency (3 ms + 1.2 us per pair). Measured overshoot
+beyond the budget (``benchmarks/budget.py``, 768 solves up to 1024 x 64, idle machine): at most
+0.6 ms.
 """
 
 from __future__ import annotations
@@ -39,11 +39,10 @@ import numpy as np
 from sbsopt._seed import as_int_seed
 from sbsopt._validate import check_int, check_positive_time_limit
 from sbsopt.errors import InvalidInputError
-from sbsopt.window import _kernels
 from sbsopt.window.bounds import analytic_bound, lp_bound, split_bound
 from sbsopt.window.decode import build_decode_model
-from sbsopt.window.greedy import greedy_decode, greedy_prefill
-from sbsopt.window.objective import objective, prefill_unit_time_us
+from sbsopt.window.greedy import chunk_after, greedy_decode, greedy_prefill
+from sbsopt.window.objective import objective
 from sbsopt.window.prefill import BuildTimeout, build_prefill_model, read_assignment
 from sbsopt.window.problem import DecodeWindow, PrefillWindow
 from sbsopt.window.result import SolveResult, SolveStatus, relative_gap
@@ -58,8 +57,9 @@ _WINDOWS = (PrefillWindow, DecodeWindow)
 #: The step-split bound is added when 1 ms plus this much per request of budget is left
 #: (measured: 0.34 ms at 128 x 16, 0.65 ms at 256 x 32, 3.1 ms at 1024 x 64).
 _SPLIT_REQUEST_S = 4e-6
-#: CP-SAT's stop latency grows with the model (measured ~5 ms more at 8192 pairs).
-_STOP_PAIR_S = 0.5e-6
+#: CP-SAT's wall time under a 1 ms limit (loading the model, accepting the hint) grows with
+#: it: measured 0.6-1.1 microseconds per request-unit pair from 128 x 16 to 1024 x 64.
+_STOP_PAIR_S = 1.2e-6
 #: Move/swap rounds of the greedy that hints CP-SAT (microseconds; ``local_search`` overrides).
 _HINT_LOCAL_SEARCH = 1000
 #: From this many request-unit pairs, a budget under 0.5 s runs CP-SAT as neighbourhood search.
@@ -149,35 +149,6 @@ class _Greedy:
 
     def run(self, problem, *, deadline, seed, hint, options):
         return _greedy_answer(problem, options)
-
-
-def _chunk_after(problem: PrefillWindow, assignment: np.ndarray) -> tuple[np.ndarray, dict]:
-    """Apply the greedy chunk post-pass to an exact whole-request assignment."""
-    if not problem.allow_chunking or not (assignment < 0).any():
-        return assignment, {}
-    placed = assignment >= 0
-    room = problem.room_tokens - np.bincount(
-        assignment[placed], weights=problem.new_tokens[placed], minlength=problem.n_units
-    ).astype(np.int64)
-    free = problem.free_kv_blocks - np.bincount(
-        assignment[placed], weights=problem.kv_blocks[placed], minlength=problem.n_units
-    ).astype(np.int64)
-    unit_time = prefill_unit_time_us(problem, assignment, {})
-    inst_max = np.full(problem.n_instances, -np.inf)
-    np.maximum.at(inst_max, problem.instance, unit_time)
-    order = np.lexsort((-problem.cost_us, problem.arrival_s, ~problem.guarded))
-    c = problem.coefficients
-    spec = (problem.cached_tokens, float(c.alpha_us_per_token), float(c.beta_us_per_pair),
-            float(c.gamma_us_per_request), problem.min_chunk_tokens)
-    chunk_unit, chunk_tokens = _kernels.chunk_fill(
-        order[assignment[order] < 0], problem.new_tokens, problem.kv_blocks, problem.penalty_us,
-        room, free, unit_time, problem.instance, inst_max, np.zeros(problem.n_units, np.bool_),
-        spec,
-    )
-    idx = np.flatnonzero(chunk_unit >= 0)
-    assignment = assignment.copy()
-    assignment[idx] = chunk_unit[idx]
-    return assignment, dict(zip(idx.tolist(), chunk_tokens[idx].tolist(), strict=True))
 
 
 class _CpSat:
@@ -318,7 +289,7 @@ def _cpsat_improve(problem: PrefillWindow | DecodeWindow, fallback: Answer, *, d
     assignment = read_assignment(solver.response_proto, built, problem.n_requests)
     chunks: dict[int, int] = {}
     if isinstance(problem, PrefillWindow):
-        assignment, chunks = _chunk_after(problem, assignment)
+        assignment, chunks = chunk_after(problem, assignment)
         if problem.allow_chunking:
             # CP-SAT's proof covers whole-request placement; chunks may beat it.
             bound = -np.inf

@@ -16,6 +16,7 @@ __all__ = [
     "prefill_greedy",
     "prefill_greedy_py",
     "chunk_fill",
+    "trim_step_chunks",
     "chunk_fill_py",
     "decode_iqr_lex",
     "decode_iqr_lex_py",
@@ -324,6 +325,120 @@ def chunk_fill(order, tokens, blocks, penalty, room, free, unit_time, inst, inst
                       used, spec, chunk_unit, chunk_tokens) >= 0:
             chunkable -= 1
     return chunk_unit, chunk_tokens
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _chunk_blocks(k, blocks_i, tokens_i):  # pragma: no cover - compiled
+    """KV blocks of a chunk of ``k`` tokens: pro rata, rounded up (as :func:`_take_chunk`)."""
+    return (k * blocks_i + tokens_i - 1) // tokens_i
+
+
+@numba.njit(cache=True, nogil=True)
+def _trimmed_size(k, t_without, target, cached, dens, alpha, beta, gamma,
+                  min_chunk):  # pragma: no cover - compiled
+    """Chunk size below ``k`` for a step unit: the larger of the size whose marginal step
+    cost ``alpha + beta*(cached + k)`` equals its penalty per token ``dens`` and the size that
+    brings the unit's time down to ``target`` (0: no chunk; ``min_chunk`` at least)."""
+    if beta > 0.0:
+        marginal = math.floor((dens - alpha) / beta - cached)
+    else:
+        marginal = k if dens > alpha else 0
+    room = target - t_without - gamma  # time the chunk may take, gamma included
+    if room <= 0.0:
+        level = 0
+    elif beta > 0.0:
+        b = alpha + beta * cached
+        level = math.floor((-b + math.sqrt(b * b + 2.0 * beta * room)) / beta)
+    else:
+        level = math.floor(room / alpha) if alpha > 0.0 else k
+    size = min(max(marginal, level, 0), k)
+    if 0 < size < min_chunk:
+        size = min(min_chunk, k)
+    return size
+
+
+@numba.njit(cache=True, nogil=True)
+def trim_step_chunks(order, assignment, chunk_tokens, cost, tokens, blocks, penalty, room,
+                     free, unit_time, inst, inst_max, used, spec):  # pragma: no cover - compiled
+    """Shrink the chunk on each instance's step unit, then refill the room it frees.
+
+    A chunk is sized by its room when it is placed, so on the unit that sets the step its last
+    tokens can raise the step by more than the penalty share they remove. The chunk shrinks to
+    the larger of the size where its marginal step cost meets its penalty per token and the
+    size that brings the unit down to the next unit of the instance; deferred whole requests
+    (in ``order``) then fill the freed room where their step raise is below their penalty.
+    The change is kept when the objective drops, and repeated on the new step unit (at most
+    once per unit). State is updated in place; returns the objective change (<= 0)."""
+    cached, alpha, beta, gamma, min_chunk = spec
+    n = tokens.shape[0]
+    units = room.shape[0]
+    refill = np.empty(n, np.int64)
+    total = 0.0
+    for g in range(inst_max.shape[0]):
+        for _ in range(units):
+            top = -1
+            second = -np.inf
+            for j in range(units):
+                if inst[j] != g:
+                    continue
+                if top < 0 or unit_time[j] > unit_time[top]:
+                    if top >= 0:
+                        second = max(second, unit_time[top])
+                    top = j
+                else:
+                    second = max(second, unit_time[j])
+            if top < 0 or not used[top]:
+                break
+            h = -1
+            for i in range(n):
+                if assignment[i] == top and chunk_tokens[i] > 0:
+                    h = i
+                    break
+            if h < 0:
+                break
+            k = chunk_tokens[h]
+            step = unit_time[top]
+            t_without = step - _chunk_cost(k, cached[h], alpha, beta, gamma)
+            size = _trimmed_size(k, t_without, second, cached[h], penalty[h] / tokens[h],
+                                 alpha, beta, gamma, max(min_chunk, 1))
+            if size >= k:
+                break
+            t = t_without + (_chunk_cost(size, cached[h], alpha, beta, gamma) if size else 0.0)
+            new_step = max(second, t)
+            delta = new_step - step + penalty[h] * (k - size) / tokens[h]
+            room_left = room[top] + k - size
+            free_left = free[top] + _chunk_blocks(k, blocks[h], tokens[h]) - _chunk_blocks(
+                size, blocks[h], tokens[h])
+            m = 0
+            for q in range(order.shape[0]):
+                i = order[q]
+                if assignment[i] >= 0 or i == h or tokens[i] > room_left or blocks[i] > free_left:
+                    continue
+                raised = max(new_step, t + cost[i])
+                if raised - new_step < penalty[i]:
+                    delta += raised - new_step - penalty[i]
+                    refill[m] = i
+                    m += 1
+                    t += cost[i]
+                    new_step = raised
+                    room_left -= tokens[i]
+                    free_left -= blocks[i]
+            if not delta < -1e-9 * step:
+                break
+            total += delta
+            if size:
+                chunk_tokens[h] = size
+            else:
+                chunk_tokens[h] = 0
+                assignment[h] = -1
+                used[top] = False
+            for q in range(m):
+                assignment[refill[q]] = top
+            room[top] = room_left
+            free[top] = free_left
+            unit_time[top] = t
+            inst_max[g] = new_step
+    return total
 
 
 def chunk_fill_py(order, tokens, cached, blocks, penalty, room, free, unit_time, inst,
@@ -1056,6 +1171,8 @@ def prefill_best_of(orders, cost, tokens, cached, blocks, penalty, guarded, room
                     if chunk_unit[i] >= 0:
                         assignment[i] = chunk_unit[i]
                         chunk_tokens[i] = late[i]
+            trim_step_chunks(order, assignment, chunk_tokens, cost, tokens, blocks, penalty,
+                             room_r, free_r, time_r, inst, inst_max, used, spec)
         value = n_inst * base + inst_max.sum()
         for i in range(n):
             if assignment[i] < 0:

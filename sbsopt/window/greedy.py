@@ -67,6 +67,12 @@ def _prefill_pass(problem: PrefillWindow, order: np.ndarray, local_search: int) 
         placed = chunk_unit >= 0
         assignment[placed] = chunk_unit[placed]
         chunk_tokens[placed] = late[placed]
+    if problem.allow_chunking:
+        _kernels.trim_step_chunks(
+            order, assignment, chunk_tokens, problem.cost_us, problem.new_tokens,
+            problem.kv_blocks, problem.penalty_us, room, free, unit_time, problem.instance,
+            inst_max, used, spec,
+        )
     chunks = {int(i): int(chunk_tokens[i]) for i in np.flatnonzero(chunk_tokens)}
     # objective from the kernels' state (same formula as objective.prefill_objective)
     value = problem.n_instances * problem.base_us + float(inst_max.sum())
@@ -96,14 +102,19 @@ def chunk_after(problem: PrefillWindow, assignment: np.ndarray) -> tuple[np.ndar
     c = problem.coefficients
     spec = (problem.cached_tokens, float(c.alpha_us_per_token), float(c.beta_us_per_pair),
             float(c.gamma_us_per_request), problem.min_chunk_tokens)
+    used = np.zeros(problem.n_units, np.bool_)
     chunk_unit, chunk_tokens = _kernels.chunk_fill(
         order[assignment[order] < 0], problem.new_tokens, problem.kv_blocks, problem.penalty_us,
-        room, free, unit_time, problem.instance, inst_max, np.zeros(problem.n_units, np.bool_),
-        spec,
+        room, free, unit_time, problem.instance, inst_max, used, spec,
     )
     idx = np.flatnonzero(chunk_unit >= 0)
     assignment = assignment.copy()
     assignment[idx] = chunk_unit[idx]
+    _kernels.trim_step_chunks(
+        order, assignment, chunk_tokens, problem.cost_us, problem.new_tokens, problem.kv_blocks,
+        problem.penalty_us, room, free, unit_time, problem.instance, inst_max, used, spec,
+    )
+    idx = np.flatnonzero(chunk_tokens)
     return assignment, dict(zip(idx.tolist(), chunk_tokens[idx].tolist(), strict=True))
 
 

@@ -19,10 +19,11 @@ with ``P_i = w_i * (defer_factor * c_i + defer_cost_us)`` and the age weight
 request never costs more than deferring it, so requests are deferred only when capacity (tokens
 or KV blocks) forces it, and the oldest are served first. A request whose ``deadline_s`` is at
 or before ``now_s + guard_horizon_s`` cannot be deferred. Chunking (third objective): a
-request may place its first chunk of ``k < n_i`` tokens (as many as the unit's room and free
-KV blocks allow, blocks pro rata) on a unit with spare room, its remainder staying buffered at
-``(n_i - k) / n_i`` of its penalty; a chunk is placed only where the penalty share it removes
-exceeds the step-time raise it causes, at most one chunk per unit and per request.
+request may place its first chunk of ``k < n_i`` tokens (at most the unit's room, KV blocks
+pro rata) on a unit with spare room, its remainder staying buffered at ``(n_i - k) / n_i`` of
+its penalty; at most one chunk per unit and per request. The greedy sizes a chunk by the room
+and places it only where the penalty share it removes exceeds the step-time raise it causes,
+then trims the chunk on the step unit (``_kernels.trim_step_chunks``).
 
 **Decode.** Request ``i`` brings ``k_i`` context tokens and needs ``b_i`` KV blocks; unit
 ``j`` runs ``B_j`` requests (at most ``max_batch_size[j]``) holding ``K_j`` KV tokens. The

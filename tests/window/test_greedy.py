@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from sbsopt.window import _kernels, solve, validate_assignment
+from sbsopt.window import PrefillWindow, _kernels, solve, validate_assignment
 from sbsopt.window.greedy import greedy_decode, greedy_prefill
+from sbsopt.window.objective import prefill_objective, prefill_unit_time_us
 
 
 def _prefill_args(problem, order):
@@ -219,3 +220,61 @@ def test_priority_order_is_lexsort(seed: int) -> None:
     guarded = rng.random(n) < 0.2 * (seed % 2)
     np.testing.assert_array_equal(_kernels._priority_order(guarded, key, tie),
                                   np.lexsort((tie, key, ~guarded)))
+
+
+def test_step_chunk_is_trimmed_to_where_its_marginal_cost_meets_its_penalty() -> None:
+    """A 5000-token prompt chunked on its own unit: a chunk of k tokens takes k + k**2/200
+    there and removes 26.2 per token of deferral, so the best chunk is k = 2520 (objective
+    99248, which the bound proves), not the 4000 tokens of room (110200)."""
+    from types import SimpleNamespace
+
+    c = SimpleNamespace(base_us=0.0, alpha_us_per_token=1.0, beta_us_per_pair=0.01,
+                        gamma_us_per_request=0.0)
+    w = PrefillWindow.from_arrays([5000, 500, 500, 500], [0] * 4, [0.0] * 4,
+                                  capacity_tokens=[4000, 4000], coefficients=c, now_s=0.0)
+    result = solve(w, method="greedy")
+    assert result.chunks == {0: 2520}
+    assert result.objective == pytest.approx(99248.0)
+    assert result.status.name == "OPTIMAL"
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_trim_step_chunks_lowers_the_objective_by_what_it_reports(cat, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    j = int(rng.integers(1, 7))
+    n = int(rng.integers(1, 40))
+    # prompts up to twice a unit's room, none aged: chunks of more than half a prompt, whose
+    # last tokens cost more step time than the deferral they remove
+    problem = PrefillWindow.from_arrays(
+        rng.integers(100, 30_000, n), rng.integers(0, 30_000, n) * rng.integers(0, 2, n),
+        np.zeros(n), capacity_tokens=rng.integers(2000, 16_384, j),
+        load_tokens=rng.integers(0, 1500, j), free_kv_blocks=rng.integers(100, 3000, j),
+        now_s=0.0, coefficients=cat.PREFILL, allow_chunking=True,
+        instance=np.arange(j) % 2 if j > 1 and seed % 2 else None)
+    spec = _chunk_spec(problem)
+    order = rng.permutation(problem.n_requests)
+    room, free = problem.room_tokens.copy(), problem.free_kv_blocks.copy()
+    unit_time = problem.residual_us.copy()
+    inst_max = np.full(problem.n_instances, -np.inf)
+    np.maximum.at(inst_max, problem.instance, unit_time)
+    chunk_tokens = np.zeros(problem.n_requests, np.int64)
+    used = np.zeros(problem.n_units, np.bool_)
+    assignment = _kernels.prefill_greedy(
+        order, problem.cost_us, problem.new_tokens, problem.kv_blocks, problem.penalty_us,
+        problem.guarded, room, free, unit_time, problem.instance, inst_max, chunk_tokens, used,
+        True, spec)
+    before = prefill_objective(problem, assignment, _chunks(chunk_tokens))
+    delta = _kernels.trim_step_chunks(
+        order, assignment, chunk_tokens, problem.cost_us, problem.new_tokens, problem.kv_blocks,
+        problem.penalty_us, room, free, unit_time, problem.instance, inst_max, used, spec)
+    after = prefill_objective(problem, assignment, _chunks(chunk_tokens))
+    assert delta <= 0.0
+    assert after == pytest.approx(before + delta, rel=1e-9, abs=1e-6)
+    np.testing.assert_allclose(unit_time, prefill_unit_time_us(problem, assignment,
+                                                               _chunks(chunk_tokens)), rtol=1e-9)
+    assert (room >= 0).all() and (free >= 0).all()
+    assert set(np.flatnonzero(used)) == {int(assignment[i]) for i in np.flatnonzero(chunk_tokens)}
+
+
+def _chunks(chunk_tokens: np.ndarray) -> dict[int, int]:
+    return {int(i): int(chunk_tokens[i]) for i in np.flatnonzero(chunk_tokens)}

@@ -651,14 +651,18 @@ def decode_min_step_py(order, context, blocks, batch, max_batch, kv, free, inst,
 
 
 @numba.njit(cache=True, nogil=True)
-def prefill_local_search(assignment, cost, tokens, blocks, room, free, unit_time, inst, inst_max,
-                         chunk_tokens, max_rounds):  # pragma: no cover - compiled
-    """Move/swap descent on the critical unit of each instance (chunked requests stay put).
+def prefill_local_search(assignment, cost, tokens, blocks, penalty, guarded, room, free,
+                         unit_time, inst, inst_max, chunk_tokens,
+                         max_rounds):  # pragma: no cover - compiled
+    """Move/swap descent on the critical unit of each instance, then exchanges with the
+    deferred requests (chunked requests stay put).
 
     Repeatedly takes the unit that sets an instance's step time and tries (1) moving one of
     its requests to another unit of the same instance, (2) swapping one of its requests with
     a cheaper one on another unit, accepting the first change that lowers that unit below the
-    step time without raising any unit to it. Stops after ``max_rounds`` accepted changes or
+    step time without raising any unit to it. When neither helps anywhere, it takes the best
+    :func:`_exchange_deferred` change (a deferred request placed, alone or in place of a
+    placed one), which lowers the objective. Stops after ``max_rounds`` accepted changes or
     when no change helps. Arrays are updated in place; returns the number of changes."""
     n = cost.shape[0]
     units = room.shape[0]
@@ -721,10 +725,80 @@ def prefill_local_search(assignment, cost, tokens, blocks, room, free, unit_time
                         m = unit_time[j]
                 inst_max[g] = m
                 break
-        if not improved:
+        if not improved and not _exchange_deferred(assignment, cost, tokens, blocks, penalty,
+                                                   guarded, room, free, unit_time, inst,
+                                                   inst_max, chunk_tokens):
             break
         changes += 1
     return changes
+
+
+@numba.njit(cache=True, nogil=True)
+def _exchange_deferred(assignment, cost, tokens, blocks, penalty, guarded, room, free,
+                       unit_time, inst, inst_max, chunk_tokens):  # pragma: no cover - compiled
+    """The best change of one deferred request ``d``: placed on a unit with room, or in place
+    of a whole, unguarded request ``a`` (then deferred) whose unit has room for ``d`` once
+    ``a`` leaves; its value is the step change of the instance plus ``P_a - P_d``. In a window
+    with more tokens than room the passes fill units in one order; this packs the room with
+    the requests whose deferral costs most. Applied (state updated in place) when it lowers
+    the objective; returns whether it did."""
+    n = cost.shape[0]
+    units = room.shape[0]
+    groups = inst_max.shape[0]
+    # per instance: the step unit and the largest time of the others
+    top = np.full(groups, -1, np.int64)
+    second = np.full(groups, -np.inf)
+    for j in range(units):
+        g = inst[j]
+        if top[g] < 0 or unit_time[j] > unit_time[top[g]]:
+            if top[g] >= 0:
+                second[g] = max(second[g], unit_time[top[g]])
+            top[g] = j
+        else:
+            second[g] = max(second[g], unit_time[j])
+    best = 0.0
+    best_d = -1
+    best_a = -1
+    best_j = -1
+    for d in range(n):
+        if assignment[d] >= 0 or chunk_tokens[d] > 0:
+            continue
+        for j in range(units):  # placed alone
+            if tokens[d] <= room[j] and blocks[d] <= free[j]:
+                g = inst[j]
+                delta = max(inst_max[g], unit_time[j] + cost[d]) - inst_max[g] - penalty[d]
+                if delta < best:
+                    best, best_d, best_a, best_j = delta, d, -1, j
+        for a in range(n):  # in place of a
+            j = assignment[a]
+            if (j < 0 or chunk_tokens[a] > 0 or guarded[a] or penalty[a] >= penalty[d]
+                    or tokens[d] > room[j] + tokens[a] or blocks[d] > free[j] + blocks[a]):
+                continue
+            g = inst[j]
+            others = second[g] if top[g] == j else inst_max[g]
+            delta = (max(others, unit_time[j] - cost[a] + cost[d]) - inst_max[g]
+                     + penalty[a] - penalty[d])
+            if delta < best:
+                best, best_d, best_a, best_j = delta, d, a, j
+    if best_d < 0 or not best < -1e-9 * max(inst_max.max(), 1.0):
+        return False
+    j = best_j
+    assignment[best_d] = j
+    room[j] -= tokens[best_d]
+    free[j] -= blocks[best_d]
+    unit_time[j] += cost[best_d]
+    if best_a >= 0:
+        assignment[best_a] = -1
+        room[j] += tokens[best_a]
+        free[j] += blocks[best_a]
+        unit_time[j] -= cost[best_a]
+    g = inst[j]
+    m = -np.inf
+    for q in range(units):
+        if inst[q] == g and unit_time[q] > m:
+            m = unit_time[q]
+    inst_max[g] = m
+    return True
 
 
 @numba.njit(cache=True, nogil=True)
@@ -1151,8 +1225,8 @@ def prefill_best_of(orders, cost, tokens, cached, blocks, penalty, guarded, room
                                     free_r, time_r, inst, inst_max, chunk_tokens, used,
                                     chunking, spec)
         if local_search > 0:
-            prefill_local_search(assignment, cost, tokens, blocks, room_r, free_r, time_r, inst,
-                                 inst_max, chunk_tokens, local_search)
+            prefill_local_search(assignment, cost, tokens, blocks, penalty, guarded, room_r,
+                                 free_r, time_r, inst, inst_max, chunk_tokens, local_search)
         if chunking:
             m = 0
             for q in range(n):

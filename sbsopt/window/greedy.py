@@ -55,8 +55,9 @@ def _prefill_pass(problem: PrefillWindow, order: np.ndarray, local_search: int) 
     )
     if local_search > 0:
         _kernels.prefill_local_search(
-            assignment, problem.cost_us, problem.new_tokens, problem.kv_blocks, room, free,
-            unit_time, problem.instance, inst_max, chunk_tokens, local_search,
+            assignment, problem.cost_us, problem.new_tokens, problem.kv_blocks,
+            problem.penalty_us, problem.guarded, room, free, unit_time, problem.instance,
+            inst_max, chunk_tokens, local_search,
         )
     deferred = assignment < 0
     if problem.allow_chunking and deferred.any():

@@ -278,3 +278,39 @@ def test_trim_step_chunks_lowers_the_objective_by_what_it_reports(cat, seed: int
 
 def _chunks(chunk_tokens: np.ndarray) -> dict[int, int]:
     return {int(i): int(chunk_tokens[i]) for i in np.flatnonzero(chunk_tokens)}
+
+
+def test_local_search_exchanges_a_placed_request_for_an_older_deferred_one() -> None:
+    """One unit with room for one of two prompts: the newer (700 tokens) is placed, the one
+    waiting for 2 s (900 tokens, three times the age weight) is deferred. Exchanging them
+    raises the step by 200 tokens' cost and saves far more deferral."""
+    from types import SimpleNamespace
+
+    c = SimpleNamespace(base_us=0.0, alpha_us_per_token=1.0, beta_us_per_pair=0.0,
+                        gamma_us_per_request=0.0)
+    w = PrefillWindow.from_arrays([700, 900], [0, 0], [2.0, 0.0], capacity_tokens=[1000],
+                                  coefficients=c, now_s=2.0, allow_chunking=False)
+    assignment = np.array([0, -1])
+    room, free = np.array([300]), w.free_kv_blocks.copy()
+    unit_time, inst_max = np.array([700.0]), np.array([700.0])
+    changes = _kernels.prefill_local_search(
+        assignment, w.cost_us, w.new_tokens, w.kv_blocks, w.penalty_us, w.guarded, room, free,
+        unit_time, w.instance, inst_max, np.zeros(2, np.int64), 10)
+    assert changes == 1
+    assert assignment.tolist() == [-1, 0]
+    assert room.tolist() == [100] and unit_time.tolist() == [900.0] == inst_max.tolist()
+    assert prefill_objective(w, assignment, {}) < prefill_objective(w, np.array([0, -1]), {})
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_local_search_never_hurts_in_windows_with_more_tokens_than_room(cat, seed) -> None:
+    rng = np.random.default_rng(seed)
+    j = int(rng.integers(1, 6))
+    # whole requests: with chunking, a search that balances whole requests can leave less room
+    # for the chunks placed after it
+    problem = cat.random_prefill(rng, int(rng.integers(10, 60)), j,
+                                 capacity_tokens=rng.integers(2000, 8000, j))
+    plain = greedy_prefill(problem)
+    searched = greedy_prefill(problem, local_search=200)
+    assert searched.objective <= plain.objective + 1e-9
+    validate_assignment(problem, solve(problem, method="greedy", options={"local_search": 200}))

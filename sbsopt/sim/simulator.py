@@ -15,8 +15,9 @@ reason ``kv_exceeds_unit_capacity``) -> one token per lock-step decode step -> c
 Faults (:mod:`sbsopt.sim.faults`). A dead instance's pending step/epoch is cancelled and it is
 emptied: every request queued or running on a dead prefill instance is re-dispatched and its
 prefill redone from scratch; every request waiting or decoding on a dead decode instance lost
-its KV, so it goes back through prefill (recompute of the prompt; its output is regenerated
-from the first token, TTFT keeps the first token already delivered). Re-dispatch goes through
+its KV, so it goes back through prefill: the recompute covers the prompt and the tokens it
+had generated (a vLLM-style recompute preemption), produces the next token, and decoding
+resumes for the rest of the output; TTFT keeps the first token already delivered. Re-dispatch goes through
 the normal router (SBS: back into the window buffer) restricted to live instances; a request
 lost more than ``SchedulerConfig.fault_max_retries`` times is rejected (``fault_retry_limit``).
 With no live instance of the needed kind, requests wait for a recovery scheduled before the
@@ -106,6 +107,10 @@ class _Simulation:
         self.arrival = wl.arrival_s
         self.inp = wl.input_tokens
         self.out = wl.output_tokens
+        # what the next prefill computes (the prompt; after a decode fault also the tokens
+        # generated so far) and the tokens still to generate, the prefill's one included
+        self.context = wl.input_tokens.astype(np.int64)
+        self.out_left = wl.output_tokens.astype(np.int64)
         self.hashes = wl.block_hashes if cluster.prefix_cache_blocks > 0 else None
         P, D = cluster.prefill_instances, cluster.decode_instances
         pep, dep = cluster.prefill_ep, cluster.decode_ep
@@ -293,12 +298,12 @@ class _Simulation:
             return
         if not self.sbs:
             self.fresh_views()
-            unit = pick_unit(self.pview, self.router, float(self.inp[rid]), alive=self.pmask)
+            unit = pick_unit(self.pview, self.router, float(self.context[rid]), alive=self.pmask)
             self.dispatch(rid, unit)
             return
         self.buffer.append(rid)
-        self.buffer_tokens += float(self.inp[rid])
-        self.tokens_since_window += float(self.inp[rid])
+        self.buffer_tokens += float(self.context[rid])
+        self.tokens_since_window += float(self.context[rid])
         if self.interval == "engine_paced":
             self.pace_idle_instance()
         else:
@@ -316,7 +321,7 @@ class _Simulation:
         self.cached[rid] = cached
         self.dispatch_s[rid] = self.now + self.sched.dispatch_latency_s
         self.prefill_unit[rid] = unit
-        inst.enqueue(j, PrefillTask(rid, int(self.inp[rid]) - cached, cached))
+        inst.enqueue(j, PrefillTask(rid, int(self.context[rid]) - cached, cached))
         if not inst.busy and not inst.start_pending:
             inst.start_pending = True
             self.push(self.next_start(inst, self.now + self.sched.dispatch_latency_s), _START, k)
@@ -372,11 +377,12 @@ class _Simulation:
         for rid in inst.finish_forward(chunks):
             if not self.ttft_end_s[rid] <= self.now:  # a recompute keeps the first token's time
                 self.ttft_end_s[rid] = self.now
-            if self.out[rid] <= 1:
+            if self.out_left[rid] <= 1:
                 self.complete(rid)
             else:
                 self.in_transfer += 1
-                self.push(self.now + float(self.dcm.kv_transfer_us(int(self.inp[rid]))) * 1e-6, _KV_ARRIVE, rid)
+                self.push(self.now + float(self.dcm.kv_transfer_us(int(self.context[rid]))) * 1e-6, _KV_ARRIVE,
+                          rid)
         self.try_start(inst)
 
     # ------------------------------------------------------------------ SBS prefill windows
@@ -442,7 +448,7 @@ class _Simulation:
         window model has one cached length per request, and each instance has its own cache)."""
         load = self.pview.tokens[units]
         rids = np.asarray(self.buffer, dtype=np.int64)
-        inp = self.inp[rids]
+        inp = self.context[rids]
         cached = np.zeros(len(rids), dtype=np.int64)
         if self.hashes is not None and len(instances) == 1:
             cache = self.caches[instances[0]]
@@ -462,7 +468,7 @@ class _Simulation:
                 keep.append(rid)
                 continue
             self.pview.add(int(units[unit]), float(inp[idx] - cached[idx]))
-            self.buffer_tokens -= float(self.inp[rid])
+            self.buffer_tokens -= float(self.context[rid])
             self.dispatch(rid, int(units[unit]))
         self.buffer = keep
 
@@ -503,7 +509,7 @@ class _Simulation:
         if not len(units):
             return  # every decode instance is dead: the buffer waits for a recovery
         assignment = allocate_decode(
-            self.inp[rids], self.blocks_need[rids], batch_size=(view.running + view.waiting)[units],
+            self.context[rids], self.blocks_need[rids], batch_size=(view.running + view.waiting)[units],
             max_batch_size=self.cluster.max_decode_batch, kv_blocks_used=view.tokens[units],
             kv_capacity_blocks=self.kv_blocks, kv_block_tokens=self.kv_block_tokens,
             coefficients=self.dcoef, iqr_k=self.sched.iqr_k, solver=self.solver, seed=self.seed,
@@ -554,11 +560,11 @@ class _Simulation:
                 slot = inst.free_slots.pop()
                 inst.slot_rank[slot] = j
                 inst.slot_rid[slot] = rid
-                inst.slot_remaining[slot] = self.out[rid] - 1
-                inst.slot_context[slot] = self.inp[rid] + 1
+                inst.slot_remaining[slot] = self.out_left[rid] - 1
+                inst.slot_context[slot] = self.context[rid] + 1
                 inst.slot_active[slot] = True
                 inst.batch[j] += 1
-                inst.kv_tokens[j] += self.inp[rid] + 1
+                inst.kv_tokens[j] += self.context[rid] + 1
                 inst.blocks_used[j] += blocks[rid]
                 inst.waiting_count[j] -= 1
                 inst.waiting_blocks[j] -= blocks[rid]
@@ -668,7 +674,16 @@ class _Simulation:
     def kill_decode(self, k: int) -> list[int]:
         inst = self.decode[k]
         active = np.flatnonzero(inst.slot_active)
-        lost = inst.slot_rid[active].tolist() + [rid for w in inst.waiting for rid in w]
+        running = inst.slot_rid[active]
+        waiting = [rid for w in inst.waiting for rid in w]
+        # what each lost request had generated is recomputed with its prompt: a running one
+        # still needs its slot's remaining tokens less the steps of this epoch already done,
+        # a waiting one had its prefill's token
+        done = inst.steps_done_by(self.now - inst.t0) if inst.busy else 0
+        self.out_left[running] = np.maximum(inst.slot_remaining[active] - done, 1)
+        self.out_left[waiting] -= 1
+        lost = running.tolist() + waiting
+        self.context[lost] = self.inp[lost] + self.out[lost] - self.out_left[lost]
         inst.version += 1  # cancels the epoch in progress
         inst.slot_active[:] = False
         inst.slot_rid[:] = -1

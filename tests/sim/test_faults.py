@@ -98,6 +98,27 @@ def test_decode_failure_recomputes_through_prefill(fake_model, router):
     assert s["prefill_forwards"] > base["prefill_forwards"]
 
 
+def test_decode_failure_recomputes_the_generated_tokens_and_resumes(fake_model):
+    """One request, 200 output tokens at 20 ms a decode step; its decode instance dies at 2 s,
+    after about 97 tokens. The recompute prefills the prompt and those tokens, then decodes
+    only the rest: it ends about 2 s after the failure, not 4 s (a full regeneration)."""
+    models = fake_model(base_us=50_000.0, dbase_us=20_000.0)
+    wl = Workload.from_arrays([0.0], [100], [200])
+    cluster = _cluster(prefill_instances=1, decode_instances=2)
+    clean = simulate(wl, cluster=cluster, router="round_robin", cost_models=models)
+    decode_s = clean.requests["e2e_s"][0] - clean.requests["ttft_s"][0]
+    assert decode_s == pytest.approx(199 * 0.02, rel=1e-6)
+    unit = int(clean.requests["decode_unit"][0])
+    res = simulate(wl, cluster=cluster, router="round_robin", cost_models=models,
+                   faults=[f"decode:{unit // cluster.decode_ep}@2s"])
+    s = res.summary()
+    assert s["redispatched"] == 1 and s["completed"] == 1
+    generated = int((2.0 - clean.requests["ttft_s"][0]) / 0.02) + 1  # prefill's token + steps
+    left = 200 - generated  # the recompute's prefill makes one of them
+    assert res.requests["e2e_s"][0] == pytest.approx(2.0 + 0.05 + (left - 1) * 0.02, abs=1e-6)
+    assert res.requests["ttft_s"][0] == pytest.approx(clean.requests["ttft_s"][0])
+
+
 @pytest.mark.parametrize("router", ["sbs", "least_tokens"])
 def test_recovery_brings_the_instance_back(fake_model, router):
     models = fake_model(base_us=20_000.0, dbase_us=5_000.0)

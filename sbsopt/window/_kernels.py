@@ -834,18 +834,24 @@ def _knapsack_gain_nb(gain, weight, capacity, order):  # pragma: no cover - comp
 
 
 @numba.njit(cache=True, nogil=True)
-def _fraction_value(lin, quad, pen, weight, top, lam):  # pragma: no cover - compiled
+def _fraction_value(lin, half_inv_quad, quad, pen, weight, top,
+                    lam):  # pragma: no cover - compiled
     """``(sum_i min_a q_i(a), sum_i weight_i * argmin_a, -sum of slopes)`` over ``a`` in
-    ``[0, top_i]`` of ``q_i(a) = quad_i*a**2 + (lin_i - pen_i + lam*weight_i)*a``."""
+    ``[0, top_i]`` of ``q_i(a) = quad_i*a**2 + (lin_i - pen_i + lam*weight_i)*a``
+    (``half_inv_quad = 1 / (2*quad)``, 0 where ``quad`` is 0: no division in the loop)."""
     value = 0.0
     used = 0.0
     slope = 0.0
     for i in range(lin.shape[0]):
         s = lin[i] - pen[i] + lam * weight[i]
         if quad[i] > 0.0:
-            a = min(max(-s / (2.0 * quad[i]), 0.0), top[i])
-            if 0.0 < a < top[i]:
-                slope += weight[i] * weight[i] / (2.0 * quad[i])
+            a = -s * half_inv_quad[i]
+            if a <= 0.0:
+                a = 0.0
+            elif a >= top[i]:
+                a = top[i]
+            else:
+                slope += weight[i] * weight[i] * half_inv_quad[i]
         else:
             a = top[i] if s < 0.0 else 0.0
         value += quad[i] * a * a + s * a
@@ -858,20 +864,27 @@ def _fraction_dual(lin, quad, pen, weight, top, capacity):  # pragma: no cover -
     """Lagrangian lower bound of ``min sum_i quad_i a_i**2 + (lin_i - pen_i) a_i`` over
     ``0 <= a_i <= top_i`` with ``sum_i weight_i a_i <= capacity``: the dual function at the
     multiplier where the relaxed answer just fills the capacity (safeguarded Newton steps on
-    the piecewise-linear fill; any multiplier gives a valid bound). ``capacity >= 2**61``
-    means unlimited."""
-    value, used, slope = _fraction_value(lin, quad, pen, weight, top, 0.0)
+    the piecewise-linear fill, from the step at 0; any multiplier gives a valid bound).
+    ``capacity >= 2**61`` means unlimited."""
+    n = lin.shape[0]
+    half_inv_quad = np.zeros(n, np.float64)
+    for i in range(n):
+        if quad[i] > 0.0:
+            half_inv_quad[i] = 0.5 / quad[i]
+    value, used, slope = _fraction_value(lin, half_inv_quad, quad, pen, weight, top, 0.0)
     if capacity >= 2.0**61 or used <= capacity:
         return value
     lo = 0.0
     hi = 0.0
-    for i in range(lin.shape[0]):
+    for i in range(n):
         if weight[i] > 0:
             hi = max(hi, (pen[i] - lin[i]) / weight[i])
-    lam = hi / 2.0
+    lam = (used - capacity) / slope if slope > 0.0 else -1.0
+    if not lo < lam < hi:
+        lam = hi / 2.0
     best = value
     for _ in range(60):
-        value, used, slope = _fraction_value(lin, quad, pen, weight, top, lam)
+        value, used, slope = _fraction_value(lin, half_inv_quad, quad, pen, weight, top, lam)
         best = max(best, value - lam * capacity)
         if abs(used - capacity) <= 1e-9 * capacity or hi - lo <= 1e-12 * hi:
             break

@@ -36,7 +36,7 @@ from typing import Protocol
 
 import numpy as np
 
-from sbsopt.errors import InvalidInputError
+from sbsopt.errors import InvalidInputError, SimulationError
 
 __all__ = [
     "PrefillTask",
@@ -184,11 +184,26 @@ class PrefillInstance:
         for j, queue in enumerate(self.queues):
             if not queue:
                 continue
-            for task, n in self.policy.form_prefill(queue, self.chunk_tokens):
+            formed = self.policy.form_prefill(queue, self.chunk_tokens)
+            seen = set()
+            for task, n in formed:
+                # a policy is user code: a chunk outside the protocol would corrupt the engine
+                if not (type(n) is int or isinstance(n, np.integer)) or not 0 < n <= task.remaining \
+                        or id(task) in seen:
+                    raise SimulationError(
+                        f"batching policy {self.policy.name!r}: form_prefill gave request "
+                        f"{task.rid} a chunk of {n!r} tokens on unit {j} of prefill instance "
+                        f"{self.index} ({task.remaining} left; one chunk per request and forward)")
+                seen.add(id(task))
                 chunks.append((j, task, n))
                 new[j] += n
                 pairs[j] += n * (task.done + n / 2.0)
                 reqs[j] += 1
+            if new[j] > self.chunk_tokens:
+                raise SimulationError(
+                    f"batching policy {self.policy.name!r}: form_prefill formed {int(new[j])} "
+                    f"tokens on unit {j} of prefill instance {self.index}, over its budget of "
+                    f"{self.chunk_tokens}")
             self.running[j] = reqs[j]
         return chunks, new, pairs, reqs
 

@@ -548,6 +548,23 @@ class _Simulation:
                 inst.end_s = inst.t0 + inst.epoch_time(s_next)
                 self.push(inst.end_s, _EPOCH_END, inst.index, inst.version)
 
+    def check_admission(self, inst: DecodeInstance, rank: int, count, free: int) -> None:
+        """A policy is user code: refuse an admission past the batch, the queue or the KV."""
+        waiting = inst.waiting[rank]
+        ok = (type(count) is int or isinstance(count, np.integer)) and 0 <= count <= len(waiting)
+        if ok:
+            need = 0
+            for q, rid in enumerate(waiting):
+                if q == count:
+                    break
+                need += int(self.blocks_need[rid])
+            ok = inst.batch[rank] + count <= inst.max_batch and need <= free
+        if not ok:
+            raise SimulationError(
+                f"batching policy {inst.policy.name!r}: admit_decode admitted {count!r} of "
+                f"{len(waiting)} waiting on rank {rank} of decode instance {inst.index} (batch "
+                f"{int(inst.batch[rank])} of {inst.max_batch}, {free} free KV blocks)")
+
     def start_epoch(self, inst: DecodeInstance) -> None:
         blocks = self.blocks_need
         for j in np.flatnonzero(inst.waiting_count).tolist():
@@ -555,6 +572,7 @@ class _Simulation:
             free = int(inst.kv_blocks - inst.blocks_used[j])
             count = inst.policy.admit_decode(waiting, int(inst.batch[j]), inst.max_batch, free,
                                              lambda r: int(blocks[r]))
+            self.check_admission(inst, j, count, free)
             for _ in range(count):
                 rid = waiting.popleft()
                 slot = inst.free_slots.pop()

@@ -1310,8 +1310,13 @@ def _refine_order(order, guarded, key, tie):  # pragma: no cover - compiled
 @numba.njit(cache=True, nogil=True)
 def _priority_order(guarded, key, tie):  # pragma: no cover - compiled
     """``np.lexsort((tie, key, ~guarded))``: guarded first, then ``key``, then ``tie``, then
-    index, ascending, with one sort on ``key``."""
-    return _refine_order(np.argsort(key), guarded, key, tie)
+    index, ascending, with one sort on ``key`` (none when ``key`` is already in order, as
+    arrival times of a buffer usually are)."""
+    n = key.shape[0]
+    for i in range(1, n):
+        if key[i] < key[i - 1]:
+            return _refine_order(np.argsort(key), guarded, key, tie)
+    return _refine_order(np.arange(n), guarded, key, tie)
 
 
 #: Codes of the greedy's request orders (``sbsopt.window.greedy`` names them).

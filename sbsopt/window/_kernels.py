@@ -1055,7 +1055,6 @@ def prefill_analytic_bound(residual, instance, n_inst, base, cost, pen, tokens, 
             can[i] = ok
     pen_total = pen.sum()
     gain_a = np.where(can, pen, 0.0)
-    gain_b = np.where(can, pen - cost / units_max, 0.0)
     tok = tokens.astype(np.float64)
     blk = blocks.astype(np.float64)
     if chunking:
@@ -1067,11 +1066,17 @@ def prefill_analytic_bound(residual, instance, n_inst, base, cost, pen, tokens, 
         else:
             floor_a = pen_total - min(_knapsack_gain_nb(gain_a, tok, room_total, by_density),
                                       _knapsack_gain_nb(gain_a, blk, free_total, none))
-        # averaging form: the fraction's cost spread over the instance's units
-        floor_b = pen_total + max(
-            _fraction_dual(lin / units_max, quad / units_max, pen, tok, top, room_total),
-            _fraction_dual(lin / units_max, quad / units_max, pen, blk, top, free_total))
+        # averaging form: the fraction's cost spread over the instance's units; a capacity the
+        # fractions cannot fill leaves the dual at its value at 0, which the other one reaches
+        lin_u = lin / units_max
+        quad_u = quad / units_max
+        kv_binds = free_total < 2.0**61 and (blk * top).sum() > free_total
+        dual = _fraction_dual(lin_u, quad_u, pen, tok, top, room_total)
+        if kv_binds:
+            dual = max(dual, _fraction_dual(lin_u, quad_u, pen, blk, top, free_total))
+        floor_b = pen_total + dual
     else:
+        gain_b = np.where(can, pen - cost / units_max, 0.0)
         floor_a = pen_total - min(_knapsack_gain_nb(gain_a, tok, room_total, by_density),
                                   _knapsack_gain_nb(gain_a, blk, free_total, none))
         floor_b = pen_total - min(_knapsack_gain_nb(gain_b, tok, room_total, by_saving),

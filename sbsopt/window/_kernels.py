@@ -734,32 +734,63 @@ def prefill_local_search(assignment, cost, tokens, blocks, penalty, guarded, roo
 
 
 @numba.njit(cache=True, nogil=True)
+def _top_three(unit_time, inst, groups):  # pragma: no cover - compiled
+    """Per instance, its three units of largest time (index -1 where it has fewer)."""
+    top = np.full((groups, 3), -1, np.int64)
+    for j in range(unit_time.shape[0]):
+        row = top[inst[j]]
+        k = 3
+        while k > 0 and (row[k - 1] < 0 or unit_time[j] > unit_time[row[k - 1]]):
+            k -= 1
+        if k < 3:
+            for q in range(2, k, -1):
+                row[q] = row[q - 1]
+            row[k] = j
+    return top
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _max_without(top, unit_time, g, ja, jb):  # pragma: no cover - compiled
+    """Largest unit time of instance ``g`` over its units other than ``ja`` and ``jb``
+    (``-inf`` when none is left: the instance has at most those two)."""
+    for q in range(3):
+        j = top[g, q]
+        if j < 0:
+            break
+        if j != ja and j != jb:
+            return unit_time[j]
+    return -np.inf
+
+
+@numba.njit(cache=True, nogil=True)
 def _exchange_deferred(assignment, cost, tokens, blocks, penalty, guarded, room, free,
                        unit_time, inst, inst_max, chunk_tokens):  # pragma: no cover - compiled
-    """The best change of one deferred request ``d``: placed on a unit with room, or in place
-    of a whole, unguarded request ``a`` (then deferred) whose unit has room for ``d`` once
-    ``a`` leaves; its value is the step change of the instance plus ``P_a - P_d``. In a window
-    with more tokens than room the passes fill units in one order; this packs the room with
-    the requests whose deferral costs most. Applied (state updated in place) when it lowers
-    the objective; returns whether it did."""
+    """The best change that places one deferred request ``d`` (whole): on a unit with room;
+    in place of a whole, unguarded request ``a``, then deferred; or in place of a whole request
+    ``a`` moved to the least-loaded other unit it fits (when ``d`` does not fit beside it).
+    Its value is the step change of the instances plus the penalties deferred less ``P_d``.
+    In a window with more tokens than room the passes fill units in one order; these pack the
+    room with the requests whose deferral costs most and gather scattered spare room for them.
+    Applied (state updated in place) when it lowers the objective; returns whether it did."""
     n = cost.shape[0]
     units = room.shape[0]
     groups = inst_max.shape[0]
-    # per instance: the step unit and the largest time of the others
-    top = np.full(groups, -1, np.int64)
-    second = np.full(groups, -np.inf)
-    for j in range(units):
-        g = inst[j]
-        if top[g] < 0 or unit_time[j] > unit_time[top[g]]:
-            if top[g] >= 0:
-                second[g] = max(second[g], unit_time[top[g]])
-            top[g] = j
-        else:
-            second[g] = max(second[g], unit_time[j])
+    top = _top_three(unit_time, inst, groups)
+    # where each placed whole request would move: the least-loaded other unit it fits
+    move_to = np.full(n, -1, np.int64)
+    for a in range(n):
+        j = assignment[a]
+        if j < 0 or chunk_tokens[a] > 0:
+            continue
+        for q in range(units):
+            if (q != j and tokens[a] <= room[q] and blocks[a] <= free[q]
+                    and (move_to[a] < 0 or unit_time[q] < unit_time[move_to[a]])):
+                move_to[a] = q
     best = 0.0
     best_d = -1
     best_a = -1
     best_j = -1
+    best_to = -1
     for d in range(n):
         if assignment[d] >= 0 or chunk_tokens[d] > 0:
             continue
@@ -768,18 +799,31 @@ def _exchange_deferred(assignment, cost, tokens, blocks, penalty, guarded, room,
                 g = inst[j]
                 delta = max(inst_max[g], unit_time[j] + cost[d]) - inst_max[g] - penalty[d]
                 if delta < best:
-                    best, best_d, best_a, best_j = delta, d, -1, j
+                    best, best_d, best_a, best_j, best_to = delta, d, -1, j, -1
         for a in range(n):  # in place of a
             j = assignment[a]
-            if (j < 0 or chunk_tokens[a] > 0 or guarded[a] or penalty[a] >= penalty[d]
-                    or tokens[d] > room[j] + tokens[a] or blocks[d] > free[j] + blocks[a]):
+            if (j < 0 or chunk_tokens[a] > 0 or tokens[d] > room[j] + tokens[a]
+                    or blocks[d] > free[j] + blocks[a]):
                 continue
             g = inst[j]
-            others = second[g] if top[g] == j else inst_max[g]
-            delta = (max(others, unit_time[j] - cost[a] + cost[d]) - inst_max[g]
-                     + penalty[a] - penalty[d])
+            t = unit_time[j] - cost[a] + cost[d]
+            if not guarded[a] and penalty[a] < penalty[d]:  # a deferred
+                delta = (max(_max_without(top, unit_time, g, j, -1), t) - inst_max[g]
+                         + penalty[a] - penalty[d])
+                if delta < best:
+                    best, best_d, best_a, best_j, best_to = delta, d, a, j, -1
+            q = move_to[a]
+            if q < 0 or (tokens[d] <= room[j] and blocks[d] <= free[j]):
+                continue
+            h = inst[q]  # a moves to q
+            if h == g:
+                delta = max(_max_without(top, unit_time, g, j, q), t,
+                            unit_time[q] + cost[a]) - inst_max[g] - penalty[d]
+            else:
+                delta = (max(_max_without(top, unit_time, g, j, -1), t) - inst_max[g]
+                         + max(inst_max[h], unit_time[q] + cost[a]) - inst_max[h] - penalty[d])
             if delta < best:
-                best, best_d, best_a, best_j = delta, d, a, j
+                best, best_d, best_a, best_j, best_to = delta, d, a, j, q
     if best_d < 0 or not best < -1e-9 * max(inst_max.max(), 1.0):
         return False
     j = best_j
@@ -788,16 +832,20 @@ def _exchange_deferred(assignment, cost, tokens, blocks, penalty, guarded, room,
     free[j] -= blocks[best_d]
     unit_time[j] += cost[best_d]
     if best_a >= 0:
-        assignment[best_a] = -1
+        assignment[best_a] = best_to
         room[j] += tokens[best_a]
         free[j] += blocks[best_a]
         unit_time[j] -= cost[best_a]
-    g = inst[j]
-    m = -np.inf
-    for q in range(units):
-        if inst[q] == g and unit_time[q] > m:
-            m = unit_time[q]
-    inst_max[g] = m
+        if best_to >= 0:
+            room[best_to] -= tokens[best_a]
+            free[best_to] -= blocks[best_a]
+            unit_time[best_to] += cost[best_a]
+    for g in range(groups):
+        m = -np.inf
+        for q in range(units):
+            if inst[q] == g and unit_time[q] > m:
+                m = unit_time[q]
+        inst_max[g] = m
     return True
 
 

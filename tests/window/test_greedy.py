@@ -304,15 +304,39 @@ def test_local_search_exchanges_a_placed_request_for_an_older_deferred_one() -> 
     assert prefill_objective(w, assignment, {}) < prefill_objective(w, np.array([0, -1]), {})
 
 
-@pytest.mark.parametrize("seed", range(10))
+@pytest.mark.parametrize("seed", range(20))
 def test_local_search_never_hurts_in_windows_with_more_tokens_than_room(cat, seed) -> None:
     rng = np.random.default_rng(seed)
     j = int(rng.integers(1, 6))
     # whole requests: with chunking, a search that balances whole requests can leave less room
     # for the chunks placed after it
     problem = cat.random_prefill(rng, int(rng.integers(10, 60)), j,
-                                 capacity_tokens=rng.integers(2000, 8000, j))
+                                 capacity_tokens=rng.integers(2000, 8000, j),
+                                 instance=np.arange(j) % 2 if j > 1 and seed % 2 else None)
     plain = greedy_prefill(problem)
     searched = greedy_prefill(problem, local_search=200)
     assert searched.objective <= plain.objective + 1e-9
     validate_assignment(problem, solve(problem, method="greedy", options={"local_search": 200}))
+
+
+def test_local_search_moves_a_request_to_make_room_for_a_deferred_one() -> None:
+    """Units of 1000 tokens: unit 0 holds A (300) and C (400), unit 1 holds B (600), and D
+    (650) fits neither. Moving C to unit 1 frees room for D on unit 0; the step grows from 700
+    to 1000, less than D's deferral (1650)."""
+    from types import SimpleNamespace
+
+    c = SimpleNamespace(base_us=0.0, alpha_us_per_token=1.0, beta_us_per_pair=0.0,
+                        gamma_us_per_request=0.0)
+    w = PrefillWindow.from_arrays([300, 600, 400, 650], [0] * 4, [0.0] * 4,
+                                  capacity_tokens=[1000, 1000], coefficients=c, now_s=0.0,
+                                  allow_chunking=False)
+    assignment = np.array([0, 1, 0, -1])
+    room, free = np.array([300, 400]), w.free_kv_blocks.copy()
+    unit_time, inst_max = np.array([700.0, 600.0]), np.array([700.0])
+    changes = _kernels.prefill_local_search(
+        assignment, w.cost_us, w.new_tokens, w.kv_blocks, w.penalty_us, w.guarded, room, free,
+        unit_time, w.instance, inst_max, np.zeros(4, np.int64), 10)
+    assert changes == 1
+    assert assignment.tolist() == [0, 1, 1, 0]
+    assert room.tolist() == [50, 0] and unit_time.tolist() == [950.0, 1000.0]
+    assert inst_max.tolist() == [1000.0]

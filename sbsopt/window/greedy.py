@@ -35,19 +35,23 @@ class GreedyAnswer(NamedTuple):
     unplaced_guarded: int = 0
 
 
+def _empty_state(problem: PrefillWindow) -> tuple[np.ndarray, ...]:
+    """The kernels' unit state before a pass: ``(room, free, unit_time, inst_max,
+    chunk_tokens, used)``, fresh copies."""
+    unit_time = problem.residual_us.copy()
+    inst_max = np.full(problem.n_instances, -np.inf)
+    np.maximum.at(inst_max, problem.instance, unit_time)
+    return (problem.room_tokens.copy(), problem.free_kv_blocks.copy(), unit_time, inst_max,
+            np.zeros(problem.n_requests, np.int64), np.zeros(problem.n_units, np.bool_))
+
+
 def _prefill_pass(problem: PrefillWindow, order: np.ndarray, local_search: int) -> GreedyAnswer:
     """One pass in Python around the kernels (reference of ``_kernels.prefill_best_of``; no
     bound, reported as ``-inf``)."""
     c = problem.coefficients
     spec = (problem.cached_tokens, float(c.alpha_us_per_token), float(c.beta_us_per_pair),
             float(c.gamma_us_per_request), problem.min_chunk_tokens)
-    room = problem.room_tokens.copy()
-    free = problem.free_kv_blocks.copy()
-    unit_time = problem.residual_us.copy()
-    inst_max = np.full(problem.n_instances, -np.inf)
-    np.maximum.at(inst_max, problem.instance, unit_time)
-    chunk_tokens = np.zeros(problem.n_requests, np.int64)
-    used = np.zeros(problem.n_units, np.bool_)
+    room, free, unit_time, inst_max, chunk_tokens, used = _empty_state(problem)
     assignment = _kernels.prefill_greedy(
         order, problem.cost_us, problem.new_tokens, problem.kv_blocks, problem.penalty_us,
         problem.guarded, room, free, unit_time, problem.instance, inst_max, chunk_tokens, used,

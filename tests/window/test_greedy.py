@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from sbsopt.window import PrefillWindow, _kernels, solve, validate_assignment
-from sbsopt.window.greedy import greedy_decode, greedy_prefill
+from sbsopt.window.greedy import _empty_state, greedy_decode, greedy_prefill
 from sbsopt.window.objective import prefill_objective, prefill_unit_time_us
 
 
@@ -255,12 +255,7 @@ def test_trim_step_chunks_lowers_the_objective_by_what_it_reports(cat, seed: int
         instance=np.arange(j) % 2 if j > 1 and seed % 2 else None)
     spec = _chunk_spec(problem)
     order = rng.permutation(problem.n_requests)
-    room, free = problem.room_tokens.copy(), problem.free_kv_blocks.copy()
-    unit_time = problem.residual_us.copy()
-    inst_max = np.full(problem.n_instances, -np.inf)
-    np.maximum.at(inst_max, problem.instance, unit_time)
-    chunk_tokens = np.zeros(problem.n_requests, np.int64)
-    used = np.zeros(problem.n_units, np.bool_)
+    room, free, unit_time, inst_max, chunk_tokens, used = _empty_state(problem)
     assignment = _kernels.prefill_greedy(
         order, problem.cost_us, problem.new_tokens, problem.kv_blocks, problem.penalty_us,
         problem.guarded, room, free, unit_time, problem.instance, inst_max, chunk_tokens, used,

@@ -358,8 +358,9 @@ def _trimmed_size(k, t_without, target, cached, dens, alpha, beta, gamma,
 
 
 @numba.njit(cache=True, nogil=True)
-def trim_step_chunks(order, assignment, chunk_tokens, cost, tokens, blocks, penalty, room,
-                     free, unit_time, inst, inst_max, used, spec):  # pragma: no cover - compiled
+def trim_step_chunks(order, assignment, chunk_tokens, cost, tokens, blocks, penalty, guarded,
+                     room, free, unit_time, inst, inst_max, used,
+                     spec):  # pragma: no cover - compiled
     """Shrink the chunk on each instance's step unit, then refill the room it frees.
 
     A chunk is sized by its room when it is placed, so on the unit that sets the step its last
@@ -368,7 +369,8 @@ def trim_step_chunks(order, assignment, chunk_tokens, cost, tokens, blocks, pena
     size that brings the unit down to the next unit of the instance; deferred whole requests
     (in ``order``) then fill the freed room where their step raise is below their penalty.
     The change is kept when the objective drops, and repeated on the new step unit (at most
-    once per unit). State is updated in place; returns the objective change (<= 0)."""
+    once per unit); a guarded request keeps a chunk. State is updated in place; returns the
+    objective change (<= 0)."""
     cached, alpha, beta, gamma, min_chunk = spec
     n = tokens.shape[0]
     units = room.shape[0]
@@ -401,6 +403,8 @@ def trim_step_chunks(order, assignment, chunk_tokens, cost, tokens, blocks, pena
             t_without = step - _chunk_cost(k, cached[h], alpha, beta, gamma)
             size = _trimmed_size(k, t_without, second, cached[h], penalty[h] / tokens[h],
                                  alpha, beta, gamma, max(min_chunk, 1))
+            if size == 0 and guarded[h]:
+                size = min(max(min_chunk, 1), k)
             if size >= k:
                 break
             t = t_without + (_chunk_cost(size, cached[h], alpha, beta, gamma) if size else 0.0)
@@ -1312,7 +1316,7 @@ def prefill_best_of(orders, cost, tokens, cached, blocks, penalty, guarded, room
                         assignment[i] = chunk_unit[i]
                         chunk_tokens[i] = late[i]
             trim_step_chunks(order, assignment, chunk_tokens, cost, tokens, blocks, penalty,
-                             room_r, free_r, time_r, inst, inst_max, used, spec)
+                             guarded, room_r, free_r, time_r, inst, inst_max, used, spec)
         value = n_inst * base + inst_max.sum()
         for i in range(n):
             if assignment[i] < 0:

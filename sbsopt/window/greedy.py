@@ -75,8 +75,8 @@ def _prefill_pass(problem: PrefillWindow, order: np.ndarray, local_search: int) 
     if problem.allow_chunking:
         _kernels.trim_step_chunks(
             order, assignment, chunk_tokens, problem.cost_us, problem.new_tokens,
-            problem.kv_blocks, problem.penalty_us, room, free, unit_time, problem.instance,
-            inst_max, used, spec,
+            problem.kv_blocks, problem.penalty_us, problem.guarded, room, free, unit_time,
+            problem.instance, inst_max, used, spec,
         )
     chunks = {int(i): int(chunk_tokens[i]) for i in np.flatnonzero(chunk_tokens)}
     # objective from the kernels' state (same formula as objective.prefill_objective)
@@ -117,7 +117,8 @@ def chunk_after(problem: PrefillWindow, assignment: np.ndarray) -> tuple[np.ndar
     assignment[idx] = chunk_unit[idx]
     _kernels.trim_step_chunks(
         order, assignment, chunk_tokens, problem.cost_us, problem.new_tokens, problem.kv_blocks,
-        problem.penalty_us, room, free, unit_time, problem.instance, inst_max, used, spec,
+        problem.penalty_us, problem.guarded, room, free, unit_time, problem.instance, inst_max,
+        used, spec,
     )
     idx = np.flatnonzero(chunk_tokens)
     return assignment, dict(zip(idx.tolist(), chunk_tokens[idx].tolist(), strict=True))

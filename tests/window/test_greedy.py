@@ -263,7 +263,8 @@ def test_trim_step_chunks_lowers_the_objective_by_what_it_reports(cat, seed: int
     before = prefill_objective(problem, assignment, _chunks(chunk_tokens))
     delta = _kernels.trim_step_chunks(
         order, assignment, chunk_tokens, problem.cost_us, problem.new_tokens, problem.kv_blocks,
-        problem.penalty_us, room, free, unit_time, problem.instance, inst_max, used, spec)
+        problem.penalty_us, problem.guarded, room, free, unit_time, problem.instance, inst_max,
+        used, spec)
     after = prefill_objective(problem, assignment, _chunks(chunk_tokens))
     assert delta <= 0.0
     assert after == pytest.approx(before + delta, rel=1e-9, abs=1e-6)
@@ -335,3 +336,32 @@ def test_local_search_moves_a_request_to_make_room_for_a_deferred_one() -> None:
     assert assignment.tolist() == [0, 1, 1, 0]
     assert room.tolist() == [50, 0] and unit_time.tolist() == [950.0, 1000.0]
     assert inst_max.tolist() == [1000.0]
+
+
+@pytest.mark.parametrize("guarded", [False, True])
+def test_trim_drops_a_chunk_worth_less_than_its_step_time_unless_guarded(guarded) -> None:
+    """A chunk of 4000 tokens (84000 us) sets the step, and its request's deferral is worth
+    1000 us in all: trimming drops it, except that a guarded request keeps one token."""
+    from types import SimpleNamespace
+
+    c = SimpleNamespace(base_us=0.0, alpha_us_per_token=1.0, beta_us_per_pair=0.01,
+                        gamma_us_per_request=0.0)
+    w = PrefillWindow.from_arrays([5000], [0], [0.0], capacity_tokens=[4000, 4000],
+                                  coefficients=c, defer_factor=0.0,
+                                  deadline_s=[0.0] if guarded else None)
+    assert bool(w.guarded[0]) is guarded
+    assignment, chunk_tokens = np.array([0]), np.array([4000])
+    room, free = np.array([0, 4000]), w.free_kv_blocks.copy()
+    unit_time = np.array([84000.0, 0.0])
+    inst_max, used = np.array([84000.0]), np.array([True, False])
+    delta = _kernels.trim_step_chunks(
+        np.array([0]), assignment, chunk_tokens, w.cost_us, w.new_tokens, w.kv_blocks,
+        w.penalty_us, w.guarded, room, free, unit_time, w.instance, inst_max, used,
+        _chunk_spec(w))
+    if guarded:
+        assert assignment.tolist() == [0] and chunk_tokens.tolist() == [1]
+        assert unit_time[0] == pytest.approx(1.005) and room.tolist() == [3999, 4000]
+    else:
+        assert assignment.tolist() == [-1] and chunk_tokens.tolist() == [0]
+        assert unit_time.tolist() == [0.0, 0.0] and not used[0]
+        assert delta == pytest.approx(-84000.0 + 1000.0 * 4000 / 5000)

@@ -205,6 +205,17 @@ def test_greedy_prefill_keeps_every_invariant(spec: dict) -> None:
     _unchanged(spec, before)
 
 
+@settings(max_examples=80, **_SETTINGS)
+@given(spec=prefill_windows())
+def test_greedy_prefill_with_local_search_keeps_every_invariant(spec: dict) -> None:
+    """Move/swap and the deferred-request exchanges (placing, swapping in, moving to make
+    room) on the same edge windows."""
+    before = _snapshot(spec)
+    result = window.solve(_prefill(spec), method="greedy", seed=0, options={"local_search": 50})
+    validate_prefill(spec, result)
+    _unchanged(spec, before)
+
+
 @settings(max_examples=120, **_SETTINGS)
 @given(spec=decode_windows())
 def test_greedy_decode_keeps_every_invariant(spec: dict) -> None:

@@ -1188,11 +1188,58 @@ def _largest_fraction(residual, instance, n_inst, room, lin, quad, top,
 
 
 @numba.njit(cache=True, nogil=True)
+def _hosted_penalty(lin, quad, pen, tok, cap, residual, room, alpha, high, order,
+                    grid):  # pragma: no cover - compiled
+    """Least deferral penalty with the step at most ``high`` when the request ``h`` that takes
+    longest at its cap runs as the fraction ``a`` on one unit: the others cost at least
+    ``alpha`` a token, so that unit's room beyond ``h`` holds only what runs in the time left,
+    and the room it cannot use is lost to every other request. On ``grid`` ranges of ``a``,
+    each priced at its low end for the room and its high end for ``h``'s own deferral; the
+    least over them. ``order``: the requests by decreasing ``pen / tok`` (zero tokens first);
+    ``-inf`` when there is nothing to host."""
+    n = lin.shape[0]
+    h = 0
+    longest = -1.0
+    for i in range(n):
+        t = lin[i] * cap[i] + quad[i] * cap[i] * cap[i]
+        if t > longest:
+            h, longest = i, t
+    if alpha <= 0.0 or cap[h] <= 0.0 or grid < 1:
+        return -np.inf
+    gain = pen * cap
+    gain[h] = 0.0
+    weight = tok * cap
+    rest = pen.sum() - pen[h]
+    room_total = room.astype(np.float64).sum()
+    best = np.inf
+    for k in range(grid):
+        a = cap[h] * k / grid
+        capacity = room_total
+        if k > 0:
+            t = lin[h] * a + quad[h] * a * a
+            lost = np.inf
+            for j in range(room.shape[0]):
+                if t <= high - residual[j] and a * tok[h] <= room[j]:
+                    left = max(high - residual[j] - t, 0.0) / alpha
+                    lost = min(lost, max(room[j] - a * tok[h] - left, 0.0))
+            if lost == np.inf:
+                break  # no unit runs this much of it within ``high``, nor any more
+            capacity -= a * tok[h] + lost
+        a_next = cap[h] * (k + 1) / grid
+        value = (1.0 - a_next) * pen[h] + rest - _knapsack_gain_nb(gain, weight,
+                                                                     max(capacity, 0.0), order)
+        best = min(best, value)
+    return best
+
+
+@numba.njit(cache=True, nogil=True)
 def _split_range_value(low, high, last, lowest, lin, quad, pen, tok, top, cap, room_total,
-                       resid_mean, units):  # pragma: no cover - compiled
+                       resid_mean, units, residual, room, alpha, order,
+                       host_grid):  # pragma: no cover - compiled
     """Lower bound (without the base cost) over the steps ``S`` in ``[low, high]`` (``last``:
     ``[low, inf)``): ``max(low + least penalty, averaging form)`` with each request's placed
-    fraction capped by what one unit runs within ``high``."""
+    fraction capped by what one unit runs within ``high``, the least penalty also as
+    :func:`_hosted_penalty` gives it."""
     n = lin.shape[0]
     for i in range(n):
         if last:
@@ -1206,8 +1253,10 @@ def _split_range_value(low, high, last, lowest, lin, quad, pen, tok, top, cap, r
         else:
             cap[i] = top[i]
     pen_total = pen.sum()
-    least_pen = pen_total - _knapsack_gain_nb(pen * cap, tok * cap, room_total,
-                                              np.empty(0, np.int64))
+    least_pen = pen_total - _knapsack_gain_nb(pen * cap, tok * cap, room_total, order)
+    if not last:
+        least_pen = max(least_pen, _hosted_penalty(lin, quad, pen, tok, cap, residual, room,
+                                                   alpha, high, order, host_grid))
     spread = resid_mean + pen_total + _fraction_dual(lin / units, quad / units, pen, tok, cap,
                                                      room_total)
     return max(low + least_pen, spread)
@@ -1215,7 +1264,7 @@ def _split_range_value(low, high, last, lowest, lin, quad, pen, tok, top, cap, r
 
 @numba.njit(cache=True, nogil=True)
 def prefill_split_bound(residual, room, tokens, cached, pen, alpha, beta, gamma, ranges,
-                        splits):  # pragma: no cover - compiled
+                        splits, host_grid):  # pragma: no cover - compiled
     """Step-split bound of a one-instance prefill window without its base cost
     (``sbsopt.window.bounds`` Notes): ``ranges`` equal ranges of the step from the largest
     residual, plus the open last one; then ``splits`` times the range of least value is
@@ -1237,6 +1286,11 @@ def prefill_split_bound(residual, room, tokens, cached, pen, alpha, beta, gamma,
     tok = tokens.astype(np.float64)
     room_total = room.astype(np.float64).sum()
     resid_mean = residual.mean()
+    # the knapsacks' ratio (pen * cap) / (tok * cap) is pen / tok whatever the caps: one sort
+    key = np.empty(n, np.float64)
+    for i in range(n):
+        key[i] = -np.inf if tokens[i] == 0 else -pen[i] / tok[i]
+    order = np.argsort(key)
     cap = np.empty(n, np.float64)
     stop = max(lowest + widest, resid_max)
     size = ranges + 1 + splits
@@ -1247,7 +1301,8 @@ def prefill_split_bound(residual, room, tokens, cached, pen, alpha, beta, gamma,
         lows[k] = resid_max + (stop - resid_max) * k / ranges
         highs[k] = resid_max + (stop - resid_max) * (k + 1) / ranges
         values[k] = _split_range_value(lows[k], highs[k], k == ranges, lowest, lin, quad, pen,
-                                       tok, top, cap, room_total, resid_mean, units)
+                                       tok, top, cap, room_total, resid_mean, units, residual,
+                                       room, alpha, order, host_grid)
     count = ranges + 1
     for _ in range(splits):
         k = -1
@@ -1259,10 +1314,12 @@ def prefill_split_bound(residual, room, tokens, cached, pen, alpha, beta, gamma,
         mid = (lows[k] + highs[k]) / 2.0
         lows[count], highs[count] = mid, highs[k]
         values[count] = _split_range_value(mid, highs[k], False, lowest, lin, quad, pen, tok,
-                                           top, cap, room_total, resid_mean, units)
+                                           top, cap, room_total, resid_mean, units, residual,
+                                           room, alpha, order, host_grid)
         highs[k] = mid
         values[k] = _split_range_value(lows[k], mid, False, lowest, lin, quad, pen, tok, top,
-                                       cap, room_total, resid_mean, units)
+                                       cap, room_total, resid_mean, units, residual, room,
+                                       alpha, order, host_grid)
         count += 1
     return values[:count].min()
 

@@ -39,7 +39,15 @@ units with room), so the objective is at least ``base + max(S + least penalty wi
 caps, averaging form with those caps)``. Cutting ``[max_j r_j, ...)`` into ranges and taking,
 in each, its low end for ``S`` and the caps of its high end gives a bound; the least over the
 ranges is the bound. It sees what the averaging form cannot: one long prompt (quadratic
-attention) runs on one unit.
+attention) runs on one unit. The least penalty is also taken hosted: the request ``h`` that
+takes longest at its cap runs as the fraction ``a`` on one unit ``j``, every other token costs
+at least ``alpha``, so with ``S <= high`` unit ``j`` holds beyond ``h`` at most
+``(high - r_j - lin_h*a - quad_h*a**2) / alpha`` tokens and the rest of its room is lost to
+every request; the penalty is then at least ``(1 - a) P_h`` plus the others' least penalty in
+the total room less ``a*n_h`` and that loss (least over the units that can host it). Over
+``HOST_GRID`` ranges of ``a``, each priced at its low end for the room and its high end for
+``h``, the least value is a bound on the penalty (a long cached-prefix prompt whose unit
+cannot also be filled: Mooncake 16x4 worst gap 6.3% -> 4.0%).
 
 Decode has the same residual and averaging forms with ``a = us_per_request`` and
 ``b = us_per_kv_token``: an assigned request adds ``(a + b*k_i) / J*`` on average.
@@ -302,6 +310,8 @@ def analytic_bound(problem: PrefillWindow | DecodeWindow) -> float:
 #: Equal ranges of the step in :func:`split_bound`, and how many times the range of least
 #: value is then halved.
 SPLIT_RANGES, SPLIT_HALVINGS = 12, 24
+#: Fractions of the hosted request tried per range of the step split (module Notes).
+HOST_GRID = 16
 
 
 def split_bound(problem: PrefillWindow | DecodeWindow) -> float:
@@ -325,7 +335,7 @@ def split_bound(problem: PrefillWindow | DecodeWindow) -> float:
     return problem.base_us + float(_kernels.prefill_split_bound(
         problem.residual_us, problem.room_tokens, problem.new_tokens, problem.cached_tokens,
         problem.penalty_us, float(c.alpha_us_per_token), float(c.beta_us_per_pair),
-        float(c.gamma_us_per_request), SPLIT_RANGES, SPLIT_HALVINGS))
+        float(c.gamma_us_per_request), SPLIT_RANGES, SPLIT_HALVINGS, HOST_GRID))
 
 
 def _split_bound(problem: PrefillWindow) -> float:
@@ -352,6 +362,8 @@ def _split_bound(problem: PrefillWindow) -> float:
                              np.where(lin > 0, free / lin, np.inf))
             cap = np.clip(a, 0.0, top)
         least_pen = float(pen.sum()) - _knapsack_gain(pen * cap, n * cap, room)
+        if high is not None:
+            least_pen = max(least_pen, _hosted_penalty(problem, lin, quad, cap, high))
         spread = float(resid.mean() + pen.sum()) + _fraction_dual_parts(
             lin / units, quad / units, pen, n, cap, room)
         return max(low + least_pen, spread)
@@ -368,6 +380,38 @@ def _split_bound(problem: PrefillWindow) -> float:
         closed[k] = (lo, mid, value(lo, mid))
         closed.append((mid, hi, value(mid, hi)))
     return problem.base_us + min(open_value, min(v for _, _, v in closed))
+
+
+def _hosted_penalty(problem: PrefillWindow, lin: np.ndarray, quad: np.ndarray, cap: np.ndarray,
+                    high: float) -> float:
+    """Reference of ``_kernels._hosted_penalty`` (module Notes, step split): least penalty
+    with the step at most ``high`` when the request that takes longest at its cap runs, as the
+    fraction ``a``, on one unit, whose room beyond it holds only what runs in what is left."""
+    n = problem.new_tokens.astype(np.float64)
+    pen, resid = problem.penalty_us, problem.residual_us
+    rooms = problem.room_tokens.astype(np.float64)
+    alpha = float(problem.coefficients.alpha_us_per_token)
+    h = int(np.argmax(lin * cap + quad * cap * cap))
+    if alpha <= 0.0 or cap[h] <= 0.0 or HOST_GRID < 1:
+        return -np.inf
+    others = np.arange(n.size) != h
+    gain, weight = (pen * cap)[others], (n * cap)[others]
+    rest = float(pen[others].sum())
+    best = np.inf
+    for k in range(HOST_GRID):
+        a = cap[h] * k / HOST_GRID
+        capacity = float(rooms.sum())
+        if k:
+            t = lin[h] * a + quad[h] * a * a
+            host = (t <= high - resid) & (a * n[h] <= rooms)
+            if not host.any():
+                break  # no unit runs this much of it within ``high``, nor any more
+            left = np.maximum(high - resid - t, 0.0) / alpha
+            capacity -= a * n[h] + float(np.maximum(rooms - a * n[h] - left, 0.0)[host].min())
+        a_next = cap[h] * (k + 1) / HOST_GRID
+        best = min(best, (1.0 - a_next) * pen[h] + rest
+                   - _knapsack_gain(gain, weight, max(capacity, 0.0)))
+    return best
 
 
 def lp_bound(problem: PrefillWindow | DecodeWindow, *, time_limit_s: float | None = None) -> float:

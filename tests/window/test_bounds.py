@@ -131,7 +131,7 @@ def test_chunked_bound_is_the_whole_bound_when_capacity_is_ample(cat, rng) -> No
     assert analytic_bound(chunked) == pytest.approx(analytic_bound(whole), rel=1e-12)
 
 
-@pytest.mark.parametrize("seed", range(12))
+@pytest.mark.parametrize("seed", range(30))
 def test_split_bound_below_every_answer(cat, seed: int) -> None:
     from sbsopt.window import objective, split_bound
 
@@ -174,3 +174,19 @@ def test_split_bound_sees_one_long_prompt(cat, chunking: bool) -> None:
     answer = solve(w, method="greedy")
     assert analytic_bound(w) * 1.05 < split_bound(w) <= objective(w, answer.assignment,
                                                                   answer.chunks)
+
+
+@pytest.mark.parametrize("chunking", [False, True])
+def test_split_bound_sees_the_room_a_long_prompt_leaves_on_its_unit(cat, chunking, monkeypatch):
+    from sbsopt.window import bounds, objective, solve, split_bound
+
+    # a prompt with a long cached prefix costs ~3x a short one per token: the unit that runs
+    # it within a step near the average cannot also fill its room with short prompts
+    w = PrefillWindow.from_arrays([9000] + [700] * 12, [20000] + [0] * 12, [0.0] * 13,
+                                  capacity_tokens=[6000] * 2, coefficients=cat.PREFILL,
+                                  allow_chunking=chunking)
+    hosted = split_bound(w)
+    monkeypatch.setattr(bounds, "HOST_GRID", 0)
+    assert hosted > 1.02 * split_bound(w)
+    answer = solve(w, method="greedy")
+    assert hosted <= objective(w, answer.assignment, answer.chunks)

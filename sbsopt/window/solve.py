@@ -24,7 +24,7 @@ per request-unit pair; measured 0.6-1.2 from 128 x 16 to 1024 x 64), nor when le
 left after building (CP-SAT's load and presolve are not interruptible); CP-SAT's wall limit is
 the remaining budget minus its stop latency (3 ms + 1.2 us per pair). Measured overshoot
 beyond the budget (``benchmarks/budget.py``, 768 solves up to 1024 x 64, idle machine): at most
-0.6 ms.
+0.6 ms in one run, 5.9 ms in another (a single solve; its case repeated 30 times ended early).
 """
 
 from __future__ import annotations

@@ -85,3 +85,11 @@ def test_greedy_objective_from_the_kernels_matches_the_reference(cat, seed: int)
     # (its token knapsacks reuse the greedy's sorts: equal up to summation order)
     assert solve(problem, method="greedy").bound == pytest.approx(analytic_bound(problem),
                                                                   rel=1e-12)
+
+
+def test_cpsat_skips_the_hint_search_that_its_budget_cannot_hold(cat, rng) -> None:
+    problem = cat.random_prefill(rng, 1024, 64, capacity_tokens=np.full(64, 4000))
+    tight = solve(problem, method="cpsat", time_limit_s=0.002, seed=0)
+    assert tight.stats["hint_local_search"] == 0  # 65536 pairs need about 4 ms
+    ample = solve(problem, method="cpsat", time_limit_s=0.5, seed=0)
+    assert "hint_local_search" not in ample.stats

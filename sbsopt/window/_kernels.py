@@ -338,20 +338,21 @@ def _trimmed_size(k, t_without, target, cached, dens, alpha, beta, gamma,
                   min_chunk):  # pragma: no cover - compiled
     """Chunk size below ``k`` for a step unit: the larger of the size whose marginal step
     cost ``alpha + beta*(cached + k)`` equals its penalty per token ``dens`` and the size that
-    brings the unit's time down to ``target`` (0: no chunk; ``min_chunk`` at least)."""
+    brings the unit's time down to ``target`` (0: no chunk; ``min_chunk`` at least). Sizes
+    are worked out as floats and clipped to ``[0, k]`` before they become integers."""
     if beta > 0.0:
-        marginal = math.floor((dens - alpha) / beta - cached)
+        marginal = (dens - alpha) / beta - cached
     else:
-        marginal = k if dens > alpha else 0
+        marginal = k if dens > alpha else 0.0
     room = target - t_without - gamma  # time the chunk may take, gamma included
     if room <= 0.0:
-        level = 0
+        level = 0.0
     elif beta > 0.0:
         b = alpha + beta * cached
-        level = math.floor((-b + math.sqrt(b * b + 2.0 * beta * room)) / beta)
+        level = (-b + math.sqrt(b * b + 2.0 * beta * room)) / beta
     else:
-        level = math.floor(room / alpha) if alpha > 0.0 else k
-    size = min(max(marginal, level, 0), k)
+        level = room / alpha if alpha > 0.0 else k
+    size = int(math.floor(min(max(marginal, level, 0.0), k)))
     if 0 < size < min_chunk:
         size = min(min_chunk, k)
     return size

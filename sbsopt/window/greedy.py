@@ -134,7 +134,8 @@ def greedy_prefill(problem: PrefillWindow, *, local_search: int = 0) -> GreedyAn
     Parameters
     ----------
     local_search : int
-        Maximum number of accepted move/swap changes on the critical units (0: none).
+        Maximum number of accepted local-search changes (0: none): move/swap on each instance's
+        step unit, then exchanges with the deferred requests (``_kernels.prefill_local_search``).
 
     Examples
     --------

@@ -3,8 +3,9 @@
 Backends (``greedy``, ``cpsat``, ``auto``) follow :class:`Backend`: a name, the phases they
 handle, ``is_available()`` and ``run()``. :func:`register` adds one and refuses duplicates.
 
-CP-SAT starts from the better of the plain greedy and the greedy with 1000 move/swap rounds
-(``_HINT_LOCAL_SEARCH``; the option ``local_search`` overrides it), given as a complete hint,
+CP-SAT starts from the better of the plain greedy and the greedy with 1000 local-search rounds
+(``_HINT_LOCAL_SEARCH``, run when the budget holds ``_HINT_PAIR_S`` per request-unit pair; the
+option ``local_search`` overrides it), given as a complete hint,
 and returns whichever of that start and its own answer is better. Determinism: one search
 thread and a fixed ``random_seed``; presolve is off when less than 0.5 s remains (option
 ``presolve``), because it can outlast a window's budget and yields no solution until it ends;
@@ -364,7 +365,7 @@ def solve(
     hint : array of int, optional
         A starting assignment for CP-SAT (unit per request, -1 deferred).
     options : dict, optional
-        ``local_search`` (int, move/swap changes after the greedy, default 0), ``lp_bound``
+        ``local_search`` (int, local-search changes after the greedy, default 0), ``lp_bound``
         (bool: True adds the LP relaxation to the bound whatever it costs; by default
         ``cpsat``/``auto`` add it only within the remaining budget and only to whole-request
         windows, ``greedy`` never),

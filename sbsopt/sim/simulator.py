@@ -444,16 +444,17 @@ class _Simulation:
 
     def allocate(self, units: np.ndarray, instances: list[int]) -> None:
         """Solve one prefill window over the units of ``instances`` (flattened, in that order)
-        and dispatch the assigned. Prefix-cache hits count only in a one-instance window (the
-        window model has one cached length per request, and each instance has its own cache)."""
+        and dispatch the assigned. A request's prefix-cache hit counts as the least over the
+        window's instances (the window model has one cached length per request, and each
+        instance has its own cache), so its cost is never underestimated."""
         load = self.pview.tokens[units]
         rids = np.asarray(self.buffer, dtype=np.int64)
         inp = self.context[rids]
         cached = np.zeros(len(rids), dtype=np.int64)
-        if self.hashes is not None and len(instances) == 1:
-            cache = self.caches[instances[0]]
-            cached = np.array([cache.lookup(self.hashes[r], input_tokens=int(self.inp[r])) for r in rids],
-                              dtype=np.int64)
+        if self.hashes is not None:
+            caches = [self.caches[k] for k in instances]
+            cached = np.array([min(cache.lookup(self.hashes[r], input_tokens=int(self.inp[r]))
+                                   for cache in caches) for r in rids], dtype=np.int64)
         capacity = np.full(len(load), self.cluster.chunk_tokens, dtype=np.int64)
         assignment = allocate_prefill(
             inp - cached, cached, self.arrival[rids], capacity_tokens=capacity,

@@ -113,6 +113,12 @@ class SchedulerConfig:
     ttft_guard_s : float
         A buffered prefill request older than this is released on the next window even if the
         allocation would defer it (to the least-loaded unit).
+    window_forwards : float
+        An SBS prefill window fills each DP unit up to this many forwards of tokens
+        (``chunk_tokens * window_forwards``, less what the unit already holds). 1 = the next
+        batch only (no engine queue); more lets long prompts start earlier at the cost of an
+        engine queue (measured at 2: Mooncake input throughput +13% to +19% and mean TTFT
+        -4%, Azure mean TTFT +9% to +14%; see the README).
     decode_interval_s : float
         SBS decode windows: arrivals at the decode router are buffered and assigned together
         (IQR-lex) every this many seconds.
@@ -132,6 +138,7 @@ class SchedulerConfig:
     adaptive_ewma: float = 0.2
     adaptive_target_fill: float = 0.8
     ttft_guard_s: float = 1.0
+    window_forwards: float = 1.0
     decode_interval_s: float = 0.005
     iqr_k: float = 1.5
     dispatch_latency_s: float = 0.0
@@ -143,6 +150,7 @@ class SchedulerConfig:
             check_number(name, getattr(self, name))
         for name in ("fixed_interval_s", "adaptive_min_s", "adaptive_max_s", "decode_interval_s"):
             check_number(name, getattr(self, name), strict_min=True)
+        check_number("window_forwards", self.window_forwards, strict_min=True)
         check_number("adaptive_ewma", self.adaptive_ewma, strict_min=True, maximum=1.0)
         check_number("adaptive_target_fill", self.adaptive_target_fill, strict_min=True, maximum=1.0)
         if self.adaptive_min_s > self.adaptive_max_s:

@@ -455,7 +455,8 @@ class _Simulation:
             caches = [self.caches[k] for k in instances]
             cached = np.array([min(cache.lookup(self.hashes[r], input_tokens=int(self.inp[r]))
                                    for cache in caches) for r in rids], dtype=np.int64)
-        capacity = np.full(len(load), self.cluster.chunk_tokens, dtype=np.int64)
+        capacity = np.full(len(load), max(1, int(self.cluster.chunk_tokens * self.sched.window_forwards)),
+                           dtype=np.int64)
         assignment = allocate_prefill(
             inp - cached, cached, self.arrival[rids], capacity_tokens=capacity,
             load_tokens=np.asarray(load), now_s=self.now, guard_s=self.sched.ttft_guard_s,

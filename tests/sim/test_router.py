@@ -56,3 +56,29 @@ def test_multi_instance_windows_count_the_prefix_hits_every_instance_holds(monke
     assert res.summary()["completed"] == 400
     assert len(seen) >= 5
     assert sum(bool((c > 0).any()) for c in seen) >= len(seen) // 2
+
+
+def test_window_forwards_scales_the_room_an_sbs_window_fills(monkeypatch):
+    import sbsopt.sim.simulator as simulator
+    from sbsopt.sim import ClusterConfig, SchedulerConfig, simulate
+    from sbsopt.workload import load_trace
+
+    wl = load_trace("mooncake-conv", limit=300)
+    cluster = ClusterConfig(prefill_instances=2, decode_instances=1)
+    summaries = {}
+    for forwards in (1.0, 2.0):
+        capacities = set()
+
+        def spy(new, cached, arrival, *, capacity_tokens, capacities=capacities, **kwargs):
+            capacities.update(np.asarray(capacity_tokens).tolist())
+            return allocate_prefill(new, cached, arrival, capacity_tokens=capacity_tokens,
+                                    **kwargs)
+
+        monkeypatch.setattr(simulator, "allocate_prefill", spy)
+        res = simulate(wl, cluster=cluster, router="sbs", load=0.7,
+                       scheduler=SchedulerConfig(window_forwards=forwards))
+        assert capacities == {int(cluster.chunk_tokens * forwards)}
+        summaries[forwards] = res.summary()
+        assert summaries[forwards]["completed"] == 300
+    # a window that may queue a second forward starts long prompts earlier
+    assert summaries[2.0]["ttft_ms"]["mean"] != summaries[1.0]["ttft_ms"]["mean"]

@@ -134,6 +134,8 @@ def test_bad_options_raise_naming_the_field(fake_model):
         simulate(wl, load=0.5, rate=3.0, cost_models=fake_model())
     with pytest.raises(InvalidInputError, match="adaptive_min_s"):
         SchedulerConfig(adaptive_min_s=1.0, adaptive_max_s=0.5)
+    with pytest.raises(InvalidInputError, match="window_forwards"):
+        SchedulerConfig(window_forwards=0.0)
     with pytest.raises(InvalidInputError, match="prefill_ep"):
         ClusterConfig(prefill_ep=0)
 

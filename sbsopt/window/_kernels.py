@@ -377,19 +377,12 @@ def trim_step_chunks(order, assignment, chunk_tokens, cost, tokens, blocks, pena
     units = room.shape[0]
     refill = np.empty(n, np.int64)
     total = 0.0
-    for g in range(inst_max.shape[0]):
+    groups = inst_max.shape[0]
+    for g in range(groups):
         for _ in range(units):
-            top = -1
-            second = -np.inf
-            for j in range(units):
-                if inst[j] != g:
-                    continue
-                if top < 0 or unit_time[j] > unit_time[top]:
-                    if top >= 0:
-                        second = max(second, unit_time[top])
-                    top = j
-                else:
-                    second = max(second, unit_time[j])
+            ranked = _top_three(unit_time, inst, groups)[g]
+            top = ranked[0]
+            second = unit_time[ranked[1]] if ranked[1] >= 0 else -np.inf
             if top < 0 or not used[top]:
                 break
             h = -1
@@ -724,11 +717,7 @@ def prefill_local_search(assignment, cost, tokens, blocks, penalty, guarded, roo
                 if improved:
                     break
             if improved:
-                m = -np.inf
-                for j in range(units):
-                    if inst[j] == g and unit_time[j] > m:
-                        m = unit_time[j]
-                inst_max[g] = m
+                inst_max[g] = _instance_step(unit_time, inst, g)
                 break
         if not improved and not _exchange_deferred(assignment, cost, tokens, blocks, penalty,
                                                    guarded, room, free, unit_time, inst,
@@ -736,6 +725,16 @@ def prefill_local_search(assignment, cost, tokens, blocks, penalty, guarded, roo
             break
         changes += 1
     return changes
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _instance_step(unit_time, inst, g):  # pragma: no cover - compiled
+    """Largest unit time of instance ``g`` (its step time less the base)."""
+    step = -np.inf
+    for j in range(unit_time.shape[0]):
+        if inst[j] == g and unit_time[j] > step:
+            step = unit_time[j]
+    return step
 
 
 @numba.njit(cache=True, nogil=True)
@@ -845,12 +844,9 @@ def _exchange_deferred(assignment, cost, tokens, blocks, penalty, guarded, room,
             room[best_to] -= tokens[best_a]
             free[best_to] -= blocks[best_a]
             unit_time[best_to] += cost[best_a]
-    for g in range(groups):
-        m = -np.inf
-        for q in range(units):
-            if inst[q] == g and unit_time[q] > m:
-                m = unit_time[q]
-        inst_max[g] = m
+    inst_max[inst[j]] = _instance_step(unit_time, inst, inst[j])
+    if best_to >= 0:
+        inst_max[inst[best_to]] = _instance_step(unit_time, inst, inst[best_to])
     return True
 
 

@@ -35,6 +35,13 @@ class GreedyAnswer(NamedTuple):
     unplaced_guarded: int = 0
 
 
+def _chunk_spec(problem: PrefillWindow) -> tuple:
+    """The chunk kernels' ``spec``: ``(cached, alpha, beta, gamma, min_chunk)``."""
+    c = problem.coefficients
+    return (problem.cached_tokens, float(c.alpha_us_per_token), float(c.beta_us_per_pair),
+            float(c.gamma_us_per_request), problem.min_chunk_tokens)
+
+
 def _empty_state(problem: PrefillWindow) -> tuple[np.ndarray, ...]:
     """The kernels' unit state before a pass: ``(room, free, unit_time, inst_max,
     chunk_tokens, used)``, fresh copies."""
@@ -48,9 +55,7 @@ def _empty_state(problem: PrefillWindow) -> tuple[np.ndarray, ...]:
 def _prefill_pass(problem: PrefillWindow, order: np.ndarray, local_search: int) -> GreedyAnswer:
     """One pass in Python around the kernels (reference of ``_kernels.prefill_best_of``; no
     bound, reported as ``-inf``)."""
-    c = problem.coefficients
-    spec = (problem.cached_tokens, float(c.alpha_us_per_token), float(c.beta_us_per_pair),
-            float(c.gamma_us_per_request), problem.min_chunk_tokens)
+    spec = _chunk_spec(problem)
     room, free, unit_time, inst_max, chunk_tokens, used = _empty_state(problem)
     assignment = _kernels.prefill_greedy(
         order, problem.cost_us, problem.new_tokens, problem.kv_blocks, problem.penalty_us,
@@ -104,9 +109,7 @@ def chunk_after(problem: PrefillWindow, assignment: np.ndarray) -> tuple[np.ndar
     inst_max = np.full(problem.n_instances, -np.inf)
     np.maximum.at(inst_max, problem.instance, unit_time)
     order = np.lexsort((-problem.cost_us, problem.arrival_s, ~problem.guarded))
-    c = problem.coefficients
-    spec = (problem.cached_tokens, float(c.alpha_us_per_token), float(c.beta_us_per_pair),
-            float(c.gamma_us_per_request), problem.min_chunk_tokens)
+    spec = _chunk_spec(problem)
     used = np.zeros(problem.n_units, np.bool_)
     chunk_unit, chunk_tokens = _kernels.chunk_fill(
         order[assignment[order] < 0], problem.new_tokens, problem.kv_blocks, problem.penalty_us,

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from sbsopt.window import PrefillWindow, _kernels, solve, validate_assignment
-from sbsopt.window.greedy import _empty_state, greedy_decode, greedy_prefill
+from sbsopt.window.greedy import _chunk_spec, _empty_state, greedy_decode, greedy_prefill
 from sbsopt.window.objective import prefill_objective, prefill_unit_time_us
 
 
@@ -14,12 +14,6 @@ def _prefill_args(problem, order):
     return (order, problem.cost_us, problem.new_tokens, problem.kv_blocks, problem.penalty_us,
             problem.guarded, problem.room_tokens.copy(), problem.free_kv_blocks.copy(),
             problem.residual_us.copy(), problem.instance)
-
-
-def _chunk_spec(problem):
-    c = problem.coefficients
-    return (problem.cached_tokens, float(c.alpha_us_per_token), float(c.beta_us_per_pair),
-            float(c.gamma_us_per_request), problem.min_chunk_tokens)
 
 
 def _assert_kernel_matches_reference(problem, order):

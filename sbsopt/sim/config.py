@@ -117,8 +117,9 @@ class SchedulerConfig:
         An SBS prefill window fills each DP unit up to this many forwards of tokens
         (``chunk_tokens * window_forwards``, less what the unit already holds). 1 = the next
         batch only (no engine queue); more lets long prompts start earlier at the cost of an
-        engine queue (measured at 2: Mooncake input throughput +13% to +19% and mean TTFT
-        -4%, Azure mean TTFT +9% to +14%; see the README).
+        engine queue (measured over seven prefixes of the Mooncake trace, 2 forwards did not
+        raise throughput consistently, and on Azure it raised mean TTFT by 9% to 14%; see the
+        README).
     decode_interval_s : float
         SBS decode windows: arrivals at the decode router are buffered and assigned together
         (IQR-lex) every this many seconds.

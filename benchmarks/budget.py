@@ -96,9 +96,11 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     budgets = (0.01, 0.05) if args.quick else (0.005, 0.02, 0.05, 0.2)
     reps = 1 if args.quick else args.reps
-    from sbsopt.window import solve
+    from sbsopt.window import solve, warm_up
 
-    # Warm-up outside the measurement: Numba compilation and OR-Tools import.
+    # Warm-up outside the measurement: every Numba kernel (a kernel first loaded inside a
+    # timed solve costs it 5-15 ms) and OR-Tools' import and first model.
+    warm_up()
     for phase in ("prefill", "decode"):
         solve(adversarial_windows(8, 2, kind="mixed", phase=phase), method="auto",
               time_limit_s=0.05)

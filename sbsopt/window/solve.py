@@ -23,9 +23,10 @@ answer (status ``TIMEOUT``) when the budget is gone; a window is not handed to C
 when its pair count makes building alone likely to exceed the budget (about 2 microseconds
 per request-unit pair; measured 0.6-1.2 from 128 x 16 to 1024 x 64), nor when less than 8 ms is
 left after building (CP-SAT's load and presolve are not interruptible); CP-SAT's wall limit is
-the remaining budget minus its stop latency (3 ms + 1.2 us per pair). Measured overshoot
-beyond the budget (``benchmarks/budget.py``, 768 solves up to 1024 x 64, idle machine): at most
-0.6 ms in one run, 5.9 ms in another (a single solve; its case repeated 30 times ended early).
+the remaining budget minus its stop latency (3 ms + 1.2 us per pair). Measured after
+:func:`~sbsopt.window.warm_up` (``benchmarks/budget.py``, 768 solves up to 1024 x 64, idle
+machine, two runs): no solve returned late (the latest 0.6 ms early). Without it, the first
+call of each Numba kernel in a process loads it, 5-15 ms inside the budget.
 """
 
 from __future__ import annotations

@@ -89,6 +89,18 @@ def _frozen(array: np.ndarray) -> np.ndarray:
     return array
 
 
+class _ReadOnlyArrays:
+    """Keeps a window's arrays read-only through ``pickle`` and ``copy.deepcopy``, which hand
+    back writeable copies: the compiled kernels are typed by it, and one writeable array
+    makes them compile a second variant, up to seconds inside a timed solve."""
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        for name, value in state.items():
+            if isinstance(value, np.ndarray):
+                value.setflags(write=False)
+            object.__setattr__(self, name, value)
+
+
 def _unit_array(name: str, values: Any, units: int, default: int | None) -> np.ndarray:
     if values is None:
         return np.full(units, default, np.int64)
@@ -138,7 +150,7 @@ def prefill_chunk_cost_us(
 
 
 @dataclass(frozen=True)
-class PrefillWindow:
+class PrefillWindow(_ReadOnlyArrays):
     """One prefill window: buffered requests onto the DP units of one or more instances.
 
     Build it with :meth:`from_arrays`; every array is validated, copied and read-only. The
@@ -299,7 +311,7 @@ class PrefillWindow:
 
 
 @dataclass(frozen=True)
-class DecodeWindow:
+class DecodeWindow(_ReadOnlyArrays):
     """One decode window: requests finishing prefill onto decode DP units.
 
     Build it with :meth:`from_arrays`; the formulation is in the module docstring.

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import copy
+import pickle
+
 import numpy as np
 import pytest
 
@@ -67,3 +70,25 @@ def test_age_weights_and_guards(cat) -> None:
     assert w.weight.tolist() == [3.0, 2.0]
     assert w.guarded.tolist() == [True, False]
     assert w.penalty_us[0] > w.penalty_us[1]
+
+
+@pytest.mark.parametrize("copy_", [lambda w: pickle.loads(pickle.dumps(w)), copy.deepcopy])
+def test_copies_keep_arrays_read_only(cat, copy_) -> None:
+    """An unpickled or deep-copied window solves with the kernels already compiled for windows
+    built by ``from_arrays`` (a writeable array would make Numba compile another variant)."""
+    from sbsopt.window import _kernels, solve, warm_up
+
+    warm_up()
+    prefill = PrefillWindow.from_arrays([100, 300, 700], [0, 50, 0], [0.0, 0.1, 0.2],
+                                        capacity_tokens=[512, 512], coefficients=cat.PREFILL)
+    decode = DecodeWindow.from_arrays([900, 100], [15, 2], batch_size=[0, 1], max_batch_size=[4, 4],
+                                      kv_blocks_used=[0, 0], free_kv_blocks=[100, 100],
+                                      coefficients=cat.DECODE)
+    for window, kernel in ((prefill, _kernels.prefill_solve), (decode, _kernels.decode_solve)):
+        solve(window, method="greedy")
+        variants = len(kernel.signatures)
+        copied = copy_(window)
+        arrays = [v for v in vars(copied).values() if isinstance(v, np.ndarray)]
+        assert arrays and not any(a.flags.writeable for a in arrays)
+        assert solve(copied, method="greedy").objective == solve(window, method="greedy").objective
+        assert len(kernel.signatures) == variants

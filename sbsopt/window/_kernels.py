@@ -23,6 +23,7 @@ __all__ = [
     "decode_min_step",
     "decode_min_step_py",
     "prefill_local_search",
+    "prefill_ruin_recreate",
 ]
 
 
@@ -848,6 +849,135 @@ def _exchange_deferred(assignment, cost, tokens, blocks, penalty, guarded, room,
     if best_to >= 0:
         inst_max[inst[best_to]] = _instance_step(unit_time, inst, inst[best_to])
     return True
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _uniform(state):  # pragma: no cover - compiled
+    """SplitMix64: ``(next state, a float in [0, 1))``. A local generator keeps the kernels
+    deterministic whatever else draws from NumPy's or Numba's global one."""
+    state = state + np.uint64(0x9E3779B97F4A7C15)
+    z = state
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    z = z ^ (z >> np.uint64(31))
+    return state, float(z >> np.uint64(11)) * (1.0 / 9007199254740992.0)
+
+
+@numba.njit(cache=True, nogil=True)
+def prefill_ruin_recreate(current, best, cost, tokens, blocks, penalty, guarded, room0, free0,
+                          residual, inst, n_inst, iterations, ruin_units, ruin_share, noise,
+                          largest_first, seed):  # pragma: no cover - compiled
+    """Ruin and recreate over whole requests (unit per request, -1 deferred), from
+    ``current``; the best answer seen is kept in ``best`` (both updated in place).
+
+    Each iteration takes the step unit of a random instance and ``ruin_units - 1`` random
+    units, defers each unguarded request on them with probability ``ruin_share``, then offers
+    every deferred request, guarded first, then by deferral penalty per token scaled by a
+    random factor in ``[1, 1 + noise)``, to the unit that least raises its instance's step
+    (ties: the least token room left, so gaps are filled), placing it when the raise is below
+    its penalty (guarded: whenever it fits). The new answer replaces ``current`` when its
+    objective is not higher (moves along plateaus). Returns ``(objective of current, objective
+    of best)`` without the base costs. Random draws come from :func:`_uniform` started at
+    ``seed``."""
+    rand = np.uint64(seed)
+    n = cost.shape[0]
+    units = room0.shape[0]
+    room = room0.copy()
+    free = free0.copy()
+    unit_time = residual.copy()
+    for i in range(n):
+        j = current[i]
+        if j >= 0:
+            room[j] -= tokens[i]
+            free[j] -= blocks[i]
+            unit_time[j] += cost[i]
+    inst_max = np.full(n_inst, -np.inf)
+    for j in range(units):
+        inst_max[inst[j]] = max(inst_max[inst[j]], unit_time[j])
+    value = inst_max.sum()
+    for i in range(n):
+        if current[i] < 0:
+            value += penalty[i]
+    best_value = value
+    for i in range(n):
+        best[i] = current[i]
+    trial = current.copy()
+    t_room = room.copy()
+    t_free = free.copy()
+    t_time = unit_time.copy()
+    t_max = inst_max.copy()
+    waiting = np.empty(n, np.int64)
+    key = np.empty(n, np.float64)
+    for _ in range(iterations):
+        trial[:] = current
+        t_room[:] = room
+        t_free[:] = free
+        t_time[:] = unit_time
+        rand, u = _uniform(rand)
+        g = min(int(u * n_inst), n_inst - 1)
+        step_unit = -1
+        for j in range(units):
+            if inst[j] == g and (step_unit < 0 or t_time[j] > t_time[step_unit]):
+                step_unit = j
+        for r in range(ruin_units):
+            j = step_unit
+            if r > 0:
+                rand, u = _uniform(rand)
+                j = min(int(u * units), units - 1)
+            for i in range(n):
+                if trial[i] != j or guarded[i]:
+                    continue
+                rand, u = _uniform(rand)
+                if u < ruin_share:
+                    trial[i] = -1
+                    t_room[j] += tokens[i]
+                    t_free[j] += blocks[i]
+                    t_time[j] -= cost[i]
+        t_max[:] = -np.inf
+        for j in range(units):
+            t_max[inst[j]] = max(t_max[inst[j]], t_time[j])
+        rand, u = _uniform(rand)
+        by_size = u < largest_first
+        m = 0
+        for i in range(n):
+            if trial[i] < 0:
+                waiting[m] = i
+                rand, u = _uniform(rand)
+                size = tokens[i] if by_size else penalty[i] / max(tokens[i], 1)
+                key[m] = -np.inf if guarded[i] else -size * (1.0 + noise * u)
+                m += 1
+        order = np.argsort(key[:m])
+        for q in range(m):
+            i = waiting[order[q]]
+            pick = -1
+            pick_raise = np.inf
+            pick_left = 0
+            for j in range(units):
+                if tokens[i] <= t_room[j] and blocks[i] <= t_free[j]:
+                    rise = max(0.0, t_time[j] + cost[i] - t_max[inst[j]])
+                    left = t_room[j] - tokens[i]
+                    if rise < pick_raise or (rise == pick_raise and left < pick_left):
+                        pick, pick_raise, pick_left = j, rise, left
+            if pick >= 0 and (guarded[i] or pick_raise < penalty[i]):
+                trial[i] = pick
+                t_room[pick] -= tokens[i]
+                t_free[pick] -= blocks[i]
+                t_time[pick] += cost[i]
+                t_max[inst[pick]] = max(t_max[inst[pick]], t_time[pick])
+        trial_value = t_max.sum()
+        for i in range(n):
+            if trial[i] < 0:
+                trial_value += penalty[i]
+        if trial_value <= value:
+            current[:] = trial
+            room[:] = t_room
+            free[:] = t_free
+            unit_time[:] = t_time
+            value = trial_value
+            if value < best_value:
+                best_value = value
+                best[:] = current
+    return value, best_value
 
 
 @numba.njit(cache=True, nogil=True)

@@ -43,7 +43,13 @@ from sbsopt._validate import check_int, check_positive_time_limit
 from sbsopt.errors import InvalidInputError
 from sbsopt.window.bounds import analytic_bound, lp_bound, split_bound
 from sbsopt.window.decode import build_decode_model
-from sbsopt.window.greedy import chunk_after, greedy_decode, greedy_prefill
+from sbsopt.window.greedy import (
+    RUIN_PAIR_S,
+    chunk_after,
+    greedy_decode,
+    greedy_prefill,
+    ruin_recreate,
+)
 from sbsopt.window.objective import objective
 from sbsopt.window.prefill import BuildTimeout, build_prefill_model, read_assignment
 from sbsopt.window.problem import DecodeWindow, PrefillWindow
@@ -72,6 +78,12 @@ _HINT_PAIR_S = 60e-9
 _LNS_MIN_PAIRS = 1024
 #: Interleaved LNS subsolvers (one thread, deterministic interleaving).
 _LNS_SUBSOLVERS = 2
+#: Ruin and recreate before CP-SAT on a capacity-bound prefill window (option
+#: ``ruin_recreate`` overrides): the share of the budget it may take, which with
+#: ``greedy.RUIN_PAIR_S`` sets its iteration count from the budget (so that the answer does not
+#: depend on the clock), and a cap (more did not help: it has converged by then).
+_RUIN_SHARE = 0.6
+_RUIN_MAX_ITERATIONS = 20_000
 
 
 @dataclass
@@ -154,7 +166,8 @@ class _Greedy:
         return True
 
     def run(self, problem, *, deadline, seed, hint, options):
-        return _greedy_answer(problem, options)
+        return _ruin_recreate_answer(problem, _greedy_answer(problem, options), options,
+                                     seed=seed, deadline=deadline)
 
 
 class _CpSat:
@@ -168,6 +181,8 @@ class _CpSat:
 
     def run(self, problem, *, deadline, seed, hint, options):
         fallback = _greedy_start(problem, options, deadline)
+        fallback = _ruin_recreate_answer(problem, fallback, options, seed=seed,
+                                         deadline=deadline - _cpsat_reserve(problem))
         return _cpsat_improve(problem, fallback, deadline=deadline, seed=seed, hint=hint,
                               options=options)
 
@@ -184,9 +199,17 @@ class _Auto:
         if first.status is SolveStatus.FEASIBLE and first.value <= first.bound * (1 + 1e-12):
             first.stats["stage"] = "greedy"
             return first
+        first = _ruin_recreate_answer(problem, first, options, seed=seed,
+                                      deadline=deadline - _cpsat_reserve(problem))
+        if first.status is SolveStatus.FEASIBLE and first.value <= first.bound * (1 + 1e-12):
+            first.stats["stage"] = "ruin_recreate"
+            return first
         answer = _cpsat_improve(problem, first, deadline=deadline, seed=seed, hint=hint,
                                 options=options)
-        answer.stats["stage"] = "greedy" if answer.stats.get("kept") == "greedy" else "cpsat"
+        kept = answer.stats.get("kept") == "greedy"
+        answer.stats["stage"] = ("cpsat" if not kept else
+                                 "ruin_recreate" if first.stats.get("variant") == "ruin-recreate"
+                                 else "greedy")
         return answer
 
 
@@ -206,6 +229,53 @@ def _greedy_start(problem: PrefillWindow | DecodeWindow, options: dict[str, Any]
     if plain.status is SolveStatus.INFEASIBLE or searched.status is SolveStatus.INFEASIBLE:
         return searched if plain.status is SolveStatus.INFEASIBLE else plain
     return plain if plain.value < searched.value else searched
+
+
+def _cpsat_reserve(problem: PrefillWindow | DecodeWindow) -> float:
+    """Seconds CP-SAT needs at least: building the model, its shortest solve, its stop."""
+    pairs = problem.n_requests * problem.n_units
+    return pairs * (_PAIR_BUILD_S + _STOP_PAIR_S) + _MIN_SOLVE_S + _STOP_LATENCY_S
+
+
+def _capacity_bound(problem: PrefillWindow) -> bool:
+    """More tokens or KV blocks than the units have room for (some requests must wait)."""
+    return bool(problem.new_tokens.sum() > problem.room_tokens.sum()
+                or problem.kv_blocks.sum(dtype=np.float64)
+                > problem.free_kv_blocks.sum(dtype=np.float64))
+
+
+def _ruin_iterations(problem: PrefillWindow | DecodeWindow, budget: float) -> int:
+    """Default ruin-and-recreate iterations of ``cpsat``/``auto``: on a capacity-bound prefill
+    window, what ``_RUIN_SHARE`` of the budget runs (less what CP-SAT needs); else none."""
+    if not isinstance(problem, PrefillWindow) or problem.n_requests == 0 or not _capacity_bound(problem):
+        return 0
+    pairs = problem.n_requests * problem.n_units
+    spare = min(_RUIN_SHARE * budget, budget - _cpsat_reserve(problem))
+    return int(min(max(spare, 0.0) / (RUIN_PAIR_S * pairs), _RUIN_MAX_ITERATIONS))
+
+
+def _ruin_recreate_answer(problem: PrefillWindow | DecodeWindow, start: Answer,
+                          options: dict[str, Any], *, seed: int, deadline: float) -> Answer:
+    """``start`` improved by the option ``ruin_recreate`` (iterations, prefill only) when that
+    finds a better answer before ``deadline``; ``stats["ruin_recreate_iterations"]`` says how
+    many ran."""
+    iterations = options.get("ruin_recreate", 0)
+    if type(iterations) is not int or iterations != 0:  # the default skips the check
+        iterations = check_int("options.ruin_recreate", iterations, minimum=0)
+    if (not iterations or not isinstance(problem, PrefillWindow) or problem.n_requests == 0
+            or start.status is SolveStatus.INFEASIBLE):
+        return start
+    whole = start.assignment.copy()
+    if start.chunks:
+        whole[list(start.chunks)] = -1
+    assignment, chunks, value, ran = ruin_recreate(problem, whole, iterations, seed=seed,
+                                                   deadline=deadline)
+    start.stats["ruin_recreate_iterations"] = ran
+    if start.value is not None and not value < start.value - 1e-12 * abs(start.value):
+        return start  # (the kernels and the objective round differently)
+    return Answer(assignment, chunks, SolveStatus.FEASIBLE, bound=start.bound,
+                  stats={**start.stats, "variant": "ruin-recreate"}, value=value,
+                  analytic_included=start.analytic_included)
 
 
 def _sat_parameters(params: Any, problem: PrefillWindow | DecodeWindow, *, seed: int,
@@ -289,6 +359,8 @@ def _cpsat_improve(problem: PrefillWindow | DecodeWindow, fallback: Answer, *, d
     stats = {"cpsat": name, "cpsat_build_s": build_s, "cpsat_wall_s": solver.wall_time,
              "cpsat_deterministic_time": solver.deterministic_time,
              "cpsat_branches": solver.num_branches, "scale": built.scale}
+    if "ruin_recreate_iterations" in fallback.stats:  # the search that made the hint
+        stats["ruin_recreate_iterations"] = fallback.stats["ruin_recreate_iterations"]
     if status == cp_model.INFEASIBLE:
         return Answer(fallback.assignment, fallback.chunks, SolveStatus.INFEASIBLE,
                       bound=fallback.bound, message="CP-SAT proved the guards infeasible",
@@ -408,6 +480,8 @@ def solve(
     else:
         budget = check_positive_time_limit("time_limit_s", time_limit_s)
     options = dict(options or {})
+    if method in ("cpsat", "auto") and "ruin_recreate" not in options:
+        options["ruin_recreate"] = _ruin_iterations(problem, budget)
     if isinstance(seed, int) and not isinstance(seed, bool) and 0 <= seed < 2**31 - 1:
         int_seed = seed  # the common case, without building a Generator to validate it
     else:

@@ -93,3 +93,22 @@ def test_cpsat_skips_the_hint_search_that_its_budget_cannot_hold(cat, rng) -> No
     assert tight.stats["hint_local_search"] == 0  # 65536 pairs need about 4 ms
     ample = solve(problem, method="cpsat", time_limit_s=0.5, seed=0)
     assert "hint_local_search" not in ample.stats
+
+
+def test_cpsat_and_auto_run_ruin_recreate_on_windows_with_more_tokens_than_room(cat, rng) -> None:
+    """By default only there (a share of the budget, sized from it), the answer never worse
+    than the greedy with local search, and the same for the same seed."""
+    full = cat.random_prefill(rng, 40, 4, capacity_tokens=np.full(4, 6000))
+    roomy = cat.random_prefill(rng, 8, 4, capacity_tokens=np.full(4, 60_000))
+    searched = solve(full, method="greedy", options={"local_search": 1000})
+    for method in ("cpsat", "auto"):
+        first = solve(full, method=method, time_limit_s=0.05, seed=3)
+        assert first.stats["ruin_recreate_iterations"] > 0
+        assert first.objective <= searched.objective + 1e-9
+        again = solve(full, method=method, time_limit_s=0.05, seed=3)
+        assert np.array_equal(again.assignment, first.assignment)
+        assert "ruin_recreate_iterations" not in solve(roomy, method=method).stats
+    off = solve(full, method="cpsat", time_limit_s=0.05, options={"ruin_recreate": 0})
+    assert "ruin_recreate_iterations" not in off.stats
+    with pytest.raises(InvalidInputError, match="options.ruin_recreate"):
+        solve(full, method="greedy", options={"ruin_recreate": -1})

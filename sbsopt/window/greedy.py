@@ -135,10 +135,11 @@ def chunk_after(problem: PrefillWindow, assignment: np.ndarray) -> tuple[np.ndar
 #: half reached the 1% gap on more windows than 3 x 0.3, 4 x 0.2, 4 x 0.5 or 6 x 0.3, and
 #: mixing in largest-first orders (half the iterations) lowered the worst gaps.
 RUIN_UNITS, RUIN_SHARE, RUIN_NOISE, RUIN_LARGEST_FIRST = 2, 0.5, 0.3, 0.5
-#: Seconds one iteration takes per request-unit pair (measured 0.6-1.8 ns from 64 x 8 to
-#: 256 x 32): callers size iteration counts with it, and the clock is read about every
-#: ``_RUIN_CALL_S`` (iterations run in compiled calls of that length, at most ``_RUIN_CHUNK``).
-RUIN_PAIR_S = 1.5e-9
+#: Seconds one iteration takes at most, ``RUIN_ITERATION_S + RUIN_PAIR_S * pairs`` (slowest
+#: windows measured: 2.2 / 2.8 / 7.1 us at 64 x 8 / 128 x 16 / 256 x 32): callers size
+#: iteration counts with it, and the clock is read about every ``_RUIN_CALL_S`` (iterations
+#: run in compiled calls of that length, at most ``_RUIN_CHUNK``).
+RUIN_ITERATION_S, RUIN_PAIR_S = 2e-6, 0.75e-9
 _RUIN_CALL_S = 1e-3
 _RUIN_CHUNK = 500
 
@@ -169,8 +170,8 @@ def ruin_recreate(problem: PrefillWindow, assignment: np.ndarray, iterations: in
     """
     current = np.array(assignment, dtype=np.int64, copy=True)
     best = current.copy()
-    pairs = max(problem.n_requests * problem.n_units, 1)
-    per_call = int(min(max(_RUIN_CALL_S / (RUIN_PAIR_S * pairs), 1), _RUIN_CHUNK))
+    iteration_s = RUIN_ITERATION_S + RUIN_PAIR_S * problem.n_requests * problem.n_units
+    per_call = int(min(max(_RUIN_CALL_S / iteration_s, 1), _RUIN_CHUNK))
     ran = 0
     while ran < iterations and (deadline is None or time.perf_counter() < deadline):
         count = min(per_call, iterations - ran)

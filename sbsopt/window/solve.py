@@ -5,7 +5,9 @@ handle, ``is_available()`` and ``run()``. :func:`register` adds one and refuses 
 
 CP-SAT starts from the better of the plain greedy and the greedy with 1000 local-search rounds
 (``_HINT_LOCAL_SEARCH``, run when the budget holds ``_HINT_PAIR_S`` per request-unit pair; the
-option ``local_search`` overrides it), given as a complete hint,
+option ``local_search`` overrides it), improved on a window with more tokens or KV blocks than
+room by ruin and recreate (``greedy.ruin_recreate``; ``_RUIN_SHARE`` of the budget, sized in
+iterations; the option ``ruin_recreate`` overrides it), given as a complete hint,
 and returns whichever of that start and its own answer is better. Determinism: one search
 thread and a fixed ``random_seed``; presolve is off when less than 0.5 s remains (option
 ``presolve``), because it can outlast a window's budget and yields no solution until it ends;
@@ -44,6 +46,7 @@ from sbsopt.errors import InvalidInputError
 from sbsopt.window.bounds import analytic_bound, lp_bound, split_bound
 from sbsopt.window.decode import build_decode_model
 from sbsopt.window.greedy import (
+    RUIN_ITERATION_S,
     RUIN_PAIR_S,
     chunk_after,
     greedy_decode,
@@ -79,9 +82,10 @@ _LNS_MIN_PAIRS = 1024
 #: Interleaved LNS subsolvers (one thread, deterministic interleaving).
 _LNS_SUBSOLVERS = 2
 #: Ruin and recreate before CP-SAT on a capacity-bound prefill window (option
-#: ``ruin_recreate`` overrides): the share of the budget it may take, which with
-#: ``greedy.RUIN_PAIR_S`` sets its iteration count from the budget (so that the answer does not
-#: depend on the clock), and a cap (more did not help: it has converged by then).
+#: ``ruin_recreate`` overrides): the share of the budget it may take, which with the slowest
+#: iteration time (``greedy.RUIN_ITERATION_S``, ``RUIN_PAIR_S``) sets its iteration count
+#: from the budget (so that the answer does not depend on the clock unless the machine is
+#: slower than that), and a cap (more did not help: it has converged by then).
 _RUIN_SHARE = 0.6
 _RUIN_MAX_ITERATIONS = 20_000
 
@@ -251,7 +255,7 @@ def _ruin_iterations(problem: PrefillWindow | DecodeWindow, budget: float) -> in
         return 0
     pairs = problem.n_requests * problem.n_units
     spare = min(_RUIN_SHARE * budget, budget - _cpsat_reserve(problem))
-    return int(min(max(spare, 0.0) / (RUIN_PAIR_S * pairs), _RUIN_MAX_ITERATIONS))
+    return int(min(max(spare, 0.0) / (RUIN_ITERATION_S + RUIN_PAIR_S * pairs), _RUIN_MAX_ITERATIONS))
 
 
 def _ruin_recreate_answer(problem: PrefillWindow | DecodeWindow, start: Answer,
@@ -430,7 +434,8 @@ def solve(
     method : {"auto", "greedy", "cpsat"} or a registered name
         ``greedy``: PBAA/LPT water-filling (prefill) or IQR-lex (decode), microseconds.
         ``cpsat``: OR-Tools CP-SAT, hinted with the greedy, deterministic.
-        ``auto``: greedy, then CP-SAT on the remaining budget unless the greedy meets its bound.
+        ``auto``: greedy (and ruin and recreate), then CP-SAT on the remaining budget unless
+        that meets its bound.
     time_limit_s : float
         Budget for the whole call (model building included); see the module docstring.
     seed : int, Generator or None
@@ -438,7 +443,10 @@ def solve(
     hint : array of int, optional
         A starting assignment for CP-SAT (unit per request, -1 deferred).
     options : dict, optional
-        ``local_search`` (int, local-search changes after the greedy, default 0), ``lp_bound``
+        ``local_search`` (int, local-search changes after the greedy, default 0),
+        ``ruin_recreate`` (int, ruin-and-recreate iterations after the greedy; default 0 for
+        ``greedy``, and for ``cpsat``/``auto`` sized from the budget on prefill windows with
+        more tokens or KV blocks than room, else 0), ``lp_bound``
         (bool: True adds the LP relaxation to the bound whatever it costs; by default
         ``cpsat``/``auto`` add it only within the remaining budget and only to whole-request
         windows, ``greedy`` never),

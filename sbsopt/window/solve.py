@@ -12,8 +12,11 @@ and returns whichever of that start and its own answer is better. Determinism: o
 thread and a fixed ``random_seed``; presolve is off when less than 0.5 s remains (option
 ``presolve``), because it can outlast a window's budget and yields no solution until it ends;
 the stop rule is the deterministic time ``max_deterministic_time`` (equal to the remaining
-budget in seconds, CP-SAT's "deterministic seconds"), with the wall clock
-``max_time_in_seconds`` as a hard cap. Search mode (option ``lns``): below 0.5 s and from
+budget in seconds, CP-SAT's "deterministic seconds"; after ruin and recreate, the budget less
+the slowest time its iterations can take), with the wall clock ``max_time_in_seconds`` as a
+hard cap. Deterministic seconds pass slower than wall seconds (0.9 of them on a 128 x 16
+window here), so when the search runs to the cap the answer can differ between runs; the
+option ``deterministic_time_s`` set below the budget makes it repeat. Search mode (option ``lns``): below 0.5 s and from
 ``_LNS_MIN_PAIRS`` request-unit pairs, CP-SAT runs only neighbourhood search from the hint
 (``_LNS_SUBSOLVERS`` LNS subsolvers interleaved in one thread, no symmetry detection),
 because the full search spends a 50 ms budget on its start-up and first LP; it proves nothing
@@ -184,11 +187,12 @@ class _CpSat:
         return importlib.util.find_spec("ortools") is not None
 
     def run(self, problem, *, deadline, seed, hint, options):
+        left = deadline - time.perf_counter()
         fallback = _greedy_start(problem, options, deadline)
         fallback = _ruin_recreate_answer(problem, fallback, options, seed=seed,
                                          deadline=deadline - _cpsat_reserve(problem))
         return _cpsat_improve(problem, fallback, deadline=deadline, seed=seed, hint=hint,
-                              options=options)
+                              options=_after_ruin_recreate(problem, options, left))
 
 
 class _Auto:
@@ -199,6 +203,7 @@ class _Auto:
         return BACKENDS["cpsat"].is_available()
 
     def run(self, problem, *, deadline, seed, hint, options):
+        left = deadline - time.perf_counter()
         first = _greedy_start(problem, options, deadline)
         if first.status is SolveStatus.FEASIBLE and first.value <= first.bound * (1 + 1e-12):
             first.stats["stage"] = "greedy"
@@ -209,7 +214,7 @@ class _Auto:
             first.stats["stage"] = "ruin_recreate"
             return first
         answer = _cpsat_improve(problem, first, deadline=deadline, seed=seed, hint=hint,
-                                options=options)
+                                options=_after_ruin_recreate(problem, options, left))
         kept = answer.stats.get("kept") == "greedy"
         answer.stats["stage"] = ("cpsat" if not kept else
                                  "ruin_recreate" if first.stats.get("variant") == "ruin-recreate"
@@ -256,6 +261,19 @@ def _ruin_iterations(problem: PrefillWindow | DecodeWindow, budget: float) -> in
     pairs = problem.n_requests * problem.n_units
     spare = min(_RUIN_SHARE * budget, budget - _cpsat_reserve(problem))
     return int(min(max(spare, 0.0) / (RUIN_ITERATION_S + RUIN_PAIR_S * pairs), _RUIN_MAX_ITERATIONS))
+
+
+def _after_ruin_recreate(problem: PrefillWindow | DecodeWindow, options: dict[str, Any],
+                         left: float) -> dict[str, Any]:
+    """``options`` for CP-SAT after ruin and recreate: its deterministic time is the budget
+    ``left`` when the backend started less the slowest time those iterations can take, not
+    what the clock shows after them (their wall time varies, CP-SAT's stop rule must not)."""
+    iterations = options.get("ruin_recreate", 0)
+    if not iterations or "deterministic_time_s" in options or not isinstance(problem, PrefillWindow):
+        return options
+    pairs = problem.n_requests * problem.n_units
+    spent = iterations * (RUIN_ITERATION_S + RUIN_PAIR_S * pairs)
+    return {**options, "deterministic_time_s": max(left - spent, 1e-3)}
 
 
 def _ruin_recreate_answer(problem: PrefillWindow | DecodeWindow, start: Answer,

@@ -101,11 +101,13 @@ def test_cpsat_and_auto_run_ruin_recreate_on_windows_with_more_tokens_than_room(
     full = cat.random_prefill(rng, 40, 4, capacity_tokens=np.full(4, 6000))
     roomy = cat.random_prefill(rng, 8, 4, capacity_tokens=np.full(4, 60_000))
     searched = solve(full, method="greedy", options={"local_search": 1000})
+    # a deterministic time that ends CP-SAT's search before its wall-clock cap
+    short = {"deterministic_time_s": 0.002}
     for method in ("cpsat", "auto"):
-        first = solve(full, method=method, time_limit_s=0.05, seed=3)
+        first = solve(full, method=method, time_limit_s=0.05, seed=3, options=short)
         assert first.stats["ruin_recreate_iterations"] > 0
         assert first.objective <= searched.objective + 1e-9
-        again = solve(full, method=method, time_limit_s=0.05, seed=3)
+        again = solve(full, method=method, time_limit_s=0.05, seed=3, options=short)
         assert np.array_equal(again.assignment, first.assignment)
         assert "ruin_recreate_iterations" not in solve(roomy, method=method).stats
     off = solve(full, method="cpsat", time_limit_s=0.05, options={"ruin_recreate": 0})

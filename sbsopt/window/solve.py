@@ -16,7 +16,13 @@ budget in seconds, CP-SAT's "deterministic seconds"; after ruin and recreate, th
 the slowest time its iterations can take), with the wall clock ``max_time_in_seconds`` as a
 hard cap. Deterministic seconds pass slower than wall seconds (0.9 of them on a 128 x 16
 window here), so when the search runs to the cap the answer can differ between runs; the
-option ``deterministic_time_s`` set below the budget makes it repeat. Search mode (option ``lns``): below 0.5 s and from
+option ``deterministic_time_s`` set below the budget makes it repeat.
+
+:func:`solve` pauses Python's cyclic garbage collector for its duration (and restores it): in
+a process with a large heap (the benchmarks': 174k tracked objects, the traces, OR-Tools and
+Numba) a full collection takes 67-70 ms, and one that fell inside a timed solve overran a
+50 ms budget by 20-40 ms. The call's own garbage is collected after it, at the next
+threshold. Search mode (option ``lns``): below 0.5 s and from
 ``_LNS_MIN_PAIRS`` request-unit pairs, CP-SAT runs only neighbourhood search from the hint
 (``_LNS_SUBSOLVERS`` LNS subsolvers interleaved in one thread, no symmetry detection),
 because the full search spends a 50 ms budget on its start-up and first LP; it proves nothing
@@ -28,14 +34,18 @@ answer (status ``TIMEOUT``) when the budget is gone; a window is not handed to C
 when its pair count makes building alone likely to exceed the budget (about 2 microseconds
 per request-unit pair; measured 0.6-1.2 from 128 x 16 to 1024 x 64), nor when less than 8 ms is
 left after building (CP-SAT's load and presolve are not interruptible); CP-SAT's wall limit is
-the remaining budget minus its stop latency (3 ms + 1.2 us per pair). Measured after
+the remaining budget minus its stop latency (4 ms + 1.2 us per pair; the LP bound after it keeps
+the same 4 ms). Measured after
 :func:`~sbsopt.window.warm_up` (``benchmarks/budget.py``, 768 solves up to 1024 x 64, idle
-machine, two runs): no solve returned late (the latest 0.6 ms early). Without it, the first
-call of each Numba kernel in a process loads it, 5-15 ms inside the budget.
+machine, three runs): no solve returned late (the latest 1.6 ms early). With 3 ms, three runs
+of five had one solve 0.4-0.9 ms late; with 4 ms but the LP bound given all that was left,
+decode ``auto`` was up to 2.0 ms late under a 200 ms budget. Without ``warm_up``, the first call
+of each Numba kernel in a process loads it, 5-15 ms inside the budget.
 """
 
 from __future__ import annotations
 
+import gc
 import math
 import time
 from dataclasses import dataclass, field
@@ -66,7 +76,7 @@ __all__ = ["Backend", "Answer", "BACKENDS", "register", "available_methods", "so
 _PAIR_BUILD_S = 2e-6
 _MIN_SOLVE_S = 0.008
 _LP_PAIR_S = 10e-6
-_STOP_LATENCY_S = 0.003
+_STOP_LATENCY_S = 0.004
 _WINDOWS = (PrefillWindow, DecodeWindow)
 #: The step-split bound is added when 1 ms plus this much per request of budget is left
 #: (measured at most 0.37 ms at 128 x 16, 0.94 ms at 256 x 32, 2.9 ms at 1024 x 64, on the
@@ -491,6 +501,19 @@ def solve(
     >>> r.status.name, r.objective, r.bound, r.assignment.tolist()
     ('OPTIMAL', 40.0, 40.0, [0, 1, 1, 0])
     """
+    collecting = gc.isenabled()
+    if collecting:
+        gc.disable()  # a full collection of a large heap takes tens of ms (module docstring)
+    try:
+        return _solve(problem, method, time_limit_s, seed, hint, options)
+    finally:
+        if collecting:
+            gc.enable()
+
+
+def _solve(problem: PrefillWindow | DecodeWindow, method: str, time_limit_s: float,
+           seed: int | np.random.Generator | None, hint: Any,
+           options: dict[str, Any] | None) -> SolveResult:
     start = time.perf_counter()
     if not isinstance(problem, _WINDOWS):
         raise InvalidInputError("problem", problem, "a PrefillWindow or a DecodeWindow")
@@ -529,7 +552,9 @@ def solve(
         left = None if options.get("lp_bound") else start + budget - time.perf_counter()
         # building the LP in Python is the slow part and cannot be interrupted: keep a margin
         if left is None or left > 3 * _LP_PAIR_S * problem.n_requests * problem.n_units + 0.005:
-            bound = max(bound, lp_bound(problem, time_limit_s=left))
+            # GLOP can run past its limit as CP-SAT can: the same stop latency is kept
+            bound = max(bound, lp_bound(problem, time_limit_s=None if left is None
+                                        else left - _STOP_LATENCY_S))
     status = answer.status
     if status in (SolveStatus.FEASIBLE, SolveStatus.TIMEOUT) and value <= bound * (1 + 1e-12):
         status = SolveStatus.OPTIMAL  # the bound proves it

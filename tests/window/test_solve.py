@@ -114,3 +114,40 @@ def test_cpsat_and_auto_run_ruin_recreate_on_windows_with_more_tokens_than_room(
     assert "ruin_recreate_iterations" not in off.stats
     with pytest.raises(InvalidInputError, match="options.ruin_recreate"):
         solve(full, method="greedy", options={"ruin_recreate": -1})
+
+
+def test_solve_pauses_the_garbage_collector_and_restores_it(cat, rng) -> None:
+    """A full collection of a large heap (67-70 ms measured) must not fall inside a budget;
+    the collector is back as the caller had it afterwards, also after an error."""
+    import gc
+
+    from sbsopt.window.solve import Answer
+
+    seen = []
+
+    class Probe:
+        name, phases = "gc-probe", frozenset({"prefill"})
+
+        def is_available(self) -> bool:
+            return True
+
+        def run(self, problem, *, deadline, seed, hint, options):
+            seen.append(gc.isenabled())
+            if options.get("fail"):
+                raise RuntimeError("probe")
+            return Answer(np.full(problem.n_requests, -1), {}, SolveStatus.FEASIBLE)
+
+    register(Probe())
+    problem = cat.random_prefill(rng, 5, 2)
+    try:
+        assert gc.isenabled()
+        solve(problem, method="gc-probe")
+        with pytest.raises(RuntimeError):
+            solve(problem, method="gc-probe", options={"fail": True})
+        assert seen == [False, False] and gc.isenabled()
+        gc.disable()
+        solve(problem, method="gc-probe")
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
+        BACKENDS.pop("gc-probe")

@@ -872,8 +872,9 @@ def prefill_ruin_recreate(current, best, cost, tokens, blocks, penalty, guarded,
 
     Each iteration takes the step unit of a random instance and ``ruin_units - 1`` random
     units, defers each unguarded request on them with probability ``ruin_share``, then offers
-    every deferred request, guarded first, then by deferral penalty per token scaled by a
-    random factor in ``[1, 1 + noise)``, to the unit that least raises its instance's step
+    every deferred request, guarded first, then by deferral penalty per token (or, with
+    probability ``largest_first``, by tokens) scaled by a random factor in ``[1, 1 + noise)``,
+    to the unit that least raises its instance's step
     (ties: the least token room left, so gaps are filled), placing it when the raise is below
     its penalty (guarded: whenever it fits). The new answer replaces ``current`` when its
     objective is not higher (moves along plateaus). Returns ``(objective of current, objective

@@ -19,7 +19,7 @@ from sbsopt.window.objective import prefill_objective, prefill_unit_time_us
 from sbsopt.window.problem import DecodeWindow, PrefillWindow
 
 __all__ = ["GreedyAnswer", "greedy_prefill", "greedy_decode", "chunk_after", "ruin_recreate",
-           "warm_up"]
+           "ruin_iteration_s", "warm_up"]
 
 _PREFILL_VARIANTS = ("pbaa", "lpt", "density", "knapsack")  # by _kernels.ORDER_* code
 _DECODE_VARIANTS = ("iqr-lex", "min-step")
@@ -136,12 +136,18 @@ def chunk_after(problem: PrefillWindow, assignment: np.ndarray) -> tuple[np.ndar
 #: mixing in largest-first orders (half the iterations) lowered the worst gaps.
 RUIN_UNITS, RUIN_SHARE, RUIN_NOISE, RUIN_LARGEST_FIRST = 2, 0.5, 0.3, 0.5
 #: Seconds one iteration takes at most, ``RUIN_ITERATION_S + RUIN_PAIR_S * pairs`` (slowest
-#: windows measured: 2.2 / 2.8 / 7.1 us at 64 x 8 / 128 x 16 / 256 x 32): callers size
-#: iteration counts with it, and the clock is read about every ``_RUIN_CALL_S`` (iterations
-#: run in compiled calls of that length, at most ``_RUIN_CHUNK``).
+#: windows measured: 2.2 / 2.8 / 7.1 us at 64 x 8 / 128 x 16 / 256 x 32; see
+#: :func:`ruin_iteration_s`), and how often the clock is read (iterations run in compiled calls
+#: of about ``_RUIN_CALL_S``, at most ``_RUIN_CHUNK`` iterations each).
 RUIN_ITERATION_S, RUIN_PAIR_S = 2e-6, 0.75e-9
 _RUIN_CALL_S = 1e-3
 _RUIN_CHUNK = 500
+
+
+def ruin_iteration_s(problem: PrefillWindow) -> float:
+    """Seconds one ruin-and-recreate iteration takes at most on ``problem`` (what iteration
+    counts are sized with, so that they do not depend on the clock)."""
+    return RUIN_ITERATION_S + RUIN_PAIR_S * problem.n_requests * problem.n_units
 
 
 def ruin_recreate(problem: PrefillWindow, assignment: np.ndarray, iterations: int, *,
@@ -153,8 +159,8 @@ def ruin_recreate(problem: PrefillWindow, assignment: np.ndarray, iterations: in
 
     Returns ``(assignment, chunks, objective, iterations run)``: the best answer seen, which is
     never worse than ``assignment`` taken whole. Deterministic for a fixed ``seed``; the
-    iterations run in calls of ``_RUIN_CHUNK`` and stop early once ``time.perf_counter()``
-    passes ``deadline``.
+    iterations run in compiled calls of about a millisecond and stop early once
+    ``time.perf_counter()`` passes ``deadline``.
 
     Examples
     --------
@@ -170,8 +176,7 @@ def ruin_recreate(problem: PrefillWindow, assignment: np.ndarray, iterations: in
     """
     current = np.array(assignment, dtype=np.int64, copy=True)
     best = current.copy()
-    iteration_s = RUIN_ITERATION_S + RUIN_PAIR_S * problem.n_requests * problem.n_units
-    per_call = int(min(max(_RUIN_CALL_S / iteration_s, 1), _RUIN_CHUNK))
+    per_call = int(min(max(_RUIN_CALL_S / ruin_iteration_s(problem), 1), _RUIN_CHUNK))
     ran = 0
     while ran < iterations and (deadline is None or time.perf_counter() < deadline):
         count = min(per_call, iterations - ran)

@@ -59,11 +59,10 @@ from sbsopt.errors import InvalidInputError
 from sbsopt.window.bounds import analytic_bound, lp_bound, split_bound
 from sbsopt.window.decode import build_decode_model
 from sbsopt.window.greedy import (
-    RUIN_ITERATION_S,
-    RUIN_PAIR_S,
     chunk_after,
     greedy_decode,
     greedy_prefill,
+    ruin_iteration_s,
     ruin_recreate,
 )
 from sbsopt.window.objective import objective
@@ -96,7 +95,7 @@ _LNS_MIN_PAIRS = 1024
 _LNS_SUBSOLVERS = 2
 #: Ruin and recreate before CP-SAT on a capacity-bound prefill window (option
 #: ``ruin_recreate`` overrides): the share of the budget it may take, which with the slowest
-#: iteration time (``greedy.RUIN_ITERATION_S``, ``RUIN_PAIR_S``) sets its iteration count
+#: iteration time (``greedy.ruin_iteration_s``) sets its iteration count
 #: from the budget (so that the answer does not depend on the clock unless the machine is
 #: slower than that), and a cap (more did not help: it has converged by then).
 _RUIN_SHARE = 0.6
@@ -215,12 +214,12 @@ class _Auto:
     def run(self, problem, *, deadline, seed, hint, options):
         left = deadline - time.perf_counter()
         first = _greedy_start(problem, options, deadline)
-        if first.status is SolveStatus.FEASIBLE and first.value <= first.bound * (1 + 1e-12):
+        if _meets_bound(first):
             first.stats["stage"] = "greedy"
             return first
         first = _ruin_recreate_answer(problem, first, options, seed=seed,
                                       deadline=deadline - _cpsat_reserve(problem))
-        if first.status is SolveStatus.FEASIBLE and first.value <= first.bound * (1 + 1e-12):
+        if _meets_bound(first):
             first.stats["stage"] = "ruin_recreate"
             return first
         answer = _cpsat_improve(problem, first, deadline=deadline, seed=seed, hint=hint,
@@ -230,6 +229,11 @@ class _Auto:
                                  "ruin_recreate" if first.stats.get("variant") == "ruin-recreate"
                                  else "greedy")
         return answer
+
+
+def _meets_bound(answer: Answer) -> bool:
+    """A feasible answer whose objective its own bound already proves optimal."""
+    return answer.status is SolveStatus.FEASIBLE and answer.value <= answer.bound * (1 + 1e-12)
 
 
 def _greedy_start(problem: PrefillWindow | DecodeWindow, options: dict[str, Any],
@@ -268,9 +272,8 @@ def _ruin_iterations(problem: PrefillWindow | DecodeWindow, budget: float) -> in
     window, what ``_RUIN_SHARE`` of the budget runs (less what CP-SAT needs); else none."""
     if not isinstance(problem, PrefillWindow) or problem.n_requests == 0 or not _capacity_bound(problem):
         return 0
-    pairs = problem.n_requests * problem.n_units
     spare = min(_RUIN_SHARE * budget, budget - _cpsat_reserve(problem))
-    return int(min(max(spare, 0.0) / (RUIN_ITERATION_S + RUIN_PAIR_S * pairs), _RUIN_MAX_ITERATIONS))
+    return int(min(max(spare, 0.0) / ruin_iteration_s(problem), _RUIN_MAX_ITERATIONS))
 
 
 def _after_ruin_recreate(problem: PrefillWindow | DecodeWindow, options: dict[str, Any],
@@ -281,8 +284,7 @@ def _after_ruin_recreate(problem: PrefillWindow | DecodeWindow, options: dict[st
     iterations = options.get("ruin_recreate", 0)
     if not iterations or "deterministic_time_s" in options or not isinstance(problem, PrefillWindow):
         return options
-    pairs = problem.n_requests * problem.n_units
-    spent = iterations * (RUIN_ITERATION_S + RUIN_PAIR_S * pairs)
+    spent = iterations * ruin_iteration_s(problem)
     return {**options, "deterministic_time_s": max(left - spent, 1e-3)}
 
 

@@ -498,7 +498,16 @@ def lp_bound(problem: PrefillWindow | DecodeWindow, *, time_limit_s: float | Non
     return float(value - 1e-7 * abs(value) - overcount)
 
 
-def lower_bound(problem: PrefillWindow | DecodeWindow, *, lp: bool = True) -> float:
-    """``max(analytic_bound, split_bound, lp_bound)`` (the LP only when ``lp``), microseconds."""
+def lower_bound(problem: PrefillWindow | DecodeWindow, *, lp: bool = True,
+                upper: float | None = None) -> float:
+    """``max(analytic_bound, split_bound, lp_bound)`` (the LP only when ``lp``), and with
+    ``upper`` (the objective of a known answer) the host bound, microseconds."""
     bound = max(analytic_bound(problem), split_bound(problem))
-    return max(bound, lp_bound(problem)) if lp else bound
+    if lp:
+        bound = max(bound, lp_bound(problem))
+    if upper is not None:
+        # host_bound builds on this module's knapsacks: imported here, not at the top
+        from sbsopt.window.host_bound import host_bound
+
+        bound = max(bound, host_bound(problem, upper))
+    return bound

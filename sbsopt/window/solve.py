@@ -65,6 +65,7 @@ from sbsopt.window.greedy import (
     ruin_iteration_s,
     ruin_recreate,
 )
+from sbsopt.window.host_bound import host_bound
 from sbsopt.window.objective import objective
 from sbsopt.window.prefill import BuildTimeout, build_prefill_model, read_assignment
 from sbsopt.window.problem import DecodeWindow, PrefillWindow
@@ -75,6 +76,10 @@ __all__ = ["Backend", "Answer", "BACKENDS", "register", "available_methods", "so
 _PAIR_BUILD_S = 2e-6
 _MIN_SOLVE_S = 0.008
 _LP_PAIR_S = 10e-6
+#: The host bound is added when this much per request is left (its build and first LP fit;
+#: HiGHS stops at the deadline): measured 3-5 ms in all at 128 x 16 whole-request, 3.5 ms
+#: build and 6 ms per LP with chunking (host_bound.py Notes).
+_HOST_REQUEST_S = 60e-6
 _STOP_LATENCY_S = 0.004
 _WINDOWS = (PrefillWindow, DecodeWindow)
 #: The step-split bound is added when 1 ms plus this much per request of budget is left
@@ -479,7 +484,8 @@ def solve(
         more tokens or KV blocks than room, else 0), ``lp_bound``
         (bool: True adds the LP relaxation to the bound whatever it costs; by default
         ``cpsat``/``auto`` add it only within the remaining budget and only to whole-request
-        windows, ``greedy`` never),
+        windows, ``greedy`` never), ``host_bound`` (bool, the same for the host bound of
+        :mod:`sbsopt.window.host_bound`, on one-instance whole-request prefill windows),
         ``num_workers`` (CP-SAT threads, default 1; more run a portfolio whose workers can
         overrun the budget: measured +60 ms once in 24 solves at 16 x 4 with 2 workers, which a
         stop request at the deadline did not shorten), ``deterministic_time_s``, ``presolve``
@@ -491,7 +497,7 @@ def solve(
     -------
     SolveResult
         Objective (microseconds), the best proven bound (analytic; for ``cpsat``/``auto`` also
-        step split, LP and CP-SAT), gap, status.
+        step split, LP, host and CP-SAT), gap, status.
 
     Examples
     --------
@@ -557,6 +563,12 @@ def _solve(problem: PrefillWindow | DecodeWindow, method: str, time_limit_s: flo
             # GLOP can run past its limit as CP-SAT can: the same stop latency is kept
             bound = max(bound, lp_bound(problem, time_limit_s=None if left is None
                                         else left - _STOP_LATENCY_S))
+    if (options.get("host_bound", method != "greedy") and value > bound * (1 + 1e-12)
+            and answer.status is not SolveStatus.INFEASIBLE):
+        left = None if options.get("host_bound") else start + budget - time.perf_counter()
+        if left is None or left > _HOST_REQUEST_S * problem.n_requests + _STOP_LATENCY_S:
+            bound = max(bound, host_bound(problem, value, time_limit_s=None if left is None
+                                          else left - _STOP_LATENCY_S))
     status = answer.status
     if status in (SolveStatus.FEASIBLE, SolveStatus.TIMEOUT) and value <= bound * (1 + 1e-12):
         status = SolveStatus.OPTIMAL  # the bound proves it

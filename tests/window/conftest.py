@@ -64,6 +64,33 @@ def brute_force(problem: PrefillWindow | DecodeWindow) -> tuple[float, np.ndarra
     return best, best_a
 
 
+def random_chunked_answer(problem: PrefillWindow, rng: np.random.Generator):
+    """A random feasible answer with chunks (at most one per unit), or None."""
+    room = problem.room_tokens.copy()
+    free = problem.free_kv_blocks.copy()
+    assignment = np.full(problem.n_requests, -1, np.int64)
+    chunks: dict[int, int] = {}
+    chunked_units: set[int] = set()
+    for i in rng.permutation(problem.n_requests):
+        j = int(rng.integers(0, problem.n_units))
+        n, b = int(problem.new_tokens[i]), int(problem.kv_blocks[i])
+        if rng.random() < 0.5 and n <= room[j] and b <= free[j]:
+            assignment[i] = j
+            room[j] -= n
+            free[j] -= b
+        elif j not in chunked_units and n > 1 and room[j] > 0:
+            k = int(rng.integers(1, min(n - 1, room[j]) + 1))
+            blocks = -(-k * b // n)
+            if blocks <= free[j]:
+                assignment[i], chunks[int(i)] = j, k
+                chunked_units.add(j)
+                room[j] -= k
+                free[j] -= blocks
+    if (problem.guarded & (assignment < 0)).any():
+        return None
+    return assignment, chunks
+
+
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(20241124)
@@ -73,7 +100,8 @@ def rng() -> np.random.Generator:
 def cat() -> SimpleNamespace:
     """The helpers above, for test modules (conftest is not importable under importlib)."""
     return SimpleNamespace(PREFILL=PREFILL, DECODE=DECODE, random_prefill=random_prefill,
-                           random_decode=random_decode, brute_force=brute_force)
+                           random_decode=random_decode, brute_force=brute_force,
+                           random_chunked_answer=random_chunked_answer)
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -75,33 +75,6 @@ def test_compiled_decode_bound_matches_the_numpy_reference(cat, seed: int) -> No
     assert _decode_analytic_fast(problem) == pytest.approx(_decode_analytic(problem), rel=1e-9)
 
 
-def _random_chunked_answer(problem: PrefillWindow, rng: np.random.Generator):
-    """A random feasible answer with chunks (at most one per unit), or None."""
-    room = problem.room_tokens.copy()
-    free = problem.free_kv_blocks.copy()
-    assignment = np.full(problem.n_requests, -1, np.int64)
-    chunks: dict[int, int] = {}
-    chunked_units: set[int] = set()
-    for i in rng.permutation(problem.n_requests):
-        j = int(rng.integers(0, problem.n_units))
-        n, b = int(problem.new_tokens[i]), int(problem.kv_blocks[i])
-        if rng.random() < 0.5 and n <= room[j] and b <= free[j]:
-            assignment[i] = j
-            room[j] -= n
-            free[j] -= b
-        elif j not in chunked_units and n > 1 and room[j] > 0:
-            k = int(rng.integers(1, min(n - 1, room[j]) + 1))
-            blocks = -(-k * b // n)
-            if blocks <= free[j]:
-                assignment[i], chunks[int(i)] = j, k
-                chunked_units.add(j)
-                room[j] -= k
-                free[j] -= blocks
-    if (problem.guarded & (assignment < 0)).any():
-        return None
-    return assignment, chunks
-
-
 @pytest.mark.parametrize("seed", range(12))
 def test_chunked_bound_below_every_chunked_answer(cat, seed: int) -> None:
     from sbsopt.window import objective
@@ -114,7 +87,7 @@ def test_chunked_bound_below_every_chunked_answer(cat, seed: int) -> None:
     bound = analytic_bound(problem)
     best = np.inf
     for _ in range(400):
-        answer = _random_chunked_answer(problem, rng)
+        answer = cat.random_chunked_answer(problem, rng)
         if answer is not None:
             best = min(best, objective(problem, *answer))
     assert bound <= best * (1 + 1e-9)
@@ -144,7 +117,7 @@ def test_split_bound_below_every_answer(cat, seed: int) -> None:
     bound = split_bound(problem)
     best, _ = cat.brute_force(problem)
     for _ in range(300 if chunking else 0):
-        answer = _random_chunked_answer(problem, rng)
+        answer = cat.random_chunked_answer(problem, rng)
         if answer is not None:
             best = min(best, objective(problem, *answer))
     assert bound <= best * (1 + 1e-9)

@@ -4,8 +4,9 @@ Backends (``greedy``, ``cpsat``, ``auto``) follow :class:`Backend`: a name, the 
 handle, ``is_available()`` and ``run()``. :func:`register` adds one and refuses duplicates.
 
 CP-SAT starts from the better of the plain greedy and the greedy with 1000 local-search rounds
-(``_HINT_LOCAL_SEARCH``, run when the budget holds ``_HINT_PAIR_S`` per request-unit pair; the
-option ``local_search`` overrides it), improved on a window with more tokens or KV blocks than
+(``_HINT_LOCAL_SEARCH``, run when the budget holds ``_HINT_PAIR_S`` per request-unit pair, and
+on whole-request windows ``_HINT_WHOLE_PAIR_REQUEST_S`` per pair and request; the option
+``local_search`` overrides it), improved on a window with more tokens or KV blocks than
 room by ruin and recreate (``greedy.ruin_recreate``; ``_RUIN_SHARE`` of the budget, sized in
 iterations; the option ``ruin_recreate`` overrides it), given as a complete hint,
 and returns whichever of that start and its own answer is better. Determinism: one search
@@ -65,7 +66,7 @@ from sbsopt.window.greedy import (
     ruin_iteration_s,
     ruin_recreate,
 )
-from sbsopt.window.host_bound import host_bound
+from sbsopt.window.host_bound import host_bound, long_requests
 from sbsopt.window.objective import objective
 from sbsopt.window.prefill import BuildTimeout, build_prefill_model, read_assignment
 from sbsopt.window.problem import DecodeWindow, PrefillWindow
@@ -76,10 +77,14 @@ __all__ = ["Backend", "Answer", "BACKENDS", "register", "available_methods", "so
 _PAIR_BUILD_S = 2e-6
 _MIN_SOLVE_S = 0.008
 _LP_PAIR_S = 10e-6
-#: The host bound is added when this much per request is left (its build and first LP fit;
-#: HiGHS stops at the deadline): measured 3-5 ms in all at 128 x 16 whole-request, 3.5 ms
-#: build and 6 ms per LP with chunking (host_bound.py Notes).
-_HOST_REQUEST_S = 60e-6
+#: Time the host bound takes per request, to build its LP and per LP, whole-request and with
+#: chunking (measured at 128 x 16: 4.7 / 4.4 and 27 / 38 microseconds, host_bound.py Notes).
+#: ``cpsat``/``auto`` stop CP-SAT that much (and the stop latency) early when the window has
+#: long requests and that is at most ``_HOST_MOST_SHARE`` of what is left, so that the bound
+#: runs inside the budget.
+_HOST_BUILD_REQUEST_S = (8e-6, 40e-6)
+_HOST_LP_REQUEST_S = (8e-6, 60e-6)
+_HOST_MOST_SHARE = 0.2
 _STOP_LATENCY_S = 0.004
 _WINDOWS = (PrefillWindow, DecodeWindow)
 #: The step-split bound is added when 1 ms plus this much per request of budget is left
@@ -92,8 +97,14 @@ _STOP_PAIR_S = 1.2e-6
 #: Local-search rounds of the greedy that hints CP-SAT (``local_search`` overrides).
 _HINT_LOCAL_SEARCH = 1000
 #: Budget per request-unit pair needed before that search runs (measured 40 ns per pair for
-#: 1000 rounds: 0.67 ms at 512 x 32, 2.6 ms at 1024 x 64 on adversarial windows).
+#: 1000 rounds: 0.67 ms at 512 x 32, 2.6 ms at 1024 x 64 on adversarial windows), and on
+#: whole-request windows this much per pair and request: there the exchanges with the
+#: deferred requests grow with their number (measured at most 62, 227, 804 and 1,417 ns per
+#: pair from 128 x 16 to 1024 x 64, on the Azure and Mooncake windows: 93 ms at 1024 x 64,
+#: which overran a 50 ms budget when only the per-pair time was allowed; fewer rounds do not
+#: help, 30 rounds took a third of that).
 _HINT_PAIR_S = 60e-9
+_HINT_WHOLE_PAIR_REQUEST_S = 2e-9
 #: From this many request-unit pairs, a budget under 0.5 s runs CP-SAT as neighbourhood search.
 _LNS_MIN_PAIRS = 1024
 #: Interleaved LNS subsolvers (one thread, deterministic interleaving).
@@ -104,6 +115,9 @@ _LNS_SUBSOLVERS = 2
 #: from the budget (so that the answer does not depend on the clock unless the machine is
 #: slower than that), and a cap (more did not help: it has converged by then).
 _RUIN_SHARE = 0.6
+#: The share it may take when the budget cannot hold a CP-SAT model (a 1024 x 64 window in
+#: 50 ms): it is then the only search.
+_RUIN_ALONE_SHARE = 0.8
 _RUIN_MAX_ITERATIONS = 20_000
 
 
@@ -204,9 +218,11 @@ class _CpSat:
         left = deadline - time.perf_counter()
         fallback = _greedy_start(problem, options, deadline)
         fallback = _ruin_recreate_answer(problem, fallback, options, seed=seed,
-                                         deadline=deadline - _cpsat_reserve(problem))
-        return _cpsat_improve(problem, fallback, deadline=deadline, seed=seed, hint=hint,
-                              options=_after_ruin_recreate(problem, options, left))
+                                         deadline=_ruin_deadline(problem, deadline, left))
+        reserve = _host_reserve(problem, fallback, deadline, options)
+        return _cpsat_improve(problem, fallback, deadline=deadline - reserve, seed=seed,
+                              hint=hint, options=_after_ruin_recreate(problem, options,
+                                                                      left - reserve))
 
 
 class _Auto:
@@ -223,12 +239,14 @@ class _Auto:
             first.stats["stage"] = "greedy"
             return first
         first = _ruin_recreate_answer(problem, first, options, seed=seed,
-                                      deadline=deadline - _cpsat_reserve(problem))
+                                      deadline=_ruin_deadline(problem, deadline, left))
         if _meets_bound(first):
             first.stats["stage"] = "ruin_recreate"
             return first
-        answer = _cpsat_improve(problem, first, deadline=deadline, seed=seed, hint=hint,
-                                options=_after_ruin_recreate(problem, options, left))
+        reserve = _host_reserve(problem, first, deadline, options)
+        answer = _cpsat_improve(problem, first, deadline=deadline - reserve, seed=seed,
+                                hint=hint, options=_after_ruin_recreate(problem, options,
+                                                                        left - reserve))
         kept = answer.stats.get("kept") == "greedy"
         answer.stats["stage"] = ("cpsat" if not kept else
                                  "ruin_recreate" if first.stats.get("variant") == "ruin-recreate"
@@ -241,16 +259,46 @@ def _meets_bound(answer: Answer) -> bool:
     return answer.status is SolveStatus.FEASIBLE and answer.value <= answer.bound * (1 + 1e-12)
 
 
+def _host_time(problem: PrefillWindow, long_count: int) -> float:
+    """Time the host bound may take on ``problem`` with ``long_count`` long requests, its stop
+    latency included (seconds)."""
+    chunking = int(problem.allow_chunking)
+    cases = 1 + long_count * (long_count + 1) // 2 if chunking else long_count + 1
+    per_request = _HOST_BUILD_REQUEST_S[chunking] + cases * _HOST_LP_REQUEST_S[chunking]
+    return per_request * problem.n_requests + _STOP_LATENCY_S
+
+
+def _host_reserve(problem: PrefillWindow | DecodeWindow, start: Answer, deadline: float,
+                  options: dict[str, Any]) -> float:
+    """Time kept after CP-SAT for the host bound: on a one-instance prefill window with long
+    requests (given the answer ``start``), when it is at most ``_HOST_MOST_SHARE`` of what is
+    left before ``deadline``; else 0."""
+    if (not options.get("host_bound", True) or not isinstance(problem, PrefillWindow)
+            or problem.n_instances != 1 or start.status is SolveStatus.INFEASIBLE):
+        return 0.0
+    upper = start.value if start.value is not None else objective(problem, start.assignment,
+                                                                  start.chunks)
+    long_count = long_requests(problem, upper).size
+    if long_count < 2:
+        return 0.0
+    need = _host_time(problem, long_count)
+    return need if need <= _HOST_MOST_SHARE * (deadline - time.perf_counter()) else 0.0
+
+
 def _greedy_start(problem: PrefillWindow | DecodeWindow, options: dict[str, Any],
                   deadline: float) -> Answer:
     """The greedy answer CP-SAT starts from: without an explicit ``local_search`` option, the
     better of the plain greedy and the greedy with ``_HINT_LOCAL_SEARCH`` rounds of local
     search (which balances whole requests and can leave less room for chunks), the latter
-    only when the budget has room for it (``_HINT_PAIR_S`` per request-unit pair)."""
+    only when the budget has room for it (``_HINT_PAIR_S`` per request-unit pair, more on
+    whole-request windows)."""
     if "local_search" in options or not isinstance(problem, PrefillWindow):
         return _greedy_answer(problem, options)
     plain = _greedy_answer(problem, options)
-    if time.perf_counter() + _HINT_PAIR_S * problem.n_requests * problem.n_units > deadline:
+    per_pair = _HINT_PAIR_S
+    if not problem.allow_chunking:
+        per_pair = max(per_pair, _HINT_WHOLE_PAIR_REQUEST_S * problem.n_requests)
+    if time.perf_counter() + per_pair * problem.n_requests * problem.n_units > deadline:
         plain.stats["hint_local_search"] = 0
         return plain
     searched = _greedy_answer(problem, {**options, "local_search": _HINT_LOCAL_SEARCH})
@@ -277,8 +325,18 @@ def _ruin_iterations(problem: PrefillWindow | DecodeWindow, budget: float) -> in
     window, what ``_RUIN_SHARE`` of the budget runs (less what CP-SAT needs); else none."""
     if not isinstance(problem, PrefillWindow) or problem.n_requests == 0 or not _capacity_bound(problem):
         return 0
-    spare = min(_RUIN_SHARE * budget, budget - _cpsat_reserve(problem))
+    if _cpsat_reserve(problem) > budget:  # no CP-SAT model in this budget: all of it
+        spare = _RUIN_ALONE_SHARE * budget
+    else:
+        spare = min(_RUIN_SHARE * budget, budget - _cpsat_reserve(problem))
     return int(min(max(spare, 0.0) / ruin_iteration_s(problem), _RUIN_MAX_ITERATIONS))
+
+
+def _ruin_deadline(problem: PrefillWindow | DecodeWindow, deadline: float, left: float) -> float:
+    """When ruin and recreate must stop: early enough for CP-SAT to run, unless the budget
+    ``left`` cannot hold a CP-SAT model anyway."""
+    reserve = _cpsat_reserve(problem)
+    return deadline - (reserve if reserve <= left else _STOP_LATENCY_S)
 
 
 def _after_ruin_recreate(problem: PrefillWindow | DecodeWindow, options: dict[str, Any],
@@ -552,6 +610,13 @@ def _solve(problem: PrefillWindow | DecodeWindow, method: str, time_limit_s: flo
     if method != "greedy" and (start + budget - time.perf_counter()
                                > 0.001 + _SPLIT_REQUEST_S * problem.n_requests):
         bound = max(bound, split_bound(problem))
+    if (options.get("host_bound", method != "greedy") and isinstance(problem, PrefillWindow)
+            and value > bound * (1 + 1e-12) and answer.status is not SolveStatus.INFEASIBLE):
+        # before the LP: cheaper, stronger on the windows it applies to, and CP-SAT left it time
+        left = None if options.get("host_bound") else start + budget - time.perf_counter()
+        if left is None or left > _host_time(problem, long_requests(problem, value).size):
+            bound = max(bound, host_bound(problem, value, time_limit_s=None if left is None
+                                          else left - _STOP_LATENCY_S))
     # with chunking the LP (whole-request rows less a chunk allowance) is weaker than the
     # analytic bound on every window measured, so by default it is not spent on them
     default_lp = method != "greedy" and not getattr(problem, "allow_chunking", False)
@@ -563,12 +628,6 @@ def _solve(problem: PrefillWindow | DecodeWindow, method: str, time_limit_s: flo
             # GLOP can run past its limit as CP-SAT can: the same stop latency is kept
             bound = max(bound, lp_bound(problem, time_limit_s=None if left is None
                                         else left - _STOP_LATENCY_S))
-    if (options.get("host_bound", method != "greedy") and value > bound * (1 + 1e-12)
-            and answer.status is not SolveStatus.INFEASIBLE):
-        left = None if options.get("host_bound") else start + budget - time.perf_counter()
-        if left is None or left > _HOST_REQUEST_S * problem.n_requests + _STOP_LATENCY_S:
-            bound = max(bound, host_bound(problem, value, time_limit_s=None if left is None
-                                          else left - _STOP_LATENCY_S))
     status = answer.status
     if status in (SolveStatus.FEASIBLE, SolveStatus.TIMEOUT) and value <= bound * (1 + 1e-12):
         status = SolveStatus.OPTIMAL  # the bound proves it

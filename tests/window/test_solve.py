@@ -95,6 +95,62 @@ def test_cpsat_skips_the_hint_search_that_its_budget_cannot_hold(cat, rng) -> No
     assert "hint_local_search" not in ample.stats
 
 
+def test_the_hint_search_on_whole_request_windows_is_sized_by_the_deferred_requests(cat,
+                                                                                    rng) -> None:
+    # there its exchanges with the deferred requests took up to 93 ms at 1024 x 64
+    problem = cat.random_prefill(rng, 1024, 64, capacity_tokens=np.full(64, 4000))
+    assert not problem.allow_chunking and problem.new_tokens.sum() > problem.room_tokens.sum()
+    answer = solve(problem, method="cpsat", time_limit_s=0.05, seed=0)
+    assert answer.stats["hint_local_search"] == 0  # 2 ns x 1024 requests x 65536 pairs: 134 ms
+    assert answer.wall_time_s < 0.05
+
+
+def test_ruin_recreate_takes_the_budget_that_cannot_hold_a_cpsat_model(cat, rng) -> None:
+    problem = cat.random_prefill(rng, 1024, 64, capacity_tokens=np.full(64, 4000))
+    answer = solve(problem, method="auto", time_limit_s=0.05, seed=0)
+    assert answer.message.startswith("window too large")
+    assert answer.stats["ruin_recreate_iterations"] > 0
+    assert answer.objective <= solve(problem, method="greedy").objective
+
+
+def test_cpsat_leaves_the_host_bound_its_time_when_the_budget_holds_it(cat) -> None:
+    import time
+
+    from sbsopt.window import PrefillWindow, lp_bound
+    from sbsopt.window.host_bound import host_bound
+    from sbsopt.window.solve import Answer as _Answer
+    from sbsopt.window.solve import _host_reserve
+
+    # four 7,000-token prompts, each of which must fill its own unit with short ones
+    rng = np.random.default_rng(0)
+    new = np.concatenate([rng.integers(7000, 7500, 4), rng.integers(100, 3000, 124)])
+    w = PrefillWindow.from_arrays(new, np.zeros(128, np.int64), np.sort(rng.uniform(0, 0.1, 128)),
+                                  capacity_tokens=np.full(16, 16_384), now_s=0.12,
+                                  load_tokens=rng.integers(0, 4096, 16),
+                                  coefficients=cat.PREFILL, allow_chunking=False)
+    for method in ("cpsat", "auto"):
+        answer = solve(w, method=method, time_limit_s=0.2, seed=0)
+        assert answer.wall_time_s < 0.2
+        assert answer.bound >= host_bound(w, answer.objective) * (1 - 1e-9)
+        assert answer.bound > lp_bound(w) * 1.01
+        off = solve(w, method=method, time_limit_s=0.2, seed=0, options={"host_bound": False})
+        assert off.bound < answer.bound
+    # CP-SAT stops early enough for it when the budget holds it (at most a fifth of what is
+    # left), not otherwise, nor when asked not to, nor without long requests
+    start = _Answer(answer.assignment, answer.chunks, SolveStatus.FEASIBLE,
+                    value=answer.objective)
+    now = time.perf_counter()
+    assert 0.004 < _host_reserve(w, start, now + 0.2, {}) < 0.04
+    assert _host_reserve(w, start, now + 0.01, {}) == 0.0
+    assert _host_reserve(w, start, now + 0.2, {"host_bound": False}) == 0.0
+    even = PrefillWindow.from_arrays([300] * 12, [0] * 12, [0.0] * 12,
+                                     capacity_tokens=[16_384] * 3, coefficients=cat.PREFILL,
+                                     allow_chunking=False)
+    plain = solve(even, method="greedy")
+    assert _host_reserve(even, _Answer(plain.assignment, {}, SolveStatus.FEASIBLE,
+                                       value=plain.objective), now + 10.0, {}) == 0.0
+
+
 def test_cpsat_and_auto_run_ruin_recreate_on_windows_with_more_tokens_than_room(cat, rng) -> None:
     """By default only there (a share of the budget, sized from it), the answer never worse
     than the greedy with local search, and the same for the same seed."""

@@ -35,10 +35,14 @@ answer (status ``TIMEOUT``) when the budget is gone; a window is not handed to C
 when its pair count makes building alone likely to exceed the budget (about 2 microseconds
 per request-unit pair; measured 0.6-1.2 from 128 x 16 to 1024 x 64), nor when less than 8 ms is
 left after building (CP-SAT's load and presolve are not interruptible); CP-SAT's wall limit is
-the remaining budget minus its stop latency (4 ms + 1.2 us per pair; the LP bound after it keeps
-the same 4 ms). Measured after
-:func:`~sbsopt.window.warm_up` (``benchmarks/budget.py``, 768 solves up to 1024 x 64, idle
-machine, three runs): no solve returned late (the latest 1.6 ms early). With 3 ms, three runs
+the remaining budget minus its stop latency (4 ms + 1.2 us per pair, and above 0.5 s, where
+it runs its full search, 2% of the budget more; the host and LP bounds after it keep 4 ms), and on a one-instance prefill window with long requests
+(:mod:`sbsopt.window.host_bound`) minus the host bound's time when that is at most
+``_HOST_MOST_SHARE`` of what is left. When the budget cannot hold a CP-SAT model, ruin and
+recreate may take ``_RUIN_ALONE_SHARE`` of it. Measured after
+:func:`~sbsopt.window.warm_up` (``benchmarks/budget.py``, 864 solves up to 1024 x 64, idle
+machine): no solve returned late (the latest 1.2 ms early; 768 solves without whole-request
+windows, three runs: 1.6 ms early). With 3 ms, three runs
 of five had one solve 0.4-0.9 ms late; with 4 ms but the LP bound given all that was left,
 decode ``auto`` was up to 2.0 ms late under a 200 ms budget. Without ``warm_up``, the first call
 of each Numba kernel in a process loads it, 5-15 ms inside the budget.
@@ -86,6 +90,10 @@ _HOST_BUILD_REQUEST_S = (8e-6, 40e-6)
 _HOST_LP_REQUEST_S = (8e-6, 60e-6)
 _HOST_MOST_SHARE = 0.2
 _STOP_LATENCY_S = 0.004
+#: Above 0.5 s CP-SAT runs its full search (presolve, LP at the nodes), which stops later past
+#: its wall limit (measured at 128 x 16: up to 4.7 ms at 0.6 s, 22.7 ms at 2 s; solves 3-11 ms
+#: late): its limit is also this share of the budget earlier.
+_FULL_SEARCH_STOP_SHARE = 0.02
 _WINDOWS = (PrefillWindow, DecodeWindow)
 #: The step-split bound is added when 1 ms plus this much per request of budget is left
 #: (measured at most 0.37 ms at 128 x 16, 0.94 ms at 256 x 32, 2.9 ms at 1024 x 64, on the
@@ -382,7 +390,8 @@ def _sat_parameters(params: Any, problem: PrefillWindow | DecodeWindow, *, seed:
     params.random_seed = seed
     params.max_deterministic_time = float(options.get("deterministic_time_s", remaining))
     pairs = problem.n_requests * problem.n_units
-    params.max_time_in_seconds = remaining - _STOP_LATENCY_S - pairs * _STOP_PAIR_S
+    latency = _STOP_LATENCY_S + (_FULL_SEARCH_STOP_SHARE * remaining if remaining > 0.5 else 0.0)
+    params.max_time_in_seconds = remaining - latency - pairs * _STOP_PAIR_S
     # presolve alone can take longer than a window's budget and returns nothing until it
     # ends; below half a second the search starts from the hint at once
     params.cp_model_presolve = bool(options.get("presolve", remaining > 0.5))

@@ -36,10 +36,11 @@ when its pair count makes building alone likely to exceed the budget (about 2 mi
 per request-unit pair; measured 0.6-1.2 from 128 x 16 to 1024 x 64), nor when less than 8 ms is
 left after building (CP-SAT's load and presolve are not interruptible); CP-SAT's wall limit is
 the remaining budget minus its stop latency (4 ms + 1.2 us per pair, and above 0.5 s, where
-it runs its full search, 2% of the budget more; the host and LP bounds after it keep 4 ms), and on a one-instance prefill window with long requests
-(:mod:`sbsopt.window.host_bound`) minus the host bound's time when that is at most
-``_HOST_MOST_SHARE`` of what is left. When the budget cannot hold a CP-SAT model, ruin and
-recreate may take ``_RUIN_ALONE_SHARE`` of it. Measured after
+it runs its full search, 2% of the budget more; the host and LP bounds after it keep 4 ms). On
+a one-instance prefill window whose greedy answer shows long requests
+(:mod:`sbsopt.window.host_bound`), ``cpsat``/``auto`` keep the host bound's time out of the
+budget when that is at most ``_HOST_MOST_SHARE`` of it. When the budget cannot hold a CP-SAT
+model, ruin and recreate may take ``_RUIN_ALONE_SHARE`` of it. Measured after
 :func:`~sbsopt.window.warm_up` (``benchmarks/budget.py``, 864 solves up to 1024 x 64, idle
 machine): no solve returned late (the latest 1.2 ms early; 768 solves without whole-request
 windows, three runs: 1.6 ms early). With 3 ms, three runs
@@ -83,11 +84,11 @@ _MIN_SOLVE_S = 0.008
 _LP_PAIR_S = 10e-6
 #: Time the host bound takes per request, to build its LP and per LP, whole-request and with
 #: chunking (measured at 128 x 16: 4.7 / 4.4 and 27 / 38 microseconds, host_bound.py Notes).
-#: ``cpsat``/``auto`` stop CP-SAT that much (and the stop latency) early when the window has
-#: long requests and that is at most ``_HOST_MOST_SHARE`` of what is left, so that the bound
-#: runs inside the budget.
-_HOST_BUILD_REQUEST_S = (8e-6, 40e-6)
-_HOST_LP_REQUEST_S = (8e-6, 60e-6)
+#: ``cpsat``/``auto`` keep that much of the budget (and the stop latency) for it when the
+#: greedy answer shows long requests and that is at most ``_HOST_MOST_SHARE`` of the budget
+#: (128 x 16 whole-request with 4-8 long requests: 7-9 ms of 50 ms).
+_HOST_BUILD_REQUEST_S = (6e-6, 40e-6)
+_HOST_LP_REQUEST_S = (6e-6, 60e-6)
 _HOST_MOST_SHARE = 0.2
 _STOP_LATENCY_S = 0.004
 #: Above 0.5 s CP-SAT runs its full search (presolve, LP at the nodes), which stops later past
@@ -227,10 +228,8 @@ class _CpSat:
         fallback = _greedy_start(problem, options, deadline)
         fallback = _ruin_recreate_answer(problem, fallback, options, seed=seed,
                                          deadline=_ruin_deadline(problem, deadline, left))
-        reserve = _host_reserve(problem, fallback, deadline, options)
-        return _cpsat_improve(problem, fallback, deadline=deadline - reserve, seed=seed,
-                              hint=hint, options=_after_ruin_recreate(problem, options,
-                                                                      left - reserve))
+        return _cpsat_improve(problem, fallback, deadline=deadline, seed=seed, hint=hint,
+                              options=_after_ruin_recreate(problem, options, left))
 
 
 class _Auto:
@@ -251,10 +250,8 @@ class _Auto:
         if _meets_bound(first):
             first.stats["stage"] = "ruin_recreate"
             return first
-        reserve = _host_reserve(problem, first, deadline, options)
-        answer = _cpsat_improve(problem, first, deadline=deadline - reserve, seed=seed,
-                                hint=hint, options=_after_ruin_recreate(problem, options,
-                                                                        left - reserve))
+        answer = _cpsat_improve(problem, first, deadline=deadline, seed=seed, hint=hint,
+                                options=_after_ruin_recreate(problem, options, left))
         kept = answer.stats.get("kept") == "greedy"
         answer.stats["stage"] = ("cpsat" if not kept else
                                  "ruin_recreate" if first.stats.get("variant") == "ruin-recreate"
@@ -276,21 +273,22 @@ def _host_time(problem: PrefillWindow, long_count: int) -> float:
     return per_request * problem.n_requests + _STOP_LATENCY_S
 
 
-def _host_reserve(problem: PrefillWindow | DecodeWindow, start: Answer, deadline: float,
+def _host_reserve(problem: PrefillWindow | DecodeWindow, budget: float,
                   options: dict[str, Any]) -> float:
-    """Time kept after CP-SAT for the host bound: on a one-instance prefill window with long
-    requests (given the answer ``start``), when it is at most ``_HOST_MOST_SHARE`` of what is
-    left before ``deadline``; else 0."""
+    """Budget kept after ``cpsat``/``auto`` for the host bound: on a one-instance prefill
+    window with long requests given the greedy answer, when its time is at most
+    ``_HOST_MOST_SHARE`` of the budget; else 0 (from the budget, not the clock, so that the
+    answer repeats)."""
     if (not options.get("host_bound", True) or not isinstance(problem, PrefillWindow)
-            or problem.n_instances != 1 or start.status is SolveStatus.INFEASIBLE):
+            or problem.n_instances != 1 or problem.n_requests < 2
+            or _host_time(problem, 2) > _HOST_MOST_SHARE * budget):
         return 0.0
-    upper = start.value if start.value is not None else objective(problem, start.assignment,
-                                                                  start.chunks)
-    long_count = long_requests(problem, upper).size
-    if long_count < 2:
+    start = greedy_prefill(problem)  # microseconds; its objective bounds the optimum
+    if start.unplaced_guarded:
         return 0.0
-    need = _host_time(problem, long_count)
-    return need if need <= _HOST_MOST_SHARE * (deadline - time.perf_counter()) else 0.0
+    count = long_requests(problem, start.objective).size
+    need = _host_time(problem, count)
+    return need if count >= 2 and need <= _HOST_MOST_SHARE * budget else 0.0
 
 
 def _greedy_start(problem: PrefillWindow | DecodeWindow, options: dict[str, Any],
@@ -604,13 +602,16 @@ def _solve(problem: PrefillWindow | DecodeWindow, method: str, time_limit_s: flo
     else:
         budget = check_positive_time_limit("time_limit_s", time_limit_s)
     options = dict(options or {})
-    if method in ("cpsat", "auto") and "ruin_recreate" not in options:
-        options["ruin_recreate"] = _ruin_iterations(problem, budget)
+    reserve = 0.0
+    if method in ("cpsat", "auto"):
+        reserve = _host_reserve(problem, budget, options)
+        if "ruin_recreate" not in options:
+            options["ruin_recreate"] = _ruin_iterations(problem, budget - reserve)
     if isinstance(seed, int) and not isinstance(seed, bool) and 0 <= seed < 2**31 - 1:
         int_seed = seed  # the common case, without building a Generator to validate it
     else:
         int_seed = as_int_seed(seed)
-    answer = backend.run(problem, deadline=start + budget, seed=int_seed,
+    answer = backend.run(problem, deadline=start + budget - reserve, seed=int_seed,
                          hint=_check_hint(hint, problem), options=options)
     value = answer.value
     if value is None:
@@ -623,7 +624,9 @@ def _solve(problem: PrefillWindow | DecodeWindow, method: str, time_limit_s: flo
             and value > bound * (1 + 1e-12) and answer.status is not SolveStatus.INFEASIBLE):
         # before the LP: cheaper, stronger on the windows it applies to, and CP-SAT left it time
         left = None if options.get("host_bound") else start + budget - time.perf_counter()
-        if left is None or left > _host_time(problem, long_requests(problem, value).size):
+        # its time limit guards the budget: the estimate may fall short of more long requests
+        # than the greedy answer had (each case's LP a millisecond whole-request at 128 x 16)
+        if left is None or left > _host_time(problem, 1):
             bound = max(bound, host_bound(problem, value, time_limit_s=None if left is None
                                           else left - _STOP_LATENCY_S))
     # with chunking the LP (whole-request rows less a chunk allowance) is weaker than the

@@ -177,7 +177,6 @@ class _Rows:
     placed: int = 7
     host_chunks: int = 8
     other_chunks: int = 9
-    first_request: int = 10
 
 
 class _Matrix:

@@ -14,6 +14,7 @@ Examples
 
 from sbsopt.window.bounds import analytic_bound, lower_bound, lp_bound, split_bound
 from sbsopt.window.greedy import warm_up
+from sbsopt.window.host_bound import host_bound
 from sbsopt.window.objective import objective
 from sbsopt.window.problem import DecodeWindow, PrefillWindow, WindowProblem
 from sbsopt.window.result import SOLUTION_PRESENT, SolveResult, SolveStatus
@@ -35,6 +36,7 @@ __all__ = [
     "analytic_bound",
     "split_bound",
     "lp_bound",
+    "host_bound",
     "lower_bound",
     "objective",
     "validate_assignment",

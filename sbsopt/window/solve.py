@@ -43,8 +43,8 @@ budget when that is at most ``_HOST_MOST_SHARE`` of it. When the budget cannot h
 model, ruin and recreate may take ``_RUIN_ALONE_SHARE`` of it. Measured after
 :func:`~sbsopt.window.warm_up` (``benchmarks/budget.py``, 864 solves up to 1024 x 64, idle
 machine, three runs): one solve in 2,592 returned late, by 1.3 ms, and 14-19 ms early when
-repeated (the machine's preemption); the latest of the other runs 0.9 and 1.2 ms early. With 3 ms, three runs
-of five had one solve 0.4-0.9 ms late; with 4 ms but the LP bound given all that was left,
+repeated (the machine's preemption); the latest of the other runs 0.9 and 1.2 ms early.
+With 3 ms, three runs of five had one solve 0.4-0.9 ms late; with 4 ms but the LP bound given all that was left,
 decode ``auto`` was up to 2.0 ms late under a 200 ms budget. Without ``warm_up``, the first call
 of each Numba kernel in a process loads it, 5-15 ms inside the budget.
 """
@@ -550,7 +550,9 @@ def solve(
         (bool: True adds the LP relaxation to the bound whatever it costs; by default
         ``cpsat``/``auto`` add it only within the remaining budget and only to whole-request
         windows, ``greedy`` never), ``host_bound`` (bool, the same for the host bound of
-        :mod:`sbsopt.window.host_bound`, on one-instance whole-request prefill windows),
+        :mod:`sbsopt.window.host_bound`, on one-instance prefill windows; by default its time
+        is kept out of the budget when the greedy answer shows long requests and it is at
+        most a fifth of the budget),
         ``num_workers`` (CP-SAT threads, default 1; more run a portfolio whose workers can
         overrun the budget: measured +60 ms once in 24 solves at 16 x 4 with 2 workers, which a
         stop request at the deadline did not shorten), ``deterministic_time_s``, ``presolve``

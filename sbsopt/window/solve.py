@@ -44,9 +44,10 @@ model, ruin and recreate may take ``_RUIN_ALONE_SHARE`` of it. Measured after
 :func:`~sbsopt.window.warm_up` (``benchmarks/budget.py``, 864 solves up to 1024 x 64, idle
 machine, three runs): one solve in 2,592 returned late, by 1.3 ms, and 14-19 ms early when
 repeated (the machine's preemption); the latest of the other runs 0.9 and 1.2 ms early.
-With 3 ms, three runs of five had one solve 0.4-0.9 ms late; with 4 ms but the LP bound given all that was left,
-decode ``auto`` was up to 2.0 ms late under a 200 ms budget. Without ``warm_up``, the first call
-of each Numba kernel in a process loads it, 5-15 ms inside the budget.
+With 3 ms, three runs of five had one solve 0.4-0.9 ms late; with 4 ms but the LP bound given
+all that was left, decode ``auto`` was up to 2.0 ms late under a 200 ms budget. Without
+``warm_up``, the first call of each Numba kernel in a process loads it, 5-15 ms inside the
+budget.
 """
 
 from __future__ import annotations

@@ -240,8 +240,9 @@ def _host_lp(problem: PrefillWindow, long: np.ndarray, upper: float) -> tuple[hi
                       problem.free_kv_blocks).any(axis=1).astype(np.float64)
     chunking = problem.allow_chunking
     lin, quad = _fraction_terms(problem)
-    share_top = np.where(problem.new_tokens > 1, _largest_share(problem), 0.0)
-    share_top = np.minimum(share_top, (problem.new_tokens - 1) / np.maximum(tokens, 1.0))
+    # a chunk is shorter than its request: no chunk of a 0- or 1-token request
+    share_top = np.minimum(_largest_share(problem),
+                           np.maximum(tokens - 1.0, 0.0) / np.maximum(tokens, 1.0))
     tangents = np.linspace(0.0, 1.0, CHUNK_TANGENTS)
     is_long = np.zeros(n, bool)
     is_long[long] = True

@@ -188,3 +188,18 @@ def test_chunked_host_bound_below_the_enumerated_chunked_optimum(seed: int) -> N
     # cases with fewer hosts than placed long requests (and the chunks' own cost rows)
     for upper in (best, 1.02 * best):
         assert host_bound(problem, upper) <= best * (1 + 1e-9)
+
+
+@pytest.mark.parametrize("chunking", [False, True])
+def test_a_request_without_new_tokens_leaves_the_bound_valid(cat, chunking: bool) -> None:
+    # a chunk fraction capped below zero once made every case infeasible, so the bound
+    # claimed the upper given was optimal
+    coefficients = SimpleNamespace(base_us=0.0, alpha_us_per_token=1.0, beta_us_per_pair=0.01,
+                                   gamma_us_per_request=5.0)
+    problem = PrefillWindow.from_arrays([80, 80, 0] + [20] * 6, [0] * 9, [0.0] * 9,
+                                        capacity_tokens=[100] * 3, coefficients=coefficients,
+                                        allow_chunking=chunking)
+    best = cat.brute_force(dataclasses.replace(problem, allow_chunking=False))[0]
+    for upper in (best, 1.05 * best, 1.2 * best):
+        assert long_requests(problem, upper).size >= 2
+        assert host_bound(problem, upper) <= best * (1 + 1e-9)

@@ -45,7 +45,6 @@ LPs of about 270 columns, each warm-started from the last: 0.6 ms to build, 0.6 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 
 import highspy
 import numpy as np
@@ -66,6 +65,11 @@ CHUNK_TANGENTS = 5
 #: HiGHS' optimality tolerance, relative: shaved off the LP values so that they stay bounds.
 _TOLERANCE = 1e-7
 _NO_KV_LIMIT = 2**61
+#: The host LP's first rows (:func:`_host_lp`): time, tokens and KV of the hosts and of the
+#: other units, how many units host, how many long requests are placed, and the chunks each
+#: group holds (the last four change with the case).
+(_HOST_TIME, _OTHER_TIME, _HOST_TOKENS, _OTHER_TOKENS, _HOST_KV, _OTHER_KV, _HOSTS, _PLACED,
+ _HOST_CHUNKS, _OTHER_CHUNKS) = range(10)
 
 
 def long_requests(problem: PrefillWindow, upper: float) -> np.ndarray:
@@ -121,7 +125,7 @@ def host_bound(problem: PrefillWindow | DecodeWindow, upper: float, *,
     long = long_requests(problem, upper)
     if long.size == 0:
         return -np.inf
-    lp, rows = _host_lp(problem, long, upper)
+    lp, constant = _host_lp(problem, long, upper)
     solver = highspy.Highs()
     solver.setOptionValue("output_flag", False)
     solver.setOptionValue("threads", 1)
@@ -136,19 +140,18 @@ def host_bound(problem: PrefillWindow | DecodeWindow, upper: float, *,
                 if left <= 0.0:
                     return -np.inf
                 solver.setOptionValue("time_limit", left)
-            solver.changeCoeff(_Rows.host_time, 0, -float(host_count))
-            solver.changeCoeff(_Rows.other_time, 0, -float(units - host_count))
-            solver.changeRowBounds(_Rows.hosts, float(host_count), float(host_count))
-            solver.changeRowBounds(_Rows.placed, float(placed), float(placed))
-            solver.changeRowBounds(_Rows.host_chunks, -highspy.kHighsInf, float(host_count))
-            solver.changeRowBounds(_Rows.other_chunks, -highspy.kHighsInf,
-                                   float(units - host_count))
+            solver.changeCoeff(_HOST_TIME, 0, -float(host_count))
+            solver.changeCoeff(_OTHER_TIME, 0, -float(units - host_count))
+            solver.changeRowBounds(_HOSTS, float(host_count), float(host_count))
+            solver.changeRowBounds(_PLACED, float(placed), float(placed))
+            solver.changeRowBounds(_HOST_CHUNKS, -highspy.kHighsInf, float(host_count))
+            solver.changeRowBounds(_OTHER_CHUNKS, -highspy.kHighsInf, float(units - host_count))
             status = _run(solver)
             if status == highspy.HighsModelStatus.kInfeasible:
                 continue  # no answer better than ``upper`` is of this case
             if status != highspy.HighsModelStatus.kOptimal:
                 return -np.inf
-            value = solver.getInfo().objective_function_value + rows.constant
+            value = solver.getInfo().objective_function_value + constant
             best = min(best, value - _TOLERANCE * abs(value))
     return float(best)
 
@@ -166,19 +169,6 @@ def _run(solver: highspy.Highs) -> highspy.HighsModelStatus:
     return status
 
 
-@dataclass(frozen=True)
-class _Rows:
-    """Rows of the host LP that change with the case, and its objective constant."""
-
-    constant: float
-    host_time: int = 0
-    other_time: int = 1
-    hosts: int = 6
-    placed: int = 7
-    host_chunks: int = 8
-    other_chunks: int = 9
-
-
 class _Matrix:
     """Column-wise build of an LP's matrix and bounds."""
 
@@ -191,7 +181,7 @@ class _Matrix:
         self.value: list[float] = []
 
     def column(self, cost: float, lower: float, upper: float,
-               entries: list[tuple[int, float]]) -> int:
+               entries: list[tuple[int, float]]) -> None:
         self.cost.append(cost)
         self.lower.append(lower)
         self.upper.append(upper)
@@ -199,7 +189,6 @@ class _Matrix:
             self.index.append(row)
             self.value.append(value)
         self.starts.append(len(self.index))
-        return len(self.cost) - 1
 
     def lp(self, row_lower: list[float], row_upper: list[float]) -> highspy.HighsLp:
         lp = highspy.HighsLp()
@@ -218,16 +207,15 @@ class _Matrix:
 
 
 def _host_lp(problem: PrefillWindow, long: np.ndarray, upper: float) -> tuple[highspy.HighsLp,
-                                                                               _Rows]:
+                                                                               float]:
     """The host LP (module Notes) for the case ``(q, m) = (K, K)``; :func:`host_bound` changes
     the case in place. Columns: ``S``, ``h`` per unit, then per request and group (hosts for a
     long request, both for a short one) its whole share ``w`` and, with chunking, its chunk
-    fraction ``a``, count ``z`` and cost ``t``. Rows (:class:`_Rows`): host and other time,
+    fraction ``a``, count ``z`` and cost ``t``. Rows (``_HOST_TIME`` ...): host and other time,
     tokens, KV; ``sum h``; long requests placed; host and other chunks; one per request; with
     chunking one per long request (placed at most once), then per share ``a <= z`` and the
-    tangent cuts."""
+    tangent cuts. Also returns the objective's constant."""
     n, units, count = problem.n_requests, problem.n_units, long.size
-    rows = _Rows(constant=problem.base_us + float(problem.penalty_us.sum()))
     cost, pen = problem.cost_us, problem.penalty_us
     tokens = problem.new_tokens.astype(np.float64)
     blocks = problem.kv_blocks.astype(np.float64)
@@ -268,17 +256,19 @@ def _host_lp(problem: PrefillWindow, long: np.ndarray, upper: float) -> tuple[hi
 
     step_floor = float(resid.max())
     matrix.column(1.0, step_floor, max(upper - problem.base_us, step_floor),
-                  [(rows.host_time, -float(count)), (rows.other_time, -float(units - count))])
+                  [(_HOST_TIME, -float(count)), (_OTHER_TIME, -float(units - count))])
     for j in range(units):
-        matrix.column(0.0, 0.0, 1.0, [(0, resid[j]), (1, -resid[j]), (2, -room[j]),
-                                      (3, room[j]), (4, -free[j]), (5, free[j]), (rows.hosts, 1.0)])
+        matrix.column(0.0, 0.0, 1.0, [(_HOST_TIME, resid[j]), (_OTHER_TIME, -resid[j]),
+                                      (_HOST_TOKENS, -room[j]), (_OTHER_TOKENS, room[j]),
+                                      (_HOST_KV, -free[j]), (_OTHER_KV, free[j]), (_HOSTS, 1.0)])
     for i in range(n):
         for host in ((True,) if is_long[i] else (True, False)):
-            time_row, token_row, kv_row = (0, 2, 4) if host else (1, 3, 5)
+            time_row, token_row, kv_row = ((_HOST_TIME, _HOST_TOKENS, _HOST_KV) if host
+                                           else (_OTHER_TIME, _OTHER_TOKENS, _OTHER_KV))
             whole = [(time_row, cost[i]), (token_row, tokens[i]), (kv_row, blocks[i]),
                      (request_row[i], 1.0)]
             if is_long[i]:
-                whole.append((rows.placed, 1.0))
+                whole.append((_PLACED, 1.0))
                 if chunking:
                     whole.append((once_row[i], 1.0))
             matrix.column(-pen[i], 0.0, whole_top[i], whole)
@@ -290,10 +280,11 @@ def _host_lp(problem: PrefillWindow, long: np.ndarray, upper: float) -> tuple[hi
                           [(token_row, tokens[i]), (kv_row, blocks[i]), (request_row[i], 1.0),
                            (bound_row, 1.0)]
                           + [(cut, lin[i] + 2.0 * quad[i] * t) for cut, t in zip(cuts, tangents, strict=True)])
-            counted = [(rows.host_chunks if host else rows.other_chunks, 1.0), (bound_row, -1.0)]
+            counted = [(_HOST_CHUNKS if host else _OTHER_CHUNKS, 1.0), (bound_row, -1.0)]
             if is_long[i]:
-                counted += [(rows.placed, 1.0), (once_row[i], 1.0)]
+                counted += [(_PLACED, 1.0), (once_row[i], 1.0)]
             matrix.column(0.0, 0.0, 1.0, counted
                           + [(cut, -quad[i] * t * t) for cut, t in zip(cuts, tangents, strict=True)])
             matrix.column(0.0, 0.0, inf, [(time_row, 1.0)] + [(cut, -1.0) for cut in cuts])
-    return matrix.lp(row_lower, row_upper), rows
+    return (matrix.lp(row_lower, row_upper),
+            problem.base_us + float(problem.penalty_us.sum()))

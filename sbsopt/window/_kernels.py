@@ -8,6 +8,7 @@ Kernels take contiguous arrays only and never allocate Python objects; the typed
 from __future__ import annotations
 
 import math
+import time
 
 import numba
 import numpy as np
@@ -24,6 +25,7 @@ __all__ = [
     "decode_min_step_py",
     "prefill_local_search",
     "prefill_ruin_recreate",
+    "prefill_exchange_search",
 ]
 
 
@@ -979,6 +981,223 @@ def prefill_ruin_recreate(current, best, cost, tokens, blocks, penalty, guarded,
                 best_value = value
                 best[:] = current
     return value, best_value
+
+
+#: Requests of one side (a unit, or the deferred ones) that :func:`prefill_exchange_search`
+#: combines: a unit's costliest, the deferred ones with the highest penalty per token. Pairs of
+#: them make ``1 + m*(m+1)/2`` subsets a side (529 at 32); units hold 8-16 requests at
+#: 128 x 16 to 1024 x 64.
+EXCHANGE_MEMBERS = 32
+#: Columns of the exchange subsets' values: tokens, KV blocks, cost, penalty.
+_SUB_TOKENS, _SUB_BLOCKS, _SUB_COST, _SUB_PENALTY = range(4)
+#: Work counted per subset built (sorted and summed) against one visited, and how much work
+#: passes between two readings of the clock (about 0.05 ms; a reading costs 0.5 us).
+_BUILD_WORK = 16
+_CLOCK_WORK = 10_000
+
+
+@numba.njit(cache=True, nogil=True)
+def _exchange_side(side, assignment, movable, cost, tokens, blocks, penalty, guarded,
+                   sub_item, sub_value, sub_guarded, sub_count, candidates, key,
+                   tmp_item):  # pragma: no cover - compiled
+    """Every subset of at most two movable requests of ``side`` (a unit; ``side`` equal to the
+    unit count: the deferred requests), the empty one included, into row ``side`` of the
+    ``sub_*`` arrays, by tokens ascending (at most ``EXCHANGE_MEMBERS`` requests, module
+    constant)."""
+    n = assignment.shape[0]
+    units = sub_count.shape[0] - 1
+    target = -1 if side == units else side
+    m = 0
+    for i in range(n):
+        if movable[i] and assignment[i] == target:
+            candidates[m] = i
+            m += 1
+    if m > EXCHANGE_MEMBERS:
+        for x in range(m):
+            i = candidates[x]
+            key[x] = -penalty[i] / max(tokens[i], 1) if target < 0 else -cost[i]
+        order = np.argsort(key[:m], kind="mergesort")
+        kept = candidates[order[:EXCHANGE_MEMBERS]].copy()
+        m = EXCHANGE_MEMBERS
+        candidates[:m] = kept
+    c = 0
+    tmp_item[c, 0] = -1
+    tmp_item[c, 1] = -1
+    key[c] = 0.0
+    c += 1
+    for x in range(m):
+        i = candidates[x]
+        tmp_item[c, 0] = i
+        tmp_item[c, 1] = -1
+        key[c] = tokens[i]
+        c += 1
+        for y in range(x + 1, m):
+            k = candidates[y]
+            tmp_item[c, 0] = i
+            tmp_item[c, 1] = k
+            key[c] = tokens[i] + tokens[k]
+            c += 1
+    order = np.argsort(key[:c], kind="mergesort")
+    for s in range(c):
+        sub_value[side, s, :] = 0.0
+        sub_guarded[side, s] = False
+        for z in range(2):
+            i = tmp_item[order[s], z]
+            sub_item[side, s, z] = i
+            if i >= 0:
+                sub_value[side, s, _SUB_TOKENS] += tokens[i]
+                sub_value[side, s, _SUB_BLOCKS] += blocks[i]
+                sub_value[side, s, _SUB_COST] += cost[i]
+                sub_value[side, s, _SUB_PENALTY] += penalty[i]
+                sub_guarded[side, s] = sub_guarded[side, s] or guarded[i]
+    sub_count[side] = c
+    return c + m
+
+
+@numba.njit(cache=True)  # not nogil: it reads the clock in object mode
+def prefill_exchange_search(assignment, movable, cost, tokens, blocks, penalty, guarded, room,
+                            free, unit_time, inst, n_inst, max_work,
+                            deadline):  # pragma: no cover - compiled
+    """Exchange descent over whole requests: up to two movable requests of a unit ``A`` trade
+    places with up to two of another unit ``B`` or of the deferred ones (either side may be
+    empty: a move), within both sides' token room and free KV blocks.
+
+    Units are taken by time, largest first; for each, the deferred requests first, then the
+    other units by time, least first; the first change found is applied. Between units a
+    change is accepted when it lowers the objective, or leaves it and lowers the larger of the
+    two units' times (so the step units shed load, and the search cannot cycle); with the
+    deferred requests, when it lowers the objective (steps plus penalties). A side's subsets
+    are kept by tokens, so only those that fit both rooms are visited: in a window whose units
+    are full, few. ``room``, ``free`` (float) and ``unit_time`` describe the answer, chunks
+    included, and are updated in place with ``assignment``.
+
+    Its work is counted in subsets visited (and ``_BUILD_WORK`` per subset built), which is
+    deterministic; it stops when no change is found, when the work reaches ``max_work``, or
+    (a guard, read every ``_CLOCK_WORK`` of work between two pairs of sides) when
+    ``time.perf_counter()`` passes ``deadline``. Returns ``(changes made, work done)``."""
+    n = cost.shape[0]
+    units = room.shape[0]
+    pool = units
+    most = 1 + EXCHANGE_MEMBERS + EXCHANGE_MEMBERS * (EXCHANGE_MEMBERS - 1) // 2
+    sub_item = np.empty((units + 1, most, 2), np.int64)
+    sub_value = np.empty((units + 1, most, 4), np.float64)
+    sub_guarded = np.empty((units + 1, most), np.bool_)
+    sub_count = np.zeros(units + 1, np.int64)
+    candidates = np.empty(n, np.int64)
+    key = np.empty(max(most, n), np.float64)
+    tmp_item = np.empty((most, 2), np.int64)
+    work = 0
+    for side in range(units + 1):
+        work += _BUILD_WORK * _exchange_side(
+            side, assignment, movable, cost, tokens, blocks, penalty, guarded, sub_item,
+            sub_value, sub_guarded, sub_count, candidates, key, tmp_item)
+    inst_max = np.full(n_inst, -np.inf)
+    for j in range(units):
+        inst_max[inst[j]] = max(inst_max[inst[j]], unit_time[j])
+    moves = 0
+    clock_at = 0
+    while True:
+        top = _top_three(unit_time, inst, n_inst)
+        by_time = np.argsort(-unit_time, kind="mergesort")
+        tol = 1e-9 * max(np.abs(inst_max).max(), 1.0)
+        found = False
+        for p in range(units):
+            a_unit = by_time[p]
+            ga = inst[a_unit]
+            a_rest = _max_without(top, unit_time, ga, a_unit, -1)
+            for q in range(units + 1):
+                b_unit = pool if q == 0 else by_time[units - q]
+                if b_unit == a_unit:
+                    continue
+                if work >= max_work:
+                    return moves, work
+                if work >= clock_at:
+                    with numba.objmode(now="float64"):
+                        now = time.perf_counter()
+                    if now > deadline:
+                        return moves, work
+                    clock_at = work + _CLOCK_WORK
+                gb = inst[b_unit] if b_unit != pool else -1
+                work += sub_count[a_unit]
+                for sa in range(sub_count[a_unit]):
+                    if b_unit == pool and sub_guarded[a_unit, sa]:
+                        continue
+                    ta = sub_value[a_unit, sa, _SUB_TOKENS]
+                    low = ta - room[b_unit] if b_unit != pool else -np.inf
+                    high = ta + room[a_unit]
+                    lo, hi = 0, sub_count[b_unit]  # first subset of B with tokens >= low
+                    while lo < hi:
+                        mid = (lo + hi) // 2
+                        if sub_value[b_unit, mid, _SUB_TOKENS] < low:
+                            lo = mid + 1
+                        else:
+                            hi = mid
+                    for sb in range(lo, sub_count[b_unit]):
+                        tb = sub_value[b_unit, sb, _SUB_TOKENS]
+                        if tb > high:
+                            break
+                        work += 1
+                        if sa == 0 and sb == 0:
+                            continue
+                        db = sub_value[b_unit, sb, _SUB_BLOCKS] - sub_value[a_unit, sa, _SUB_BLOCKS]
+                        if db > free[a_unit]:
+                            continue
+                        dc = sub_value[b_unit, sb, _SUB_COST] - sub_value[a_unit, sa, _SUB_COST]
+                        new_a = unit_time[a_unit] + dc
+                        new_b = 0.0
+                        if b_unit == pool:
+                            delta = (max(a_rest, new_a) - inst_max[ga]
+                                     + sub_value[a_unit, sa, _SUB_PENALTY]
+                                     - sub_value[b_unit, sb, _SUB_PENALTY])
+                            better = delta < -tol
+                        else:
+                            if -db > free[b_unit]:
+                                continue
+                            new_b = unit_time[b_unit] - dc
+                            if ga == gb:
+                                delta = max(_max_without(top, unit_time, ga, a_unit, b_unit),
+                                            new_a, new_b) - inst_max[ga]
+                            else:
+                                delta = (max(a_rest, new_a) - inst_max[ga]
+                                         + max(_max_without(top, unit_time, gb, b_unit, -1), new_b)
+                                         - inst_max[gb])
+                            better = delta < -tol or (
+                                delta <= tol and max(new_a, new_b)
+                                < max(unit_time[a_unit], unit_time[b_unit]) - tol)
+                        if not better:
+                            continue
+                        for z in range(2):
+                            i = sub_item[a_unit, sa, z]
+                            if i >= 0:
+                                assignment[i] = -1 if b_unit == pool else b_unit
+                            i = sub_item[b_unit, sb, z]
+                            if i >= 0:
+                                assignment[i] = a_unit
+                        room[a_unit] -= tb - ta
+                        free[a_unit] -= db
+                        unit_time[a_unit] = new_a
+                        if b_unit != pool:
+                            room[b_unit] += tb - ta
+                            free[b_unit] += db
+                            unit_time[b_unit] = new_b
+                            inst_max[gb] = _instance_step(unit_time, inst, gb)
+                        inst_max[ga] = _instance_step(unit_time, inst, ga)
+                        for side in (a_unit, b_unit):
+                            work += _BUILD_WORK * _exchange_side(
+                                side, assignment, movable, cost, tokens, blocks, penalty,
+                                guarded, sub_item, sub_value, sub_guarded, sub_count,
+                                candidates, key, tmp_item)
+                        found = True
+                        break
+                    if found:
+                        break
+                if found:
+                    break
+            if found:
+                break
+        if not found:
+            return moves, work
+        moves += 1
 
 
 @numba.njit(cache=True, nogil=True)

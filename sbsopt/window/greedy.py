@@ -19,7 +19,7 @@ from sbsopt.window.objective import prefill_objective, prefill_unit_time_us
 from sbsopt.window.problem import DecodeWindow, PrefillWindow
 
 __all__ = ["GreedyAnswer", "greedy_prefill", "greedy_decode", "chunk_after", "ruin_recreate",
-           "ruin_iteration_s", "warm_up"]
+           "ruin_iteration_s", "exchange_search", "warm_up"]
 
 _PREFILL_VARIANTS = ("pbaa", "lpt", "density", "knapsack")  # by _kernels.ORDER_* code
 _DECODE_VARIANTS = ("iqr-lex", "min-step")
@@ -190,6 +190,57 @@ def ruin_recreate(problem: PrefillWindow, assignment: np.ndarray, iterations: in
     return placed, chunks, prefill_objective(problem, placed, chunks), ran
 
 
+
+#: Exchange search (``_kernels.prefill_exchange_search``): seconds one unit of its work (a
+#: subset visited or built) takes at most, which sizes its work from a budget.
+EXCHANGE_WORK_S = 10e-9
+
+
+def exchange_search(problem: PrefillWindow, assignment: np.ndarray, chunks: dict[int, int],
+                    work: int, *, deadline: float | None = None
+                    ) -> tuple[np.ndarray, float, int, int]:
+    """Improve an answer by exchange descent (``_kernels.prefill_exchange_search``): up to two
+    whole requests of a unit trade places with up to two of another unit or of the deferred
+    ones; chunked requests stay.
+
+    Returns ``(assignment, objective, changes made, work done)``, never worse than the answer
+    given. The search stops when no change helps or its work (subsets visited, about 10 ns
+    each) reaches ``work``, so that it repeats; and, as a guard, once ``time.perf_counter()``
+    passes ``deadline``.
+
+    Examples
+    --------
+    >>> from types import SimpleNamespace as C
+    >>> c = C(base_us=0.0, alpha_us_per_token=1.0, beta_us_per_pair=0.0, gamma_us_per_request=0.0)
+    >>> w = PrefillWindow.from_arrays([50, 40, 30, 20, 20], [0] * 5, [0.0] * 5,
+    ...                               capacity_tokens=[80, 80], coefficients=c,
+    ...                               allow_chunking=False)
+    >>> start = np.array([0, 1, 1, -1, -1])  # 50 | 40+30, both 20s deferred: 70 + 2 * 1020
+    >>> answer, value, made, done = exchange_search(w, start, {}, 10_000)
+    >>> answer.tolist(), value, made  # the 30 for both 20s, a 20 over, the 30 for a 20
+    ([0, 1, 1, 0, -1], 1090.0, 3)
+    """
+    current = np.array(assignment, dtype=np.int64, copy=True)
+    movable = np.ones(problem.n_requests, np.bool_)
+    held_tokens = problem.new_tokens.astype(np.float64)
+    held_blocks = problem.kv_blocks.astype(np.float64)
+    for i, k in chunks.items():
+        movable[i] = False
+        held_tokens[i] = k
+        held_blocks[i] = -(-k * int(problem.kv_blocks[i]) // int(problem.new_tokens[i]))
+    placed = current >= 0
+    # float: the kernel compiles for one type (an empty bincount is int whatever its weights)
+    room = problem.room_tokens - np.bincount(current[placed], weights=held_tokens[placed],
+                                             minlength=problem.n_units).astype(np.float64)
+    free = problem.free_kv_blocks - np.bincount(current[placed], weights=held_blocks[placed],
+                                                minlength=problem.n_units).astype(np.float64)
+    unit_time = prefill_unit_time_us(problem, current, chunks)
+    made, done = _kernels.prefill_exchange_search(
+        current, movable, problem.cost_us, problem.new_tokens, problem.kv_blocks,
+        problem.penalty_us, problem.guarded, room, free, unit_time, problem.instance,
+        problem.n_instances, work, np.inf if deadline is None else deadline)
+    return current, prefill_objective(problem, current, chunks), made, done
+
 def greedy_prefill(problem: PrefillWindow, *, local_search: int = 0) -> GreedyAnswer:
     """Best of PBAA (guarded, then oldest first, then largest) and LPT (guarded, then largest);
     in a window that holds more tokens or KV blocks than the units have room for, best of a
@@ -270,6 +321,8 @@ def warm_up() -> float:
     split_bound(w)
     chunk_after(w, np.full(w.n_requests, -1, np.int64))
     ruin_recreate(w, np.full(w.n_requests, -1, np.int64), 2)
+    # enough work to read the clock: its object-mode block compiles on first use
+    exchange_search(w, np.full(w.n_requests, -1, np.int64), {}, 10_000)
     dc = SimpleNamespace(base_us=1.0, us_per_request=1.0, us_per_kv_token=0.001)
     d = DecodeWindow.from_arrays([5, 6, 7, 8, 9], [1] * 5, batch_size=[0] * 5,
                                  max_batch_size=[2] * 5, kv_blocks_used=[0] * 5,

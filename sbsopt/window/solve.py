@@ -8,13 +8,18 @@ CP-SAT starts from the better of the plain greedy and the greedy with 1000 local
 on whole-request windows ``_HINT_WHOLE_PAIR_REQUEST_S`` per pair and request; the option
 ``local_search`` overrides it), improved on a window with more tokens or KV blocks than
 room by ruin and recreate (``greedy.ruin_recreate``; ``_RUIN_SHARE`` of the budget, sized in
-iterations; the option ``ruin_recreate`` overrides it), given as a complete hint,
-and returns whichever of that start and its own answer is better. Determinism: one search
+iterations; the option ``ruin_recreate`` overrides it) and then the exchange search
+(``greedy.exchange_search``: up to two requests of a unit for up to two of another or of the
+deferred ones; ``_EXCHANGE_SHARE`` of the budget, sized in work; the option ``exchange``
+overrides it), given as a complete hint, and returns whichever of that start and its own
+answer is better, that answer searched once more by exchanges within ``_POLISH_SHARE`` of the
+budget kept from CP-SAT. Determinism: one search
 thread and a fixed ``random_seed``; presolve is off when less than 0.5 s remains (option
 ``presolve``), because it can outlast a window's budget and yields no solution until it ends;
 the stop rule is the deterministic time ``max_deterministic_time`` (equal to the remaining
-budget in seconds, CP-SAT's "deterministic seconds"; after ruin and recreate, the budget less
-the slowest time its iterations can take), with the wall clock ``max_time_in_seconds`` as a
+budget in seconds, CP-SAT's "deterministic seconds"; after ruin and recreate and the exchange
+search, the budget less the slowest time their iterations and work can take and the polish's
+share), with the wall clock ``max_time_in_seconds`` as a
 hard cap. Deterministic seconds pass slower than wall seconds (0.9 of them on a 128 x 16
 window here), so when the search runs to the cap the answer can differ between runs; the
 option ``deterministic_time_s`` set below the budget makes it repeat.
@@ -37,7 +42,7 @@ per request-unit pair; measured 0.6-1.2 from 128 x 16 to 1024 x 64), nor when le
 left after building (CP-SAT's load and presolve are not interruptible); CP-SAT's wall limit is
 the remaining budget minus its stop latency (4 ms + 1.2 us per pair, and above 0.5 s, where
 it runs its full search, 2% of the budget more; the host and LP bounds after it keep 4 ms). On
-a one-instance prefill window whose greedy answer shows long requests
+a one-instance prefill window where an answer at the analytic bound shows long requests
 (:mod:`sbsopt.window.host_bound`), ``cpsat``/``auto`` keep the host bound's time out of the
 budget when that is at most ``_HOST_MOST_SHARE`` of it. When the budget cannot hold a CP-SAT
 model, ruin and recreate may take ``_RUIN_ALONE_SHARE`` of it. Measured after
@@ -66,7 +71,9 @@ from sbsopt.errors import InvalidInputError
 from sbsopt.window.bounds import analytic_bound, lp_bound, split_bound
 from sbsopt.window.decode import build_decode_model
 from sbsopt.window.greedy import (
+    EXCHANGE_WORK_S,
     chunk_after,
+    exchange_search,
     greedy_decode,
     greedy_prefill,
     ruin_iteration_s,
@@ -85,12 +92,12 @@ _MIN_SOLVE_S = 0.008
 _LP_PAIR_S = 10e-6
 #: Time the host bound takes per request, to build its LP and per LP, whole-request and with
 #: chunking (measured at 128 x 16: 4.7 / 4.4 and 27 / 38 microseconds, host_bound.py Notes).
-#: ``cpsat``/``auto`` keep that much of the budget (and the stop latency) for it when the
-#: greedy answer shows long requests and that is at most ``_HOST_MOST_SHARE`` of the budget
-#: (128 x 16 whole-request with 4-8 long requests: 7-9 ms of 50 ms).
+#: ``cpsat``/``auto`` keep that much of the budget (and the stop latency) for it when an
+#: answer at the analytic bound shows long requests and that is at most ``_HOST_MOST_SHARE``
+#: of the budget (128 x 16 whole-request with 4-8 long requests: 9-12 ms of 50 ms).
 _HOST_BUILD_REQUEST_S = (6e-6, 40e-6)
 _HOST_LP_REQUEST_S = (6e-6, 60e-6)
-_HOST_MOST_SHARE = 0.2
+_HOST_MOST_SHARE = 0.25
 _STOP_LATENCY_S = 0.004
 #: Above 0.5 s CP-SAT runs its full search (presolve, LP at the nodes), which stops later past
 #: its wall limit (measured at 128 x 16: up to 4.7 ms at 0.6 s, 22.7 ms at 2 s; solves 3-11 ms
@@ -123,12 +130,36 @@ _LNS_SUBSOLVERS = 2
 #: ``ruin_recreate`` overrides): the share of the budget it may take, which with the slowest
 #: iteration time (``greedy.ruin_iteration_s``) sets its iteration count
 #: from the budget (so that the answer does not depend on the clock unless the machine is
-#: slower than that), and a cap (more did not help: it has converged by then).
-_RUIN_SHARE = 0.6
-#: The share it may take when the budget cannot hold a CP-SAT model (a 1024 x 64 window in
-#: 50 ms): it is then the only search.
+#: slower than that), and a cap (more did not help: it has converged by then). Followed by the
+#: exchange search, 0.3 did better than 0.6 (README cut, 128 x 16, 50 ms: worst gap against
+#: the best known bound 0.79 / 0.89% whole-request / with chunking, against 0.92 / 0.97%) and
+#: than 0.14 (0.97 / 0.98%); without it, 2.23 / 1.73%.
+_RUIN_SHARE = 0.3
+#: The share it and the exchange search take together (split by their shares) when the
+#: budget cannot hold a CP-SAT model (a 1024 x 64 window in 50 ms): they are then the only
+#: search.
 _RUIN_ALONE_SHARE = 0.8
 _RUIN_MAX_ITERATIONS = 20_000
+#: The exchange search (``greedy.exchange_search``) after ruin and recreate on a
+#: capacity-bound prefill window, and again on CP-SAT's answer (option ``exchange``, its work
+#: each time, overrides): the share of the budget its work may take (sized with the slowest
+#: time per unit of work, ``greedy.EXCHANGE_WORK_S``, so that the answer does not depend on
+#: the clock), and the share kept after CP-SAT for the second run.
+_EXCHANGE_SHARE = 0.3
+_POLISH_SHARE = 0.1
+#: The least share of the room (tokens or KV blocks) a window's requests fill for the
+#: exchange search to run by default: there units end full and their packing decides the
+#: step (a 64 x 8 window at 0.99: -1.07% from the greedy answer; on windows at half their
+#: room it gained at most 0.03% and took 10-20 ms at 128 x 16, where CP-SAT alone is within
+#: 0.02%).
+_EXCHANGE_MIN_FILL = 0.9
+#: The polish ends this long before the deadline: the search reads the clock every 0.05 ms
+#: or so of work, then the answer's objective is computed.
+_POLISH_MARGIN_S = 0.0005
+#: Answers found by the searches after the greedy (``stats["variant"]``), and what those
+#: searches report in ``stats``.
+_SEARCH_VARIANTS = ("ruin-recreate", "exchange")
+_SEARCH_STATS = ("ruin_recreate_iterations", "exchange_moves", "exchange_work", "exchange_s")
 
 
 @dataclass
@@ -211,8 +242,8 @@ class _Greedy:
         return True
 
     def run(self, problem, *, deadline, seed, hint, options):
-        return _ruin_recreate_answer(problem, _greedy_answer(problem, options), options,
-                                     seed=seed, deadline=deadline)
+        return _search(problem, _greedy_answer(problem, options), options, seed=seed,
+                       deadline=deadline)
 
 
 class _CpSat:
@@ -227,10 +258,12 @@ class _CpSat:
     def run(self, problem, *, deadline, seed, hint, options):
         left = deadline - time.perf_counter()
         fallback = _greedy_start(problem, options, deadline)
-        fallback = _ruin_recreate_answer(problem, fallback, options, seed=seed,
-                                         deadline=_ruin_deadline(problem, deadline, left))
-        return _cpsat_improve(problem, fallback, deadline=deadline, seed=seed, hint=hint,
-                              options=_after_ruin_recreate(problem, options, left))
+        fallback = _search(problem, fallback, options, seed=seed,
+                           deadline=_search_deadline(problem, deadline, left, options))
+        polish = _polish_reserve(problem, options, left)
+        answer = _cpsat_improve(problem, fallback, deadline=deadline - polish, seed=seed,
+                                hint=hint, options=_after_search(problem, options, left, fallback))
+        return _polish(problem, answer, options, deadline=deadline)
 
 
 class _Auto:
@@ -246,18 +279,19 @@ class _Auto:
         if _meets_bound(first):
             first.stats["stage"] = "greedy"
             return first
-        first = _ruin_recreate_answer(problem, first, options, seed=seed,
-                                      deadline=_ruin_deadline(problem, deadline, left))
+        first = _search(problem, first, options, seed=seed,
+                        deadline=_search_deadline(problem, deadline, left, options))
         if _meets_bound(first):
-            first.stats["stage"] = "ruin_recreate"
+            first.stats["stage"] = "search"
             return first
-        answer = _cpsat_improve(problem, first, deadline=deadline, seed=seed, hint=hint,
-                                options=_after_ruin_recreate(problem, options, left))
+        polish = _polish_reserve(problem, options, left)
+        answer = _cpsat_improve(problem, first, deadline=deadline - polish, seed=seed,
+                                hint=hint, options=_after_search(problem, options, left, first))
         kept = answer.stats.get("kept") == "greedy"
         answer.stats["stage"] = ("cpsat" if not kept else
-                                 "ruin_recreate" if first.stats.get("variant") == "ruin-recreate"
+                                 "search" if first.stats.get("variant") in _SEARCH_VARIANTS
                                  else "greedy")
-        return answer
+        return _polish(problem, answer, options, deadline=deadline)
 
 
 def _meets_bound(answer: Answer) -> bool:
@@ -277,17 +311,18 @@ def _host_time(problem: PrefillWindow, long_count: int) -> float:
 def _host_reserve(problem: PrefillWindow | DecodeWindow, budget: float,
                   options: dict[str, Any]) -> float:
     """Budget kept after ``cpsat``/``auto`` for the host bound: on a one-instance prefill
-    window with long requests given the greedy answer, when its time is at most
-    ``_HOST_MOST_SHARE`` of the budget; else 0 (from the budget, not the clock, so that the
-    answer repeats)."""
+    window with long requests given an answer as good as the greedy's analytic bound (the
+    most any answer shows), when its time is at most ``_HOST_MOST_SHARE`` of the budget;
+    else 0 (from the budget, not the clock, so that the answer repeats)."""
     if (not options.get("host_bound", True) or not isinstance(problem, PrefillWindow)
             or problem.n_instances != 1 or problem.n_requests < 2
             or _host_time(problem, 2) > _HOST_MOST_SHARE * budget):
         return 0.0
-    start = greedy_prefill(problem)  # microseconds; its objective bounds the optimum
+    start = greedy_prefill(problem)  # microseconds, with the analytic bound
     if start.unplaced_guarded:
         return 0.0
-    count = long_requests(problem, start.objective).size
+    # the better the answer, the more requests are long: at the bound, the most there can be
+    count = long_requests(problem, start.bound).size
     need = _host_time(problem, count)
     return need if count >= 2 and need <= _HOST_MOST_SHARE * budget else 0.0
 
@@ -327,35 +362,134 @@ def _capacity_bound(problem: PrefillWindow) -> bool:
                 > problem.free_kv_blocks.sum(dtype=np.float64))
 
 
-def _ruin_iterations(problem: PrefillWindow | DecodeWindow, budget: float) -> int:
-    """Default ruin-and-recreate iterations of ``cpsat``/``auto``: on a capacity-bound prefill
-    window, what ``_RUIN_SHARE`` of the budget runs (less what CP-SAT needs); else none."""
-    if not isinstance(problem, PrefillWindow) or problem.n_requests == 0 or not _capacity_bound(problem):
-        return 0
-    if _cpsat_reserve(problem) > budget:  # no CP-SAT model in this budget: all of it
-        spare = _RUIN_ALONE_SHARE * budget
-    else:
-        spare = min(_RUIN_SHARE * budget, budget - _cpsat_reserve(problem))
-    return int(min(max(spare, 0.0) / ruin_iteration_s(problem), _RUIN_MAX_ITERATIONS))
+def _search_sizes(problem: PrefillWindow | DecodeWindow, budget: float) -> tuple[int, int]:
+    """Default ruin-and-recreate iterations and exchange-search work of ``cpsat``/``auto``:
+    ruin and recreate on a capacity-bound prefill window, the exchange search on one whose
+    requests fill ``_EXCHANGE_MIN_FILL`` of the room; each up to its share of the budget at
+    its slowest rate, together within what CP-SAT and the polish leave (split by their
+    shares), or ``_RUIN_ALONE_SHARE`` of it when the budget cannot hold a CP-SAT model."""
+    if not isinstance(problem, PrefillWindow) or problem.n_requests == 0:
+        return 0, 0
+    fill = max(problem.new_tokens.sum() / max(problem.room_tokens.sum(), 1),
+               problem.kv_blocks.sum(dtype=np.float64)
+               / max(problem.free_kv_blocks.sum(dtype=np.float64), 1.0))
+    ruin = _RUIN_SHARE if _capacity_bound(problem) else 0.0
+    exchange = _EXCHANGE_SHARE if fill >= _EXCHANGE_MIN_FILL else 0.0
+    if not ruin and not exchange:
+        return 0, 0
+    if _cpsat_fits(problem, budget, exchange > 0):
+        spare = budget - _cpsat_reserve(problem) - (_POLISH_SHARE * budget if exchange else 0.0)
+        ruin_s = min(ruin * budget, spare * ruin / (ruin + exchange))
+        exchange_s = min(exchange * budget, spare - ruin_s) if exchange else 0.0
+    else:  # the searches are all there is
+        ruin_s = _RUIN_ALONE_SHARE * budget * ruin / (ruin + exchange)
+        exchange_s = _RUIN_ALONE_SHARE * budget - ruin_s if exchange else 0.0
+    iterations = int(min(max(ruin_s, 0.0) / ruin_iteration_s(problem), _RUIN_MAX_ITERATIONS))
+    return iterations, int(max(exchange_s, 0.0) / EXCHANGE_WORK_S)
 
 
-def _ruin_deadline(problem: PrefillWindow | DecodeWindow, deadline: float, left: float) -> float:
-    """When ruin and recreate must stop: early enough for CP-SAT to run, unless the budget
-    ``left`` cannot hold a CP-SAT model anyway."""
-    reserve = _cpsat_reserve(problem)
+def _cpsat_fits(problem: PrefillWindow | DecodeWindow, left: float, polish: bool) -> bool:
+    """Whether the budget ``left`` holds a CP-SAT model (and, with ``polish``, the polish)."""
+    return _cpsat_reserve(problem) + (_POLISH_SHARE * left if polish else 0.0) <= left
+
+
+def _search_deadline(problem: PrefillWindow | DecodeWindow, deadline: float, left: float,
+                     options: dict[str, Any]) -> float:
+    """When ruin and recreate and the exchange search must stop: early enough for CP-SAT and
+    the polish to run, unless the budget ``left`` cannot hold them anyway."""
+    polish = _polish_reserve(problem, options, left)
+    reserve = _cpsat_reserve(problem) + polish
     return deadline - (reserve if reserve <= left else _STOP_LATENCY_S)
 
 
-def _after_ruin_recreate(problem: PrefillWindow | DecodeWindow, options: dict[str, Any],
-                         left: float) -> dict[str, Any]:
-    """``options`` for CP-SAT after ruin and recreate: its deterministic time is the budget
-    ``left`` when the backend started less the slowest time those iterations can take, not
-    what the clock shows after them (their wall time varies, CP-SAT's stop rule must not)."""
+def _after_search(problem: PrefillWindow | DecodeWindow, options: dict[str, Any], left: float,
+                  start: Answer) -> dict[str, Any]:
+    """``options`` for CP-SAT after ruin and recreate and the exchange search: its
+    deterministic time is the budget ``left`` when the backend started less the slowest time
+    their iterations and work can take and the time kept for the polish, not what the clock
+    shows after them (their wall time varies, CP-SAT's stop rule must not)."""
     iterations = options.get("ruin_recreate", 0)
-    if not iterations or "deterministic_time_s" in options or not isinstance(problem, PrefillWindow):
+    work = start.stats.get("exchange_work", 0)
+    if ((not iterations and not work) or "deterministic_time_s" in options
+            or not isinstance(problem, PrefillWindow)):
         return options
-    spent = iterations * ruin_iteration_s(problem)
+    spent = (iterations * ruin_iteration_s(problem) + work * EXCHANGE_WORK_S
+             + _polish_reserve(problem, options, left))
     return {**options, "deterministic_time_s": max(left - spent, 1e-3)}
+
+
+def _search(problem: PrefillWindow | DecodeWindow, start: Answer, options: dict[str, Any], *,
+            seed: int, deadline: float) -> Answer:
+    """``start`` improved by ruin and recreate, then the exchange search (options
+    ``ruin_recreate`` and ``exchange``; prefill only)."""
+    answer = _ruin_recreate_answer(problem, start, options, seed=seed, deadline=deadline)
+    return _exchange_answer(problem, answer, options, deadline=deadline, whole=True)
+
+
+def _search_option(problem: PrefillWindow | DecodeWindow, start: Answer,
+                   options: dict[str, Any], name: str) -> int:
+    """The option ``name`` (a search's iterations or work, checked), or 0 where searches after
+    the greedy do not apply (decode, an empty window, an answer missing guarded requests)."""
+    value = options.get(name, 0)
+    if type(value) is not int or value != 0:  # the default skips the check
+        value = check_int(f"options.{name}", value, minimum=0)
+    if (not isinstance(problem, PrefillWindow) or problem.n_requests == 0
+            or start.status is SolveStatus.INFEASIBLE):
+        return 0
+    return value
+
+
+def _exchange_answer(problem: PrefillWindow | DecodeWindow, start: Answer,
+                     options: dict[str, Any], *, deadline: float, whole: bool) -> Answer:
+    """``start`` improved by the exchange search (option ``exchange``: its work, prefill
+    only) when that finds a better answer. ``whole``: on ``start`` taken whole (chunked
+    requests deferred), with chunks added after as CP-SAT's are; else the chunks stay.
+    ``stats["exchange_moves"]``, ``stats["exchange_work"]`` and ``stats["exchange_s"]`` say
+    what it did."""
+    work = _search_option(problem, start, options, "exchange")
+    if not work:
+        return start
+    assignment, chunks = start.assignment, start.chunks
+    if whole and chunks:
+        assignment = assignment.copy()
+        assignment[list(chunks)] = -1
+        chunks = {}
+    began = time.perf_counter()
+    assignment, value, moves, done = exchange_search(problem, assignment, chunks, work,
+                                                     deadline=deadline)
+    start.stats["exchange_s"] = start.stats.get("exchange_s", 0.0) + time.perf_counter() - began
+    if whole:
+        assignment, chunks = chunk_after(problem, assignment)
+        value = objective(problem, assignment, chunks)
+    start.stats["exchange_moves"] = start.stats.get("exchange_moves", 0) + moves
+    start.stats["exchange_work"] = start.stats.get("exchange_work", 0) + done
+    if start.value is not None and not value < start.value - 1e-12 * abs(start.value):
+        return start
+    status = SolveStatus.FEASIBLE if start.status is SolveStatus.OPTIMAL else start.status
+    return Answer(assignment, chunks, status, bound=start.bound,
+                  stats={**start.stats, "variant": "exchange"}, value=value,
+                  message=start.message, analytic_included=start.analytic_included)
+
+
+def _polish_reserve(problem: PrefillWindow | DecodeWindow, options: dict[str, Any],
+                    left: float) -> float:
+    """Time kept after CP-SAT for the exchange search on its answer: ``_POLISH_SHARE`` of the
+    budget ``left``, when the exchange search is on and the budget holds CP-SAT with it."""
+    on = bool(options.get("exchange", 0))
+    return _POLISH_SHARE * left if on and _cpsat_fits(problem, left, True) else 0.0
+
+
+def _polish(problem: PrefillWindow | DecodeWindow, answer: Answer, options: dict[str, Any], *,
+            deadline: float) -> Answer:
+    """CP-SAT's answer, unless proven optimal, improved by the exchange search with its chunks
+    kept, ending ``_POLISH_MARGIN_S`` before ``deadline`` (the search before CP-SAT has seen
+    the start, so an answer CP-SAT did not improve is left)."""
+    if (answer.stats.get("cpsat") not in ("OPTIMAL", "FEASIBLE")
+            or answer.stats.get("kept") == "greedy"
+            or answer.status in (SolveStatus.OPTIMAL, SolveStatus.INFEASIBLE)):
+        return answer
+    return _exchange_answer(problem, answer, options, deadline=deadline - _POLISH_MARGIN_S,
+                            whole=False)
 
 
 def _ruin_recreate_answer(problem: PrefillWindow | DecodeWindow, start: Answer,
@@ -363,11 +497,8 @@ def _ruin_recreate_answer(problem: PrefillWindow | DecodeWindow, start: Answer,
     """``start`` improved by the option ``ruin_recreate`` (iterations, prefill only) when that
     finds a better answer before ``deadline``; ``stats["ruin_recreate_iterations"]`` says how
     many ran."""
-    iterations = options.get("ruin_recreate", 0)
-    if type(iterations) is not int or iterations != 0:  # the default skips the check
-        iterations = check_int("options.ruin_recreate", iterations, minimum=0)
-    if (not iterations or not isinstance(problem, PrefillWindow) or problem.n_requests == 0
-            or start.status is SolveStatus.INFEASIBLE):
+    iterations = _search_option(problem, start, options, "ruin_recreate")
+    if not iterations:
         return start
     whole = start.assignment.copy()
     if start.chunks:
@@ -464,8 +595,9 @@ def _cpsat_improve(problem: PrefillWindow | DecodeWindow, fallback: Answer, *, d
     stats = {"cpsat": name, "cpsat_build_s": build_s, "cpsat_wall_s": solver.wall_time,
              "cpsat_deterministic_time": solver.deterministic_time,
              "cpsat_branches": solver.num_branches, "scale": built.scale}
-    if "ruin_recreate_iterations" in fallback.stats:  # the search that made the hint
-        stats["ruin_recreate_iterations"] = fallback.stats["ruin_recreate_iterations"]
+    for key in _SEARCH_STATS:  # the searches that made the hint
+        if key in fallback.stats:
+            stats[key] = fallback.stats[key]
     if status == cp_model.INFEASIBLE:
         return Answer(fallback.assignment, fallback.chunks, SolveStatus.INFEASIBLE,
                       bound=fallback.bound, message="CP-SAT proved the guards infeasible",
@@ -547,7 +679,9 @@ def solve(
         ``local_search`` (int, local-search changes after the greedy, default 0),
         ``ruin_recreate`` (int, ruin-and-recreate iterations after the greedy; default 0 for
         ``greedy``, and for ``cpsat``/``auto`` sized from the budget on prefill windows with
-        more tokens or KV blocks than room, else 0), ``lp_bound``
+        more tokens or KV blocks than room, else 0), ``exchange`` (int, the work of the
+        exchange search after that, in subsets visited, about 3-10 ns each; defaults as
+        ``ruin_recreate``; ``cpsat``/``auto`` run it again on CP-SAT's answer), ``lp_bound``
         (bool: True adds the LP relaxation to the bound whatever it costs; by default
         ``cpsat``/``auto`` add it only within the remaining budget and only to whole-request
         windows, ``greedy`` never), ``host_bound`` (bool, the same for the host bound of
@@ -608,8 +742,9 @@ def _solve(problem: PrefillWindow | DecodeWindow, method: str, time_limit_s: flo
     reserve = 0.0
     if method in ("cpsat", "auto"):
         reserve = _host_reserve(problem, budget, options)
-        if "ruin_recreate" not in options:
-            options["ruin_recreate"] = _ruin_iterations(problem, budget - reserve)
+        iterations, work = _search_sizes(problem, budget - reserve)
+        options.setdefault("ruin_recreate", iterations)
+        options.setdefault("exchange", work)
     if isinstance(seed, int) and not isinstance(seed, bool) and 0 <= seed < 2**31 - 1:
         int_seed = seed  # the common case, without building a Generator to validate it
     else:

@@ -11,6 +11,7 @@ from sbsopt.window import PrefillWindow, _kernels, solve, validate_assignment
 from sbsopt.window.greedy import (
     _chunk_spec,
     _empty_state,
+    exchange_search,
     greedy_decode,
     greedy_prefill,
     ruin_recreate,
@@ -406,3 +407,121 @@ def test_ruin_recreate_repacks_what_the_passes_left_apart() -> None:
     answer, _, value, _ = ruin_recreate(w, np.array([0, 1, -1, -1]), 50)
     assert value == 90.0
     assert sorted(np.bincount(answer, weights=w.new_tokens).tolist()) == [90.0, 90.0]
+
+
+def _tight_window(cat, rng, seed: int) -> PrefillWindow:
+    """A window with more tokens than room (guards, several instances or chunking by seed)."""
+    j = int(rng.integers(2, 6))
+    n = int(rng.integers(10, 40))
+    return cat.random_prefill(
+        rng, n, j, capacity_tokens=rng.integers(2000, 8000, j),
+        instance=np.arange(j) % 2 if seed % 2 else None,
+        deadline_s=np.where(rng.random(n) < 0.1, 0.0, np.inf), allow_chunking=seed % 3 == 0)
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_exchange_search_is_valid_never_worse_and_deterministic(cat, seed) -> None:
+    """From the greedy answer (chunks included), the exchange search keeps every invariant,
+    leaves chunked requests where they are, keeps guarded requests placed, reports the
+    objective of what it returns, never ends above its start, and repeats itself."""
+    rng = np.random.default_rng(seed)
+    problem = _tight_window(cat, rng, seed)
+    start = greedy_prefill(problem)
+    answer, value, made, work = exchange_search(problem, start.assignment, start.chunks, 10**8)
+    assert value == pytest.approx(prefill_objective(problem, answer, start.chunks))
+    assert value <= start.objective + 1e-9 * start.objective
+    for i in start.chunks:
+        assert answer[i] == start.assignment[i]
+    assert (answer[problem.guarded & (start.assignment >= 0)] >= 0).all()
+    again = exchange_search(problem, start.assignment, start.chunks, 10**8)
+    assert np.array_equal(again[0], answer) and again[2:] == (made, work)
+    result = solve(problem, method="greedy", options={"exchange": 10**6})
+    validate_assignment(problem, result)
+    assert result.objective <= start.objective + 1e-9 * start.objective
+
+
+def _exchange_gains(problem: PrefillWindow, assignment: np.ndarray) -> list[float]:
+    """Objective change of every feasible trade of at most two requests of a unit for at most
+    two of another unit or of the deferred ones (by enumeration)."""
+    from itertools import combinations
+
+    base = prefill_objective(problem, assignment, {})
+    sides = list(range(problem.n_units)) + [-1]
+    members = {s: np.flatnonzero(assignment == s).tolist() for s in sides}
+
+    def subsets(items):
+        return [c for k in range(3) for c in combinations(items, k)]
+
+    gains = []
+    for a in range(problem.n_units):
+        for b in sides:
+            if b == a or (b >= 0 and b < a):
+                continue
+            for give in subsets(members[a]):
+                for take in subsets(members[b]):
+                    if not give and not take:
+                        continue
+                    trial = assignment.copy()
+                    trial[list(give)] = b
+                    trial[list(take)] = a
+                    placed = trial >= 0
+                    tokens = np.bincount(trial[placed], weights=problem.new_tokens[placed],
+                                         minlength=problem.n_units)
+                    blocks = np.bincount(trial[placed], weights=problem.kv_blocks[placed],
+                                         minlength=problem.n_units)
+                    if ((tokens > problem.room_tokens).any()
+                            or (blocks > problem.free_kv_blocks).any()
+                            or (problem.guarded & ~placed).any()):
+                        continue
+                    gains.append(prefill_objective(problem, trial, {}) - base)
+    return gains
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_exchange_search_stops_where_no_exchange_lowers_the_objective(cat, seed) -> None:
+    """Run to the end, the search leaves no trade of up to two requests for up to two (between
+    units, or with the deferred ones) that lowers the objective: every one is enumerated."""
+    rng = np.random.default_rng(100 + seed)
+    j = int(rng.integers(2, 4))
+    problem = cat.random_prefill(rng, int(rng.integers(8, 14)), j,
+                                 capacity_tokens=rng.integers(3000, 7000, j),
+                                 instance=np.arange(j) % 2 if seed % 2 else None)
+    start = greedy_prefill(problem)
+    answer, value, _, _ = exchange_search(problem, start.assignment, {}, 10**9)
+    assert min(_exchange_gains(problem, answer)) >= -1e-9 * value
+
+
+def _full_units() -> tuple[PrefillWindow, np.ndarray]:
+    """60+40 | 50+20+20 on rooms of 100 | 90, cost ``n + 0.01 * n**2 / 2`` a request."""
+    c = SimpleNamespace(base_us=0.0, alpha_us_per_token=1.0, beta_us_per_pair=0.01,
+                        gamma_us_per_request=0.0)
+    w = PrefillWindow.from_arrays([60, 40, 50, 20, 20], [0] * 5, [0.0] * 5,
+                                  capacity_tokens=[100, 90], coefficients=c,
+                                  allow_chunking=False)
+    return w, np.array([0, 0, 1, 1, 1])
+
+
+def test_exchange_search_trades_one_request_for_two() -> None:
+    """60+40 | 50+20+20 with rooms 100 | 90 and a quadratic cost: both units are full, so no
+    move or swap of the local search fits; 40 for 20+20 lowers the step from 126 to 122
+    (attention ``beta * n**2 / 2`` a request)."""
+    w, start = _full_units()
+    assert prefill_objective(w, start, {}) == pytest.approx(126.0)
+    searched = start.copy()
+    room = w.room_tokens - np.bincount(start, weights=w.new_tokens).astype(np.int64)
+    unit_time = prefill_unit_time_us(w, start, {})
+    changes = _kernels.prefill_local_search(
+        searched, w.cost_us, w.new_tokens, w.kv_blocks, w.penalty_us, w.guarded, room,
+        w.free_kv_blocks - np.bincount(start, weights=w.kv_blocks).astype(np.int64), unit_time,
+        w.instance, np.array([unit_time.max()]), np.zeros(5, np.int64), 100)
+    assert changes == 0
+    answer, value, made, _ = exchange_search(w, start, {}, 10**6)
+    assert answer.tolist() == [0, 1, 1, 0, 0] and value == pytest.approx(122.0) and made == 1
+
+
+def test_exchange_search_stops_at_its_work() -> None:
+    """A work of 0 leaves the answer as it is; the work done is counted and repeats."""
+    w, start = _full_units()
+    answer, value, made, work = exchange_search(w, start, {}, 0)
+    assert answer.tolist() == start.tolist() and made == 0 and work > 0
+    assert exchange_search(w, start, {}, 0)[3] == work

@@ -30,7 +30,7 @@ for n, j, chunking, instance, kv, guards in [
         deadline_s=np.where(rng.random(n) < 0.3, 0.5, np.inf) if guards else None, now_s=1.0,
         allow_chunking=chunking, instance=instance)
     for method in ("greedy", "cpsat", "auto"):
-        for options in ({}, {"local_search": 10}):
+        for options in ({}, {"local_search": 10}, {"exchange": 10_000}):
             solve(w, method=method, options=options, time_limit_s=0.05)
     lower_bound(w)
 for n, j, instance in [(20, 4, None), (30, 6, [0, 0, 0, 1, 1, 1]), (0, 2, None)]:

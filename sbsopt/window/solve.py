@@ -45,7 +45,8 @@ it runs its full search, 2% of the budget more; the host and LP bounds after it 
 a one-instance prefill window where an answer at the analytic bound shows long requests
 (:mod:`sbsopt.window.host_bound`), ``cpsat``/``auto`` keep the host bound's time out of the
 budget when that is at most ``_HOST_MOST_SHARE`` of it. When the budget cannot hold a CP-SAT
-model, ruin and recreate may take ``_RUIN_ALONE_SHARE`` of it. Measured after
+model, ruin and recreate and the exchange search may take ``_RUIN_ALONE_SHARE`` of it;
+otherwise they share what CP-SAT's least time and the polish leave. Measured after
 :func:`~sbsopt.window.warm_up` (``benchmarks/budget.py``, 864 solves up to 1024 x 64, idle
 machine, three runs): one solve in 2,592 returned late, by 1.3 ms, and 14-19 ms early when
 repeated (the machine's preemption); the latest of the other runs 0.9 and 1.2 ms early.
@@ -153,6 +154,14 @@ _POLISH_SHARE = 0.1
 #: room it gained at most 0.03% and took 10-20 ms at 128 x 16, where CP-SAT alone is within
 #: 0.02%).
 _EXCHANGE_MIN_FILL = 0.9
+#: After the exchange search, CP-SAT runs only when its least time (building, loading,
+#: stopping: ``_cpsat_reserve``) is at most this share of the budget; else the searches take
+#: ``_RUIN_ALONE_SHARE`` of it. Measured on the 5 capacity-bound whole-request windows of
+#: 256 x 32 in 50 ms (CP-SAT's least time 38 ms): gap 0.48-0.87% against 0.69-1.37% with
+#: CP-SAT after searches that the model's time left at 7 ms.
+_CPSAT_MOST_SHARE = 0.5
+_SEARCHES_INSTEAD = ("window too large for CP-SAT in the budget (its least time over half of "
+                     "it): ruin and recreate and the exchange search took it")
 #: The polish ends this long before the deadline: the search reads the clock every 0.05 ms
 #: or so of work, then the answer's objective is computed.
 _POLISH_MARGIN_S = 0.0005
@@ -260,6 +269,8 @@ class _CpSat:
         fallback = _greedy_start(problem, options, deadline)
         fallback = _search(problem, fallback, options, seed=seed,
                            deadline=_search_deadline(problem, deadline, left, options))
+        if _searches_instead(problem, options, left):
+            return _timeout(fallback, _SEARCHES_INSTEAD)
         polish = _polish_reserve(problem, options, left)
         answer = _cpsat_improve(problem, fallback, deadline=deadline - polish, seed=seed,
                                 hint=hint, options=_after_search(problem, options, left, fallback))
@@ -281,9 +292,9 @@ class _Auto:
             return first
         first = _search(problem, first, options, seed=seed,
                         deadline=_search_deadline(problem, deadline, left, options))
-        if _meets_bound(first):
+        if _meets_bound(first) or _searches_instead(problem, options, left):
             first.stats["stage"] = "search"
-            return first
+            return first if _meets_bound(first) else _timeout(first, _SEARCHES_INSTEAD)
         polish = _polish_reserve(problem, options, left)
         answer = _cpsat_improve(problem, first, deadline=deadline - polish, seed=seed,
                                 hint=hint, options=_after_search(problem, options, left, first))
@@ -388,18 +399,29 @@ def _search_sizes(problem: PrefillWindow | DecodeWindow, budget: float) -> tuple
     return iterations, int(max(exchange_s, 0.0) / EXCHANGE_WORK_S)
 
 
-def _cpsat_fits(problem: PrefillWindow | DecodeWindow, left: float, polish: bool) -> bool:
-    """Whether the budget ``left`` holds a CP-SAT model (and, with ``polish``, the polish)."""
-    return _cpsat_reserve(problem) + (_POLISH_SHARE * left if polish else 0.0) <= left
+def _cpsat_fits(problem: PrefillWindow | DecodeWindow, left: float, searched: bool) -> bool:
+    """Whether CP-SAT runs in the budget ``left``: its least time fits, and after the exchange
+    search (``searched``) with the polish, and in at most ``_CPSAT_MOST_SHARE`` of it."""
+    reserve = _cpsat_reserve(problem)
+    if not searched:
+        return reserve <= left
+    return reserve + _POLISH_SHARE * left <= left and reserve <= _CPSAT_MOST_SHARE * left
+
+
+def _searches_instead(problem: PrefillWindow | DecodeWindow, options: dict[str, Any],
+                      left: float) -> bool:
+    """The exchange search ran where CP-SAT's least time would take more than
+    ``_CPSAT_MOST_SHARE`` of the budget ``left`` (or leave no polish): its answer stands."""
+    return bool(options.get("exchange", 0)) and not _cpsat_fits(problem, left, True)
 
 
 def _search_deadline(problem: PrefillWindow | DecodeWindow, deadline: float, left: float,
                      options: dict[str, Any]) -> float:
     """When ruin and recreate and the exchange search must stop: early enough for CP-SAT and
     the polish to run, unless the budget ``left`` cannot hold them anyway."""
-    polish = _polish_reserve(problem, options, left)
-    reserve = _cpsat_reserve(problem) + polish
-    return deadline - (reserve if reserve <= left else _STOP_LATENCY_S)
+    if not _cpsat_fits(problem, left, bool(options.get("exchange", 0))):
+        return deadline - _STOP_LATENCY_S
+    return deadline - _cpsat_reserve(problem) - _polish_reserve(problem, options, left)
 
 
 def _after_search(problem: PrefillWindow | DecodeWindow, options: dict[str, Any], left: float,

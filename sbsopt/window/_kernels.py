@@ -1054,6 +1054,59 @@ def _exchange_side(side, assignment, movable, cost, tokens, blocks, penalty, gua
     return c + m
 
 
+@numba.njit(cache=True, nogil=True)
+def _first_trade(a_unit, b_unit, to_pool, room, free, unit_time, a_step, b_step, same_instance,
+                 a_rest, b_rest, pair_rest, sub_value, sub_guarded,
+                 sub_count, tol):  # pragma: no cover - compiled
+    """The first trade of :func:`prefill_exchange_search` between unit ``a_unit`` and side
+    ``b_unit`` (``to_pool``: the deferred requests) it accepts: ``(subset of A, subset of B,
+    A's new time, B's new time, subsets visited)``, the subsets -1 when there is none.
+    ``a_step``/``b_step``: the two units' instance steps; ``a_rest``/``b_rest``: those steps
+    without the unit, ``pair_rest``: without both (one instance)."""
+    visited = sub_count[a_unit]
+    for sa in range(sub_count[a_unit]):
+        if to_pool and sub_guarded[a_unit, sa]:
+            continue
+        ta = sub_value[a_unit, sa, _SUB_TOKENS]
+        low = -np.inf if to_pool else ta - room[b_unit]
+        high = ta + room[a_unit]
+        lo, hi = 0, sub_count[b_unit]  # first subset of B with tokens >= low
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if sub_value[b_unit, mid, _SUB_TOKENS] < low:
+                lo = mid + 1
+            else:
+                hi = mid
+        for sb in range(lo, sub_count[b_unit]):
+            if sub_value[b_unit, sb, _SUB_TOKENS] > high:
+                break
+            visited += 1
+            if sa == 0 and sb == 0:
+                continue
+            db = sub_value[b_unit, sb, _SUB_BLOCKS] - sub_value[a_unit, sa, _SUB_BLOCKS]
+            if db > free[a_unit]:
+                continue
+            dc = sub_value[b_unit, sb, _SUB_COST] - sub_value[a_unit, sa, _SUB_COST]
+            new_a = unit_time[a_unit] + dc
+            if to_pool:
+                delta = (max(a_rest, new_a) - a_step + sub_value[a_unit, sa, _SUB_PENALTY]
+                         - sub_value[b_unit, sb, _SUB_PENALTY])
+                if delta < -tol:
+                    return sa, sb, new_a, 0.0, visited
+                continue
+            if -db > free[b_unit]:
+                continue
+            new_b = unit_time[b_unit] - dc
+            if same_instance:
+                delta = max(pair_rest, new_a, new_b) - a_step
+            else:
+                delta = max(a_rest, new_a) - a_step + max(b_rest, new_b) - b_step
+            if delta < -tol or (delta <= tol and max(new_a, new_b)
+                                < max(unit_time[a_unit], unit_time[b_unit]) - tol):
+                return sa, sb, new_a, new_b, visited
+    return -1, -1, 0.0, 0.0, visited
+
+
 @numba.njit(cache=True)  # not nogil: it reads the clock in object mode
 def prefill_exchange_search(assignment, movable, cost, tokens, blocks, penalty, guarded, room,
                             free, unit_time, inst, n_inst, max_work,
@@ -1117,81 +1170,42 @@ def prefill_exchange_search(assignment, movable, cost, tokens, blocks, penalty, 
                     if now > deadline:
                         return moves, work
                     clock_at = work + _CLOCK_WORK
-                gb = inst[b_unit] if b_unit != pool else -1
-                work += sub_count[a_unit]
-                for sa in range(sub_count[a_unit]):
-                    if b_unit == pool and sub_guarded[a_unit, sa]:
-                        continue
-                    ta = sub_value[a_unit, sa, _SUB_TOKENS]
-                    low = ta - room[b_unit] if b_unit != pool else -np.inf
-                    high = ta + room[a_unit]
-                    lo, hi = 0, sub_count[b_unit]  # first subset of B with tokens >= low
-                    while lo < hi:
-                        mid = (lo + hi) // 2
-                        if sub_value[b_unit, mid, _SUB_TOKENS] < low:
-                            lo = mid + 1
-                        else:
-                            hi = mid
-                    for sb in range(lo, sub_count[b_unit]):
-                        tb = sub_value[b_unit, sb, _SUB_TOKENS]
-                        if tb > high:
-                            break
-                        work += 1
-                        if sa == 0 and sb == 0:
-                            continue
-                        db = sub_value[b_unit, sb, _SUB_BLOCKS] - sub_value[a_unit, sa, _SUB_BLOCKS]
-                        if db > free[a_unit]:
-                            continue
-                        dc = sub_value[b_unit, sb, _SUB_COST] - sub_value[a_unit, sa, _SUB_COST]
-                        new_a = unit_time[a_unit] + dc
-                        new_b = 0.0
-                        if b_unit == pool:
-                            delta = (max(a_rest, new_a) - inst_max[ga]
-                                     + sub_value[a_unit, sa, _SUB_PENALTY]
-                                     - sub_value[b_unit, sb, _SUB_PENALTY])
-                            better = delta < -tol
-                        else:
-                            if -db > free[b_unit]:
-                                continue
-                            new_b = unit_time[b_unit] - dc
-                            if ga == gb:
-                                delta = max(_max_without(top, unit_time, ga, a_unit, b_unit),
-                                            new_a, new_b) - inst_max[ga]
-                            else:
-                                delta = (max(a_rest, new_a) - inst_max[ga]
-                                         + max(_max_without(top, unit_time, gb, b_unit, -1), new_b)
-                                         - inst_max[gb])
-                            better = delta < -tol or (
-                                delta <= tol and max(new_a, new_b)
-                                < max(unit_time[a_unit], unit_time[b_unit]) - tol)
-                        if not better:
-                            continue
-                        for z in range(2):
-                            i = sub_item[a_unit, sa, z]
-                            if i >= 0:
-                                assignment[i] = -1 if b_unit == pool else b_unit
-                            i = sub_item[b_unit, sb, z]
-                            if i >= 0:
-                                assignment[i] = a_unit
-                        room[a_unit] -= tb - ta
-                        free[a_unit] -= db
-                        unit_time[a_unit] = new_a
-                        if b_unit != pool:
-                            room[b_unit] += tb - ta
-                            free[b_unit] += db
-                            unit_time[b_unit] = new_b
-                            inst_max[gb] = _instance_step(unit_time, inst, gb)
-                        inst_max[ga] = _instance_step(unit_time, inst, ga)
-                        for side in (a_unit, b_unit):
-                            work += _BUILD_WORK * _exchange_side(
-                                side, assignment, movable, cost, tokens, blocks, penalty,
-                                guarded, sub_item, sub_value, sub_guarded, sub_count,
-                                candidates, key, tmp_item)
-                        found = True
-                        break
-                    if found:
-                        break
-                if found:
+                to_pool = b_unit == pool
+                gb, b_step, b_rest, pair_rest = -1, -np.inf, -np.inf, -np.inf
+                if not to_pool:
+                    gb = inst[b_unit]
+                    b_step = inst_max[gb]
+                    b_rest = _max_without(top, unit_time, gb, b_unit, -1)
+                    pair_rest = _max_without(top, unit_time, ga, a_unit, b_unit)
+                sa, sb, new_a, new_b, visited = _first_trade(
+                    a_unit, b_unit, to_pool, room, free, unit_time, inst_max[ga], b_step,
+                    ga == gb, a_rest, b_rest, pair_rest, sub_value, sub_guarded, sub_count, tol)
+                work += visited
+                if sa >= 0:
+                    dt = sub_value[b_unit, sb, _SUB_TOKENS] - sub_value[a_unit, sa, _SUB_TOKENS]
+                    db = sub_value[b_unit, sb, _SUB_BLOCKS] - sub_value[a_unit, sa, _SUB_BLOCKS]
+                    for z in range(2):
+                        i = sub_item[a_unit, sa, z]
+                        if i >= 0:
+                            assignment[i] = -1 if to_pool else b_unit
+                        i = sub_item[b_unit, sb, z]
+                        if i >= 0:
+                            assignment[i] = a_unit
+                    room[a_unit] -= dt
+                    free[a_unit] -= db
+                    unit_time[a_unit] = new_a
+                    if not to_pool:
+                        room[b_unit] += dt
+                        free[b_unit] += db
+                        unit_time[b_unit] = new_b
+                        inst_max[gb] = _instance_step(unit_time, inst, gb)
+                    inst_max[ga] = _instance_step(unit_time, inst, ga)
+                    for side in (a_unit, b_unit):
+                        work += _BUILD_WORK * _exchange_side(
+                            side, assignment, movable, cost, tokens, blocks, penalty, guarded,
+                            sub_item, sub_value, sub_guarded, sub_count, candidates, key,
+                            tmp_item)
+                    found = True
                     break
             if found:
                 break

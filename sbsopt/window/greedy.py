@@ -190,7 +190,6 @@ def ruin_recreate(problem: PrefillWindow, assignment: np.ndarray, iterations: in
     return placed, chunks, prefill_objective(problem, placed, chunks), ran
 
 
-
 #: Exchange search (``_kernels.prefill_exchange_search``): seconds one unit of its work (a
 #: subset visited, or a sixteenth of one built) is taken to cost, which sizes its work from a
 #: budget (measured 3-7 ns on full windows from 64 x 8 to 256 x 32, up to 13 ns on searches
@@ -242,6 +241,7 @@ def exchange_search(problem: PrefillWindow, assignment: np.ndarray, chunks: dict
         problem.penalty_us, problem.guarded, room, free, unit_time, problem.instance,
         problem.n_instances, work, np.inf if deadline is None else deadline)
     return current, prefill_objective(problem, current, chunks), made, done
+
 
 def greedy_prefill(problem: PrefillWindow, *, local_search: int = 0) -> GreedyAnswer:
     """Best of PBAA (guarded, then oldest first, then largest) and LPT (guarded, then largest);

@@ -48,8 +48,8 @@ budget when that is at most ``_HOST_MOST_SHARE`` of it. When the budget cannot h
 model, ruin and recreate and the exchange search may take ``_RUIN_ALONE_SHARE`` of it;
 otherwise they share what CP-SAT's least time and the polish leave. Measured after
 :func:`~sbsopt.window.warm_up` (``benchmarks/budget.py``, 864 solves up to 1024 x 64, idle
-machine, three runs): one solve in 2,592 returned late, by 1.3 ms, and 14-19 ms early when
-repeated (the machine's preemption); the latest of the other runs 0.9 and 1.2 ms early.
+machine): the latest 0.26 ms early (before the exchange search, three runs: one solve in
+2,592 returned late, by 1.3 ms, and 14-19 ms early when repeated, the machine's preemption).
 With 3 ms, three runs of five had one solve 0.4-0.9 ms late; with 4 ms but the LP bound given
 all that was left, decode ``auto`` was up to 2.0 ms late under a 200 ms budget. Without
 ``warm_up``, the first call of each Numba kernel in a process loads it, 5-15 ms inside the
@@ -141,9 +141,9 @@ _RUIN_SHARE = 0.3
 #: search.
 _RUIN_ALONE_SHARE = 0.8
 _RUIN_MAX_ITERATIONS = 20_000
-#: The exchange search (``greedy.exchange_search``) after ruin and recreate on a
-#: capacity-bound prefill window, and again on CP-SAT's answer (option ``exchange``, its work
-#: each time, overrides): the share of the budget its work may take (sized with the slowest
+#: The exchange search (``greedy.exchange_search``) after ruin and recreate on a prefill window
+#: that fills ``_EXCHANGE_MIN_FILL`` of its room, and again on CP-SAT's answer (option
+#: ``exchange``, its work each time, overrides): the share of the budget its work may take (sized with the slowest
 #: time per unit of work, ``greedy.EXCHANGE_WORK_S``, so that the answer does not depend on
 #: the clock), and the share kept after CP-SAT for the second run.
 _EXCHANGE_SHARE = 0.3
@@ -366,11 +366,15 @@ def _cpsat_reserve(problem: PrefillWindow | DecodeWindow) -> float:
     return pairs * (_PAIR_BUILD_S + _STOP_PAIR_S) + _MIN_SOLVE_S + _STOP_LATENCY_S
 
 
-def _capacity_bound(problem: PrefillWindow) -> bool:
-    """More tokens or KV blocks than the units have room for (some requests must wait)."""
-    return bool(problem.new_tokens.sum() > problem.room_tokens.sum()
-                or problem.kv_blocks.sum(dtype=np.float64)
-                > problem.free_kv_blocks.sum(dtype=np.float64))
+def _fill(problem: PrefillWindow) -> float:
+    """The larger share of the units' room the requests take, in tokens or in KV blocks
+    (above 1: some requests must wait; ``inf`` when an empty room is asked for anything)."""
+    def share(need: float, room: float) -> float:
+        return need / room if room > 0 else (np.inf if need > 0 else 0.0)
+
+    return max(share(float(problem.new_tokens.sum()), float(problem.room_tokens.sum())),
+               share(problem.kv_blocks.sum(dtype=np.float64),
+                     problem.free_kv_blocks.sum(dtype=np.float64)))
 
 
 def _search_sizes(problem: PrefillWindow | DecodeWindow, budget: float) -> tuple[int, int]:
@@ -381,10 +385,8 @@ def _search_sizes(problem: PrefillWindow | DecodeWindow, budget: float) -> tuple
     shares), or ``_RUIN_ALONE_SHARE`` of it when the budget cannot hold a CP-SAT model."""
     if not isinstance(problem, PrefillWindow) or problem.n_requests == 0:
         return 0, 0
-    fill = max(problem.new_tokens.sum() / max(problem.room_tokens.sum(), 1),
-               problem.kv_blocks.sum(dtype=np.float64)
-               / max(problem.free_kv_blocks.sum(dtype=np.float64), 1.0))
-    ruin = _RUIN_SHARE if _capacity_bound(problem) else 0.0
+    fill = _fill(problem)
+    ruin = _RUIN_SHARE if fill > 1.0 else 0.0  # more tokens or KV blocks than room
     exchange = _EXCHANGE_SHARE if fill >= _EXCHANGE_MIN_FILL else 0.0
     if not ruin and not exchange:
         return 0, 0
@@ -448,6 +450,16 @@ def _search(problem: PrefillWindow | DecodeWindow, start: Answer, options: dict[
     return _exchange_answer(problem, answer, options, deadline=deadline, whole=True)
 
 
+def _taken_whole(answer: Answer) -> np.ndarray:
+    """``answer``'s assignment with its chunked requests deferred (a new array when it has
+    chunks)."""
+    if not answer.chunks:
+        return answer.assignment
+    whole = answer.assignment.copy()
+    whole[list(answer.chunks)] = -1
+    return whole
+
+
 def _search_option(problem: PrefillWindow | DecodeWindow, start: Answer,
                    options: dict[str, Any], name: str) -> int:
     """The option ``name`` (a search's iterations or work, checked), or 0 where searches after
@@ -471,11 +483,7 @@ def _exchange_answer(problem: PrefillWindow | DecodeWindow, start: Answer,
     work = _search_option(problem, start, options, "exchange")
     if not work:
         return start
-    assignment, chunks = start.assignment, start.chunks
-    if whole and chunks:
-        assignment = assignment.copy()
-        assignment[list(chunks)] = -1
-        chunks = {}
+    assignment, chunks = (_taken_whole(start), {}) if whole else (start.assignment, start.chunks)
     began = time.perf_counter()
     assignment, value, moves, done = exchange_search(problem, assignment, chunks, work,
                                                      deadline=deadline)
@@ -487,8 +495,7 @@ def _exchange_answer(problem: PrefillWindow | DecodeWindow, start: Answer,
     start.stats["exchange_work"] = start.stats.get("exchange_work", 0) + done
     if start.value is not None and not value < start.value - 1e-12 * abs(start.value):
         return start
-    status = SolveStatus.FEASIBLE if start.status is SolveStatus.OPTIMAL else start.status
-    return Answer(assignment, chunks, status, bound=start.bound,
+    return Answer(assignment, chunks, start.status, bound=start.bound,
                   stats={**start.stats, "variant": "exchange"}, value=value,
                   message=start.message, analytic_included=start.analytic_included)
 
@@ -522,11 +529,8 @@ def _ruin_recreate_answer(problem: PrefillWindow | DecodeWindow, start: Answer,
     iterations = _search_option(problem, start, options, "ruin_recreate")
     if not iterations:
         return start
-    whole = start.assignment.copy()
-    if start.chunks:
-        whole[list(start.chunks)] = -1
-    assignment, chunks, value, ran = ruin_recreate(problem, whole, iterations, seed=seed,
-                                                   deadline=deadline)
+    assignment, chunks, value, ran = ruin_recreate(problem, _taken_whole(start), iterations,
+                                                   seed=seed, deadline=deadline)
     start.stats["ruin_recreate_iterations"] = ran
     if start.value is not None and not value < start.value - 1e-12 * abs(start.value):
         return start  # (the kernels and the objective round differently)
@@ -585,11 +589,8 @@ def _cpsat_improve(problem: PrefillWindow | DecodeWindow, fallback: Answer, *, d
     deadline; the better of CP-SAT's and ``fallback``'s answers is returned."""
     from ortools.sat.python import cp_model
 
-    start_hint = fallback.assignment if hint is None else hint
-    if hint is None and fallback.chunks:
-        # the model places whole requests: a chunked request is deferred in the hint
-        start_hint = start_hint.copy()
-        start_hint[list(fallback.chunks)] = -1
+    # the model places whole requests: a chunked request is deferred in the hint
+    start_hint = _taken_whole(fallback) if hint is None else hint
     pairs = problem.n_requests * problem.n_units
     if time.perf_counter() + pairs * (_PAIR_BUILD_S + _STOP_PAIR_S) + _MIN_SOLVE_S > deadline:
         return _timeout(fallback, "window too large to build a CP-SAT model in the budget")
@@ -702,14 +703,16 @@ def solve(
         ``ruin_recreate`` (int, ruin-and-recreate iterations after the greedy; default 0 for
         ``greedy``, and for ``cpsat``/``auto`` sized from the budget on prefill windows with
         more tokens or KV blocks than room, else 0), ``exchange`` (int, the work of the
-        exchange search after that, in subsets visited, about 3-10 ns each; defaults as
-        ``ruin_recreate``; ``cpsat``/``auto`` run it again on CP-SAT's answer), ``lp_bound``
+        exchange search after that, in subsets visited, about 3-10 ns each; default 0 for
+        ``greedy``, and for ``cpsat``/``auto`` sized from the budget on prefill windows whose
+        requests fill at least 90% of the room; ``cpsat``/``auto`` run it again on CP-SAT's
+        answer), ``lp_bound``
         (bool: True adds the LP relaxation to the bound whatever it costs; by default
         ``cpsat``/``auto`` add it only within the remaining budget and only to whole-request
         windows, ``greedy`` never), ``host_bound`` (bool, the same for the host bound of
         :mod:`sbsopt.window.host_bound`, on one-instance prefill windows; by default its time
-        is kept out of the budget when the greedy answer shows long requests and it is at
-        most a fifth of the budget),
+        is kept out of the budget when an answer at the analytic bound shows long requests and
+        it is at most a quarter of the budget),
         ``num_workers`` (CP-SAT threads, default 1; more run a portfolio whose workers can
         overrun the budget: measured +60 ms once in 24 solves at 16 x 4 with 2 workers, which a
         stop request at the deadline did not shorten), ``deterministic_time_s``, ``presolve``

@@ -54,3 +54,13 @@ def test_warm_up_loads_every_kernel_variant_the_solvers_use() -> None:
     done = subprocess.run([sys.executable, "-c", _BATTERY], capture_output=True, text=True,
                           timeout=600, check=True)
     assert json.loads(done.stdout.strip().splitlines()[-1]) == {}
+
+
+def test_warm_up_loads_the_lp_solvers_the_bounds_use() -> None:
+    """A fresh process: after warm up, ``solve`` imports no solver library of its own (GLOP's
+    import took 7 ms inside the first ``cpsat`` solve's budget)."""
+    script = ("import sys\nfrom sbsopt.window import warm_up\nwarm_up()\n"
+              "print('ortools.linear_solver.pywraplp' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=600, check=True)
+    assert done.stdout.strip().splitlines()[-1] == "True"

@@ -203,3 +203,90 @@ def test_a_request_without_new_tokens_leaves_the_bound_valid(cat, chunking: bool
     for upper in (best, 1.05 * best, 1.2 * best):
         assert long_requests(problem, upper).size >= 2
         assert host_bound(problem, upper) <= best * (1 + 1e-9)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_chunk_points_never_cost_more_than_the_chunks_they_mix(seed: int) -> None:
+    from sbsopt.window.host_bound import CHUNK_POINTS, _chunk_point_costs
+
+    rng = np.random.default_rng(seed)
+    lin, quad, top = rng.uniform(0.1, 10.0, 3), rng.uniform(0.0, 20.0, 3), rng.uniform(0.2, 1.0, 3)
+    step = top / CHUNK_POINTS
+    costs = _chunk_point_costs(lin, quad, step)
+    for k in range(3):
+        # the cheapest mix making a chunk of ``a``: the chord between the neighbouring points
+        points = np.concatenate([[0.0], step[k] * np.arange(1, CHUNK_POINTS + 1)])
+        a = np.linspace(0.0, top[k], 4001)
+        mixed = np.interp(a, points, np.concatenate([[0.0], costs[k]]))
+        exact = lin[k] * a + quad[k] * a * a
+        assert (mixed <= exact + 1e-9).all()
+        # and no further below it than the chord rule allows
+        assert (exact - mixed).max() <= quad[k] * step[k] ** 2 + 1e-9
+
+
+def _many_long(seed: int, cat) -> PrefillWindow:
+    """Five long prompts and twenty short ones on six units, chunking on: 16 cases."""
+    rng = np.random.default_rng(seed)
+    new = np.concatenate([rng.integers(5000, 8000, 5), rng.integers(200, 2500, 20)])
+    return PrefillWindow.from_arrays(
+        new, np.zeros(new.size, np.int64), np.sort(rng.uniform(0.0, 0.2, new.size)),
+        capacity_tokens=rng.integers(8000, 12_000, 6), load_tokens=rng.integers(0, 1500, 6),
+        now_s=0.25, coefficients=cat.PREFILL, allow_chunking=True, defer_factor=0.8)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_dual_screen_bounds_every_case_below_its_lp(cat, seed: int) -> None:
+    import highspy
+
+    from sbsopt.window.host_bound import (
+        _HOST_CHUNKS,
+        _HOST_TIME,
+        _HOSTS,
+        _OTHER_CHUNKS,
+        _OTHER_TIME,
+        _PLACED,
+        _DualScreen,
+        _host_lp,
+    )
+
+    problem = _many_long(seed, cat)
+    upper = solve(problem, method="greedy").objective * 1.05
+    long = long_requests(problem, upper)
+    assert long.size >= 3
+    lp, _constant = _host_lp(problem, long, upper)
+    solver = highspy.Highs()
+    solver.setOptionValue("output_flag", False)
+    solver.passModel(lp)
+    screen = _DualScreen(lp, problem.n_units)
+    units, values = problem.n_units, {}
+    for placed in range(long.size, -1, -1):
+        for hosts in (range(placed, 0, -1) if placed else (0,)):
+            solver.changeCoeff(_HOST_TIME, 0, -float(hosts))
+            solver.changeCoeff(_OTHER_TIME, 0, -float(units - hosts))
+            solver.changeRowBounds(_HOSTS, hosts, hosts)
+            solver.changeRowBounds(_PLACED, placed, placed)
+            solver.changeRowBounds(_HOST_CHUNKS, -highspy.kHighsInf, hosts)
+            solver.changeRowBounds(_OTHER_CHUNKS, -highspy.kHighsInf, units - hosts)
+            solver.run()
+            if solver.getModelStatus() == highspy.HighsModelStatus.kOptimal:
+                values[placed, hosts] = solver.getInfo().objective_function_value
+                screen.add(np.asarray(solver.getSolution().row_dual))
+    assert len(values) >= 5
+    for (placed, hosts), value in values.items():
+        screened = screen.bound(placed, hosts)
+        assert screened <= value + 1e-6 * abs(value)
+    # a case's own duals give back its value
+    last = list(values)[-1]
+    assert screen.bound(*last) == pytest.approx(values[last], rel=1e-6)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_screening_cases_leaves_the_bound_unchanged(cat, seed: int, monkeypatch) -> None:
+    from sbsopt.window.host_bound import _DualScreen
+
+    problem = _many_long(seed, cat)
+    upper = solve(problem, method="greedy").objective
+    screened = host_bound(problem, upper)
+    monkeypatch.setattr(_DualScreen, "bound", lambda self, placed, hosts: -np.inf)
+    assert host_bound(problem, upper) == pytest.approx(screened, rel=1e-6)
+    assert screened > lp_bound(problem)

@@ -48,8 +48,8 @@ budget when that is at most ``_HOST_MOST_SHARE`` of it. When the budget cannot h
 model, ruin and recreate and the exchange search may take ``_RUIN_ALONE_SHARE`` of it;
 otherwise they share what CP-SAT's least time and the polish leave. Measured after
 :func:`~sbsopt.window.warm_up` (``benchmarks/budget.py``, 864 solves up to 1024 x 64, idle
-machine): the latest 0.26 ms early (before the exchange search, three runs: one solve in
-2,592 returned late, by 1.3 ms, and 14-19 ms early when repeated, the machine's preemption).
+machine): the latest 0.45 ms early (two rounds before, three runs: one solve in 2,592
+returned late, by 1.3 ms, and 14-19 ms early when repeated, the machine's preemption).
 With 3 ms, three runs of five had one solve 0.4-0.9 ms late; with 4 ms but the LP bound given
 all that was left, decode ``auto`` was up to 2.0 ms late under a 200 ms budget. Without
 ``warm_up``, the first call of each Numba kernel in a process loads it, 5-15 ms inside the

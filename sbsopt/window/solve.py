@@ -44,11 +44,11 @@ the remaining budget minus its stop latency (4 ms + 1.2 us per pair, and above 0
 it runs its full search, 2% of the budget more; the host and LP bounds after it keep 4 ms). On
 a one-instance prefill window where an answer at the analytic bound shows long requests
 (:mod:`sbsopt.window.host_bound`), ``cpsat``/``auto`` keep the host bound's time out of the
-budget when that is at most ``_HOST_MOST_SHARE`` of it. When the budget cannot hold a CP-SAT
-model, ruin and recreate and the exchange search may take ``_RUIN_ALONE_SHARE`` of it;
-otherwise they share what CP-SAT's least time and the polish leave. Measured after
-:func:`~sbsopt.window.warm_up` (``benchmarks/budget.py``, 864 solves up to 1024 x 64, idle
-machine): the latest 0.45 ms early (two rounds before, three runs: one solve in 2,592
+budget when that is at most ``_HOST_MOST_SHARE`` of it and CP-SAT would take it. When the
+budget cannot hold a CP-SAT model, ruin and recreate and the exchange search may take
+``_RUIN_ALONE_SHARE`` of it; otherwise they share what CP-SAT's least time and the polish
+leave. Measured after :func:`~sbsopt.window.warm_up` (``benchmarks/budget.py``, 864 solves
+up to 1024 x 64, idle machine): the latest 0.45 ms early (two rounds before, three runs: one solve in 2,592
 returned late, by 1.3 ms, and 14-19 ms early when repeated, the machine's preemption).
 With 3 ms, three runs of five had one solve 0.4-0.9 ms late; with 4 ms but the LP bound given
 all that was left, decode ``auto`` was up to 2.0 ms late under a 200 ms budget. Without

@@ -145,6 +145,23 @@ def test_cpsat_leaves_the_host_bound_its_time_when_the_budget_holds_it(cat) -> N
     assert _host_reserve(even, 10.0, {}) == 0.0
 
 
+def test_no_host_reserve_where_the_searches_alone_leave_it_time(cat) -> None:
+    from sbsopt.window import PrefillWindow
+    from sbsopt.window.solve import _cpsat_fits, _host_reserve, _host_time
+
+    # 256 x 32 in 50 ms: CP-SAT's least time is over half the budget, so ruin and recreate and
+    # the exchange search run alone and leave a fifth of it, more than the host bound needs
+    rng = np.random.default_rng(0)
+    new = np.concatenate([rng.integers(7000, 7500, 8), rng.integers(100, 3000, 248)])
+    w = PrefillWindow.from_arrays(new, np.zeros(256, np.int64), np.sort(rng.uniform(0, 0.1, 256)),
+                                  capacity_tokens=np.full(32, 16_384), now_s=0.12,
+                                  load_tokens=rng.integers(0, 4096, 32),
+                                  coefficients=cat.PREFILL, allow_chunking=False)
+    assert not _cpsat_fits(w, 0.05, True) and _host_time(w) <= 0.2 * 0.05
+    assert _host_reserve(w, 0.05, {}) == 0.0
+    assert _host_reserve(w, 1.0, {}) == _host_time(w)  # CP-SAT would take that budget
+
+
 def test_cpsat_and_auto_run_ruin_recreate_on_windows_with_more_tokens_than_room(cat, rng) -> None:
     """By default only there (a share of the budget, sized from it), the answer never worse
     than the greedy with local search, and the same for the same seed."""

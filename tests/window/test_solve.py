@@ -113,18 +113,26 @@ def test_ruin_recreate_takes_the_budget_that_cannot_hold_a_cpsat_model(cat, rng)
     assert answer.objective <= solve(problem, method="greedy").objective
 
 
+def _hosted_window(cat, long: int, units: int):
+    """``long`` 7,000-token prompts among short ones, 8 requests a unit, whole-request: each
+    long prompt must fill its own unit with short ones."""
+    from sbsopt.window import PrefillWindow
+
+    rng = np.random.default_rng(0)
+    n = 8 * units
+    new = np.concatenate([rng.integers(7000, 7500, long), rng.integers(100, 3000, n - long)])
+    return PrefillWindow.from_arrays(new, np.zeros(n, np.int64), np.sort(rng.uniform(0, 0.1, n)),
+                                     capacity_tokens=np.full(units, 16_384), now_s=0.12,
+                                     load_tokens=rng.integers(0, 4096, units),
+                                     coefficients=cat.PREFILL, allow_chunking=False)
+
+
 def test_cpsat_leaves_the_host_bound_its_time_when_the_budget_holds_it(cat) -> None:
     from sbsopt.window import PrefillWindow, lp_bound
     from sbsopt.window.host_bound import host_bound
     from sbsopt.window.solve import _host_reserve
 
-    # four 7,000-token prompts, each of which must fill its own unit with short ones
-    rng = np.random.default_rng(0)
-    new = np.concatenate([rng.integers(7000, 7500, 4), rng.integers(100, 3000, 124)])
-    w = PrefillWindow.from_arrays(new, np.zeros(128, np.int64), np.sort(rng.uniform(0, 0.1, 128)),
-                                  capacity_tokens=np.full(16, 16_384), now_s=0.12,
-                                  load_tokens=rng.integers(0, 4096, 16),
-                                  coefficients=cat.PREFILL, allow_chunking=False)
+    w = _hosted_window(cat, long=4, units=16)
     # a short search leaves the bound ample time, also on a loaded machine
     short = {"deterministic_time_s": 0.03}
     for method in ("cpsat", "auto"):
@@ -146,17 +154,11 @@ def test_cpsat_leaves_the_host_bound_its_time_when_the_budget_holds_it(cat) -> N
 
 
 def test_no_host_reserve_where_the_searches_alone_leave_it_time(cat) -> None:
-    from sbsopt.window import PrefillWindow
     from sbsopt.window.solve import _cpsat_fits, _host_reserve, _host_time
 
     # 256 x 32 in 50 ms: CP-SAT's least time is over half the budget, so ruin and recreate and
     # the exchange search run alone and leave a fifth of it, more than the host bound needs
-    rng = np.random.default_rng(0)
-    new = np.concatenate([rng.integers(7000, 7500, 8), rng.integers(100, 3000, 248)])
-    w = PrefillWindow.from_arrays(new, np.zeros(256, np.int64), np.sort(rng.uniform(0, 0.1, 256)),
-                                  capacity_tokens=np.full(32, 16_384), now_s=0.12,
-                                  load_tokens=rng.integers(0, 4096, 32),
-                                  coefficients=cat.PREFILL, allow_chunking=False)
+    w = _hosted_window(cat, long=8, units=32)
     assert not _cpsat_fits(w, 0.05, True) and _host_time(w) <= 0.2 * 0.05
     assert _host_reserve(w, 0.05, {}) == 0.0
     assert _host_reserve(w, 1.0, {}) == _host_time(w)  # CP-SAT would take that budget

@@ -97,8 +97,10 @@ def _prefill_pass(problem: PrefillWindow, order: np.ndarray, local_search: int) 
 def chunk_after(problem: PrefillWindow, assignment: np.ndarray) -> tuple[np.ndarray, dict]:
     """The greedy chunk post-pass applied to a whole-request assignment (CP-SAT's answer):
     the deferred requests, guarded then oldest then largest first, place first chunks where
-    they remove more penalty than they add step time. Returns a new assignment and the chunks."""
-    if not problem.allow_chunking or not (assignment < 0).any():
+    they remove more penalty than they add step time, then the step units' chunks (or
+    costliest whole requests) are trimmed (``_kernels.trim_step_chunks``). Returns a new
+    assignment and the chunks."""
+    if not problem.allow_chunking:
         return assignment, {}
     placed = assignment >= 0
     room = problem.room_tokens - np.bincount(

@@ -23,7 +23,8 @@ request may place its first chunk of ``k < n_i`` tokens (at most the unit's room
 pro rata) on a unit with spare room, its remainder staying buffered at ``(n_i - k) / n_i`` of
 its penalty; at most one chunk per unit and per request. The greedy sizes a chunk by the room
 and places it only where the penalty share it removes exceeds the step-time raise it causes,
-then trims the chunk on the step unit (``_kernels.trim_step_chunks``).
+then trims the chunk on the step unit, or makes one of its costliest whole request
+(``_kernels.trim_step_chunks``).
 
 **Decode.** Request ``i`` brings ``k_i`` context tokens and needs ``b_i`` KV blocks; unit
 ``j`` runs ``B_j`` requests (at most ``max_batch_size[j]``) holding ``K_j`` KV tokens. The

@@ -48,8 +48,9 @@ budget when that is at most ``_HOST_MOST_SHARE`` of it and CP-SAT would take it.
 budget cannot hold a CP-SAT model, ruin and recreate and the exchange search may take
 ``_RUIN_ALONE_SHARE`` of it; otherwise they share what CP-SAT's least time and the polish
 leave. Measured after :func:`~sbsopt.window.warm_up` (``benchmarks/budget.py``, 864 solves
-up to 1024 x 64, idle machine): the latest 0.45 ms early (two rounds before, three runs: one solve in 2,592
-returned late, by 1.3 ms, and 14-19 ms early when repeated, the machine's preemption).
+up to 1024 x 64, idle machine): the latest 0.45 and 1.26 ms early in two runs (two rounds
+before, three runs: one solve in 2,592 returned late, by 1.3 ms, and 14-19 ms early when
+repeated, the machine's preemption).
 With 3 ms, three runs of five had one solve 0.4-0.9 ms late; with 4 ms but the LP bound given
 all that was left, decode ``auto`` was up to 2.0 ms late under a 200 ms budget. Without
 ``warm_up``, the first call of each Numba kernel in a process loads it, 5-15 ms inside the
@@ -456,13 +457,23 @@ def _search(problem: PrefillWindow | DecodeWindow, start: Answer, options: dict[
     return _exchange_answer(problem, answer, options, deadline=deadline, whole=True)
 
 
-def _taken_whole(answer: Answer) -> np.ndarray:
-    """``answer``'s assignment with its chunked requests deferred (a new array when it has
-    chunks)."""
+def _taken_whole(problem: PrefillWindow | DecodeWindow, answer: Answer) -> np.ndarray:
+    """``answer``'s assignment with its chunked requests whole where they fit their unit's room
+    and free KV blocks beside its whole requests (a request the step trim made a chunk of),
+    else deferred (a new array when it has chunks)."""
     if not answer.chunks:
         return answer.assignment
     whole = answer.assignment.copy()
-    whole[list(answer.chunks)] = -1
+    chunked = np.fromiter(answer.chunks, np.int64, len(answer.chunks))
+    whole[chunked] = -1
+    placed = whole >= 0
+    units = problem.n_units
+    tokens = np.bincount(whole[placed], weights=problem.new_tokens[placed], minlength=units)
+    blocks = np.bincount(whole[placed], weights=problem.kv_blocks[placed], minlength=units)
+    unit = answer.assignment[chunked]  # one chunk a unit: the chunks do not compete
+    fits = ((tokens[unit] + problem.new_tokens[chunked] <= problem.room_tokens[unit])
+            & (blocks[unit] + problem.kv_blocks[chunked] <= problem.free_kv_blocks[unit]))
+    whole[chunked[fits]] = unit[fits]
     return whole
 
 
@@ -489,7 +500,8 @@ def _exchange_answer(problem: PrefillWindow | DecodeWindow, start: Answer,
     work = _search_option(problem, start, options, "exchange")
     if not work:
         return start
-    assignment, chunks = (_taken_whole(start), {}) if whole else (start.assignment, start.chunks)
+    assignment, chunks = ((_taken_whole(problem, start), {}) if whole
+                          else (start.assignment, start.chunks))
     began = time.perf_counter()
     assignment, value, moves, done = exchange_search(problem, assignment, chunks, work,
                                                      deadline=deadline)
@@ -535,7 +547,8 @@ def _ruin_recreate_answer(problem: PrefillWindow | DecodeWindow, start: Answer,
     iterations = _search_option(problem, start, options, "ruin_recreate")
     if not iterations:
         return start
-    assignment, chunks, value, ran = ruin_recreate(problem, _taken_whole(start), iterations,
+    assignment, chunks, value, ran = ruin_recreate(problem, _taken_whole(problem, start),
+                                                   iterations,
                                                    seed=seed, deadline=deadline)
     start.stats["ruin_recreate_iterations"] = ran
     if start.value is not None and not value < start.value - 1e-12 * abs(start.value):
@@ -596,7 +609,7 @@ def _cpsat_improve(problem: PrefillWindow | DecodeWindow, fallback: Answer, *, d
     from ortools.sat.python import cp_model
 
     # the model places whole requests: a chunked request is deferred in the hint
-    start_hint = _taken_whole(fallback) if hint is None else hint
+    start_hint = _taken_whole(problem, fallback) if hint is None else hint
     pairs = problem.n_requests * problem.n_units
     if time.perf_counter() + pairs * (_PAIR_BUILD_S + _STOP_PAIR_S) + _MIN_SOLVE_S > deadline:
         return _timeout(fallback, "window too large to build a CP-SAT model in the budget")

@@ -525,3 +525,28 @@ def test_exchange_search_stops_at_its_work() -> None:
     answer, value, made, work = exchange_search(w, start, {}, 0)
     assert answer.tolist() == start.tolist() and made == 0 and work > 0
     assert exchange_search(w, start, {}, 0)[3] == work
+
+
+@pytest.mark.parametrize("guarded", [False, True])
+def test_a_prompt_that_alone_sets_the_step_is_trimmed_to_a_chunk(cat, guarded: bool) -> None:
+    """A 14,000-token prompt fits its unit whole but alone sets the step: its last tokens add
+    more step time than the deferral they remove, so the greedy places a chunk of the size
+    found by trying every size (a guarded prompt stays whole)."""
+    from sbsopt.window import objective
+
+    rng = np.random.default_rng(3)
+    new = np.concatenate([[14_000], rng.integers(500, 3000, 20)])
+    deadline = np.where(np.arange(new.size) == 0, 0.1 if guarded else np.inf, np.inf)
+    w = PrefillWindow.from_arrays(new, np.zeros(new.size, np.int64), np.zeros(new.size),
+                                  capacity_tokens=np.full(4, 16_384), coefficients=cat.PREFILL,
+                                  allow_chunking=True, now_s=0.1, deadline_s=deadline)
+    result = solve(w, method="greedy")
+    others = {i: k for i, k in result.chunks.items() if i != 0}
+    whole = objective(w, result.assignment, others)
+    best = min(objective(w, result.assignment, {**others, 0: k}) for k in range(100, 14_000, 100))
+    if guarded:
+        assert 0 not in result.chunks and result.objective == pytest.approx(whole)
+    else:
+        assert 0 in result.chunks
+        assert result.objective <= best * (1 + 1e-6) < whole * 0.95
+        assert solve(w, method="cpsat", time_limit_s=0.2).objective <= result.objective

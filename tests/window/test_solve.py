@@ -242,3 +242,18 @@ def test_solve_pauses_the_garbage_collector_and_restores_it(cat, rng) -> None:
     finally:
         gc.enable()
         BACKENDS.pop("gc-probe")
+
+
+def test_a_chunk_is_taken_whole_where_it_fits_else_deferred(cat) -> None:
+    # the searches and CP-SAT's hint start from whole requests: a chunk the step trim made of a
+    # prompt that fits stays on its unit whole; one placed because it does not fit is deferred
+    from sbsopt.window import PrefillWindow
+    from sbsopt.window.result import SolveStatus
+    from sbsopt.window.solve import Answer, _taken_whole
+
+    w = PrefillWindow.from_arrays([9000, 20_000, 3000, 3000], [0] * 4, [0.0] * 4,
+                                  capacity_tokens=[16_384, 16_384], coefficients=cat.PREFILL)
+    answer = Answer(np.array([0, 1, 0, 1]), {0: 6000, 1: 10_000}, SolveStatus.FEASIBLE)
+    assert _taken_whole(w, answer).tolist() == [0, -1, 0, 1]
+    assert _taken_whole(w, Answer(np.array([0, 1, 0, 1]), {}, SolveStatus.FEASIBLE)).tolist() \
+        == [0, 1, 0, 1]

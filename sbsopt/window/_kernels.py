@@ -390,11 +390,12 @@ def trim_step_chunks(order, assignment, chunk_tokens, cost, tokens, blocks, pena
             second = unit_time[ranked[1]] if ranked[1] >= 0 else -np.inf
             if top < 0:
                 break
+            has_chunk = used[top]
             h = -1
             for i in range(n):
                 if assignment[i] != top:
                     continue
-                if used[top]:
+                if has_chunk:
                     if chunk_tokens[i] > 0:
                         h = i
                         break
@@ -402,9 +403,9 @@ def trim_step_chunks(order, assignment, chunk_tokens, cost, tokens, blocks, pena
                     h = i  # the costliest whole request: shrunk, it becomes the chunk
             if h < 0:
                 break
-            k = chunk_tokens[h] if used[top] else tokens[h]
+            k = chunk_tokens[h] if has_chunk else tokens[h]
             step = unit_time[top]
-            t_without = step - (_chunk_cost(k, cached[h], alpha, beta, gamma) if used[top]
+            t_without = step - (_chunk_cost(k, cached[h], alpha, beta, gamma) if has_chunk
                                 else cost[h])
             size = _trimmed_size(k, t_without, second, cached[h], penalty[h] / tokens[h],
                                  alpha, beta, gamma, max(min_chunk, 1))

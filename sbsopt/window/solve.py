@@ -494,7 +494,8 @@ def _exchange_answer(problem: PrefillWindow | DecodeWindow, start: Answer,
                      options: dict[str, Any], *, deadline: float, whole: bool) -> Answer:
     """``start`` improved by the exchange search (option ``exchange``: its work, prefill
     only) when that finds a better answer. ``whole``: on ``start`` taken whole (chunked
-    requests deferred), with chunks added after as CP-SAT's are; else the chunks stay.
+    requests whole where they fit, else deferred), with chunks added after as CP-SAT's are;
+    else the chunks stay.
     ``stats["exchange_moves"]``, ``stats["exchange_work"]`` and ``stats["exchange_s"]`` say
     what it did."""
     work = _search_option(problem, start, options, "exchange")
@@ -548,8 +549,7 @@ def _ruin_recreate_answer(problem: PrefillWindow | DecodeWindow, start: Answer,
     if not iterations:
         return start
     assignment, chunks, value, ran = ruin_recreate(problem, _taken_whole(problem, start),
-                                                   iterations,
-                                                   seed=seed, deadline=deadline)
+                                                   iterations, seed=seed, deadline=deadline)
     start.stats["ruin_recreate_iterations"] = ran
     if start.value is not None and not value < start.value - 1e-12 * abs(start.value):
         return start  # (the kernels and the objective round differently)
@@ -608,7 +608,7 @@ def _cpsat_improve(problem: PrefillWindow | DecodeWindow, fallback: Answer, *, d
     deadline; the better of CP-SAT's and ``fallback``'s answers is returned."""
     from ortools.sat.python import cp_model
 
-    # the model places whole requests: a chunked request is deferred in the hint
+    # the model places whole requests: a chunked request is whole where it fits, else deferred
     start_hint = _taken_whole(problem, fallback) if hint is None else hint
     pairs = problem.n_requests * problem.n_units
     if time.perf_counter() + pairs * (_PAIR_BUILD_S + _STOP_PAIR_S) + _MIN_SOLVE_S > deadline:
@@ -730,8 +730,8 @@ def solve(
         ``cpsat``/``auto`` add it only within the remaining budget and only to whole-request
         windows, ``greedy`` never), ``host_bound`` (bool, the same for the host bound of
         :mod:`sbsopt.window.host_bound`, on one-instance prefill windows; by default its time
-        is kept out of the budget when an answer at the analytic bound shows long requests and
-        it is at most a quarter of the budget),
+        is kept out of the budget when an answer at the analytic bound shows long requests,
+        CP-SAT would otherwise take that time and it is at most 60% of the budget),
         ``num_workers`` (CP-SAT threads, default 1; more run a portfolio whose workers can
         overrun the budget: measured +60 ms once in 24 solves at 16 x 4 with 2 workers, which a
         stop request at the deadline did not shorten), ``deterministic_time_s``, ``presolve``

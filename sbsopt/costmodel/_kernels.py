@@ -7,8 +7,9 @@ their end.  The constants vector ``c`` is laid out by ``sbsopt.costmodel.step``.
 
 from __future__ import annotations
 
-import numba
 import numpy as np
+
+from sbsopt._jit import njit
 
 __all__ = ["step_many", "step_many_reference", "interp_uniform"]
 
@@ -17,7 +18,7 @@ C_STEP, C_MB, C_PAIR, C_REQ, C_KV, C_COMM0, C_COMM1, C_HEAD0, C_HEAD1, C_MOE_LAY
 N_CONSTANTS = 11
 
 
-@numba.njit(cache=True, fastmath=False)
+@njit(fastmath=False)
 def interp_uniform(table: np.ndarray, step: float, x: float) -> float:
     """Linear interpolation of ``table`` sampled at ``0, step, 2*step...`` (extrapolates)."""
     position = x / step
@@ -29,7 +30,7 @@ def interp_uniform(table: np.ndarray, step: float, x: float) -> float:
     return table[index] + frac * (table[index + 1] - table[index])
 
 
-@numba.njit(cache=True)
+@njit()
 def step_many(
     load: np.ndarray, pairs: np.ndarray, requests: np.ndarray,
     own: np.ndarray, routed: np.ndarray, dense: np.ndarray, c: np.ndarray,

@@ -13,6 +13,8 @@ import time
 import numba
 import numpy as np
 
+from sbsopt._jit import njit
+
 __all__ = [
     "prefill_greedy",
     "prefill_greedy_py",
@@ -29,12 +31,12 @@ __all__ = [
 ]
 
 
-@numba.njit(cache=True, nogil=True)
+@njit(nogil=True)
 def _chunk_cost(k, cached, alpha, beta, gamma):  # pragma: no cover - compiled
     return alpha * k + beta * k * (cached + k / 2.0) + gamma
 
 
-@numba.njit(cache=True, nogil=True)
+@njit(nogil=True)
 def _best_chunk(i, tokens, blocks, penalty, room, free, unit_time, inst, inst_max, used,
                 spec):  # pragma: no cover - compiled
     """Where the first chunk of request ``i`` lowers the objective most: ``(unit, tokens,
@@ -66,7 +68,7 @@ def _best_chunk(i, tokens, blocks, penalty, room, free, unit_time, inst, inst_ma
     return best, best_k, best_time
 
 
-@numba.njit(cache=True, nogil=True)
+@njit(nogil=True)
 def _chunkable_units(room, used, min_chunk):  # pragma: no cover - compiled
     """Units that could still take a chunk (none used yet, room for ``min_chunk`` tokens):
     when there are none, the per-request chunk scan is skipped."""
@@ -77,7 +79,7 @@ def _chunkable_units(room, used, min_chunk):  # pragma: no cover - compiled
     return count
 
 
-@numba.njit(cache=True, nogil=True, inline="always")
+@njit(nogil=True, inline="always")
 def _take_chunk(i, j, k, t, tokens, blocks, room, free, unit_time, inst, inst_max, used,
                 assignment, chunk_tokens):  # pragma: no cover - compiled
     assignment[i] = j
@@ -90,7 +92,7 @@ def _take_chunk(i, j, k, t, tokens, blocks, room, free, unit_time, inst, inst_ma
         inst_max[inst[j]] = t
 
 
-@numba.njit(cache=True, nogil=True, inline="always")
+@njit(nogil=True, inline="always")
 def _chunk_now(i, tokens, blocks, penalty, room, free, unit_time, inst, inst_max, used, spec,
                assignment, chunk_tokens):  # pragma: no cover - compiled
     """Place request ``i``'s first chunk where :func:`_best_chunk` finds it helps (state
@@ -103,7 +105,7 @@ def _chunk_now(i, tokens, blocks, penalty, room, free, unit_time, inst, inst_max
     return j
 
 
-@numba.njit(cache=True, nogil=True)
+@njit(nogil=True)
 def prefill_greedy(order, cost, tokens, blocks, penalty, guarded, room, free, unit_time, inst,
                    inst_max, chunk_tokens, used, chunking, spec):  # pragma: no cover - compiled
     """Water-filling in ``order``: each request goes to the feasible unit that least raises its
@@ -151,7 +153,7 @@ def prefill_greedy(order, cost, tokens, blocks, penalty, guarded, room, free, un
     return assignment
 
 
-@numba.njit(cache=True, nogil=True, inline="always")
+@njit(nogil=True, inline="always")
 def _move_up(by_time, sorted_time, p, unit, new_time):  # pragma: no cover - compiled
     """Unit ``unit`` at position ``p`` of the ``(time, index)`` order now takes ``new_time``
     (not smaller): binary search of its new position and a block shift."""
@@ -170,7 +172,7 @@ def _move_up(by_time, sorted_time, p, unit, new_time):  # pragma: no cover - com
     sorted_time[lo - 1] = new_time
 
 
-@numba.njit(cache=True, nogil=True)
+@njit(nogil=True)
 def _prefill_greedy_one(order, cost, tokens, blocks, penalty, guarded, room, free, unit_time,
                         inst, inst_max, chunk_tokens, used, chunking,
                         spec):  # pragma: no cover - compiled
@@ -311,7 +313,7 @@ def prefill_greedy_py(order, cost, tokens, blocks, penalty, guarded, room, free,
     return _placed_arrays_py(placed, len(cost))
 
 
-@numba.njit(cache=True, nogil=True)
+@njit(nogil=True)
 def chunk_fill(order, tokens, blocks, penalty, room, free, unit_time, inst, inst_max, used,
                spec):  # pragma: no cover - compiled
     """Place the first chunk of deferred requests (in ``order``) where :func:`_best_chunk`
@@ -330,13 +332,13 @@ def chunk_fill(order, tokens, blocks, penalty, room, free, unit_time, inst, inst
     return chunk_unit, chunk_tokens
 
 
-@numba.njit(cache=True, nogil=True, inline="always")
+@njit(nogil=True, inline="always")
 def _chunk_blocks(k, blocks_i, tokens_i):  # pragma: no cover - compiled
     """KV blocks of a chunk of ``k`` tokens: pro rata, rounded up (as :func:`_take_chunk`)."""
     return (k * blocks_i + tokens_i - 1) // tokens_i
 
 
-@numba.njit(cache=True, nogil=True)
+@njit(nogil=True)
 def _trimmed_size(k, t_without, target, cached, dens, alpha, beta, gamma,
                   min_chunk):  # pragma: no cover - compiled
     """Chunk size below ``k`` for a step unit: the larger of the size whose marginal step
@@ -361,7 +363,7 @@ def _trimmed_size(k, t_without, target, cached, dens, alpha, beta, gamma,
     return size
 
 
-@numba.njit(cache=True, nogil=True)
+@njit(nogil=True)
 def trim_step_chunks(order, assignment, chunk_tokens, cost, tokens, blocks, penalty, guarded,
                      room, free, unit_time, inst, inst_max, used,
                      spec):  # pragma: no cover - compiled
@@ -467,7 +469,7 @@ def chunk_fill_py(order, tokens, cached, blocks, penalty, room, free, unit_time,
     return _placed_arrays_py(placed, len(tokens))
 
 
-@numba.njit(cache=True, nogil=True)
+@njit(nogil=True)
 def _quantile_sorted(values, m, q):  # pragma: no cover - compiled
     pos = q * (m - 1)
     lo = int(math.floor(pos))
@@ -475,7 +477,7 @@ def _quantile_sorted(values, m, q):  # pragma: no cover - compiled
     return values[lo] + (values[hi] - values[lo]) * (pos - lo)
 
 
-@numba.njit(cache=True, nogil=True)
+@njit(nogil=True)
 def decode_iqr_lex(order, context, blocks, batch, max_batch, kv, free, iqr_k):  # pragma: no cover
     """IQR-aware lexicographic decode placement, longest first (``order``).
 
@@ -577,7 +579,7 @@ def decode_iqr_lex_py(order, context, blocks, batch, max_batch, kv, free, iqr_k)
     return assignment
 
 
-@numba.njit(cache=True, nogil=True)
+@njit(nogil=True)
 def decode_min_step(order, context, blocks, batch, max_batch, kv, free, inst, n_inst, a,
                     b):  # pragma: no cover - compiled
     """Objective-aware decode placement, longest first: each request goes to the feasible
@@ -661,7 +663,7 @@ def decode_min_step_py(order, context, blocks, batch, max_batch, kv, free, inst,
     return assignment
 
 
-@numba.njit(cache=True, nogil=True)
+@njit(nogil=True)
 def prefill_local_search(assignment, cost, tokens, blocks, penalty, guarded, room, free,
                          unit_time, inst, inst_max, chunk_tokens,
                          max_rounds):  # pragma: no cover - compiled
@@ -740,7 +742,7 @@ def prefill_local_search(assignment, cost, tokens, blocks, penalty, guarded, roo
     return changes
 
 
-@numba.njit(cache=True, nogil=True, inline="always")
+@njit(nogil=True, inline="always")
 def _instance_step(unit_time, inst, g):  # pragma: no cover - compiled
     """Largest unit time of instance ``g`` (its step time less the base)."""
     step = -np.inf
@@ -750,7 +752,7 @@ def _instance_step(unit_time, inst, g):  # pragma: no cover - compiled
     return step
 
 
-@numba.njit(cache=True, nogil=True)
+@njit(nogil=True)
 def _top_three(unit_time, inst, groups):  # pragma: no cover - compiled
     """Per instance, its three units of largest time (index -1 where it has fewer)."""
     top = np.full((groups, 3), -1, np.int64)
@@ -766,7 +768,7 @@ def _top_three(unit_time, inst, groups):  # pragma: no cover - compiled
     return top
 
 
-@numba.njit(cache=True, nogil=True, inline="always")
+@njit(nogil=True, inline="always")
 def _max_without(top, unit_time, g, ja, jb):  # pragma: no cover - compiled
     """Largest unit time of instance ``g`` over its units other than ``ja`` and ``jb``
     (``-inf`` when none is left: the instance has at most those two)."""
@@ -779,7 +781,7 @@ def _max_without(top, unit_time, g, ja, jb):  # pragma: no cover - compiled
     return -np.inf
 
 
-@numba.njit(cache=True, nogil=True)
+@njit(nogil=True)
 def _exchange_deferred(assignment, cost, tokens, blocks, penalty, guarded, room, free,
                        unit_time, inst, inst_max, chunk_tokens):  # pragma: no cover - compiled
     """The best change that places one deferred request ``d`` (whole): on a unit with room;
@@ -863,7 +865,7 @@ def _exchange_deferred(assignment, cost, tokens, blocks, penalty, guarded, room,
     return True
 
 
-@numba.njit(cache=True, nogil=True, inline="always")
+@njit(nogil=True, inline="always")
 def _uniform(state):  # pragma: no cover - compiled
     """SplitMix64: ``(next state, a float in [0, 1))``. A local generator keeps the kernels
     deterministic whatever else draws from NumPy's or Numba's global one."""
@@ -875,7 +877,7 @@ def _uniform(state):  # pragma: no cover - compiled
     return state, float(z >> np.uint64(11)) * (1.0 / 9007199254740992.0)
 
 
-@numba.njit(cache=True, nogil=True)
+@njit(nogil=True)
 def prefill_ruin_recreate(current, best, cost, tokens, blocks, penalty, guarded, room0, free0,
                           residual, inst, n_inst, iterations, ruin_units, ruin_share, noise,
                           largest_first, seed):  # pragma: no cover - compiled
@@ -1006,7 +1008,7 @@ _BUILD_WORK = 16
 _CLOCK_WORK = 10_000
 
 
-@numba.njit(cache=True, nogil=True)
+@njit(nogil=True)
 def _exchange_side(side, assignment, movable, cost, tokens, blocks, penalty, guarded,
                    sub_item, sub_value, sub_guarded, sub_count, candidates, key,
                    tmp_item):  # pragma: no cover - compiled
@@ -1064,7 +1066,7 @@ def _exchange_side(side, assignment, movable, cost, tokens, blocks, penalty, gua
     return c + m
 
 
-@numba.njit(cache=True, nogil=True)
+@njit(nogil=True)
 def _first_trade(a_unit, b_unit, to_pool, room, free, unit_time, a_step, b_step, same_instance,
                  a_rest, b_rest, pair_rest, sub_value, sub_guarded,
                  sub_count, tol):  # pragma: no cover - compiled
@@ -1117,7 +1119,7 @@ def _first_trade(a_unit, b_unit, to_pool, room, free, unit_time, a_step, b_step,
     return -1, -1, 0.0, 0.0, visited
 
 
-@numba.njit(cache=True)  # not nogil: it reads the clock in object mode
+@njit()  # not nogil: it reads the clock in object mode
 def prefill_exchange_search(assignment, movable, cost, tokens, blocks, penalty, guarded, room,
                             free, unit_time, inst, n_inst, max_work,
                             deadline):  # pragma: no cover - compiled
@@ -1224,7 +1226,7 @@ def prefill_exchange_search(assignment, movable, cost, tokens, blocks, penalty, 
         moves += 1
 
 
-@numba.njit(cache=True, nogil=True)
+@njit(nogil=True)
 def _knapsack_gain_nb(gain, weight, capacity, order):  # pragma: no cover - compiled
     """max sum(gain*a) s.t. sum(weight*a) <= capacity, 0 <= a <= 1 (fractional knapsack);
     ``order``: the items by decreasing ``gain / weight`` if already known, else empty."""
@@ -1256,7 +1258,7 @@ def _knapsack_gain_nb(gain, weight, capacity, order):  # pragma: no cover - comp
     return total
 
 
-@numba.njit(cache=True, nogil=True)
+@njit(nogil=True)
 def _fraction_value(lin, half_inv_quad, quad, pen, weight, top,
                     lam):  # pragma: no cover - compiled
     """``(sum_i min_a q_i(a), sum_i weight_i * argmin_a, -sum of slopes)`` over ``a`` in
@@ -1282,7 +1284,7 @@ def _fraction_value(lin, half_inv_quad, quad, pen, weight, top,
     return value, used, slope
 
 
-@numba.njit(cache=True, nogil=True)
+@njit(nogil=True)
 def _fraction_dual(lin, quad, pen, weight, top, capacity):  # pragma: no cover - compiled
     """Lagrangian lower bound of ``min sum_i quad_i a_i**2 + (lin_i - pen_i) a_i`` over
     ``0 <= a_i <= top_i`` with ``sum_i weight_i a_i <= capacity``: the dual function at the
@@ -1320,7 +1322,7 @@ def _fraction_dual(lin, quad, pen, weight, top, capacity):  # pragma: no cover -
     return best
 
 
-@numba.njit(cache=True, nogil=True)
+@njit(nogil=True)
 def decode_value(assignment, context, batch, kv, inst, n_inst, base, a, b,
                  penalty):  # pragma: no cover - compiled
     """``sbsopt.window.objective.decode_objective`` in one compiled pass (inputs untouched)."""
@@ -1343,7 +1345,7 @@ def decode_value(assignment, context, batch, kv, inst, n_inst, base, a, b,
     return value + a * bmax.sum() + b * kmax.sum()
 
 
-@numba.njit(cache=True, nogil=True)
+@njit(nogil=True)
 def decode_best_of(context, blocks, batch, max_batch, kv, free, inst, n_inst, base, a, b,
                    penalty, iqr_k):  # pragma: no cover - compiled
     """:func:`decode_iqr_lex` and :func:`decode_min_step`, longest context first, on copies of
@@ -1361,7 +1363,7 @@ def decode_best_of(context, blocks, batch, max_batch, kv, free, inst, n_inst, ba
     return 0, iqr, iqr_value
 
 
-@numba.njit(cache=True, nogil=True)
+@njit(nogil=True)
 def decode_analytic_bound(batch, max_batch, kv, free, instance, n_inst, base, a, b, context,
                           blocks, pen):  # pragma: no cover - compiled
     """The analytic decode bound of ``sbsopt.window.bounds`` in one compiled pass."""
@@ -1414,7 +1416,7 @@ def decode_analytic_bound(batch, max_batch, kv, free, instance, n_inst, base, a,
                total_base + a * batch_mean + b * kv_mean + floor_b)
 
 
-@numba.njit(cache=True, nogil=True)
+@njit(nogil=True)
 def _fraction_terms(tokens, cached, room, alpha, beta, gamma):  # pragma: no cover - compiled
     """Per request, for the chunked bounds: ``lin`` and ``quad`` (a fraction ``a`` of the
     request costs at least ``lin*a + quad*a**2``) and ``top``, the largest fraction one window
@@ -1435,7 +1437,7 @@ def _fraction_terms(tokens, cached, room, alpha, beta, gamma):  # pragma: no cov
     return lin, quad, top
 
 
-@numba.njit(cache=True, nogil=True)
+@njit(nogil=True)
 def prefill_analytic_bound(residual, instance, n_inst, base, cost, pen, tokens, cached, blocks,
                            room, free, chunking, alpha, beta, gamma, by_density,
                            by_saving):  # pragma: no cover - compiled
@@ -1525,7 +1527,7 @@ def prefill_analytic_bound(residual, instance, n_inst, base, cost, pen, tokens, 
     return bound
 
 
-@numba.njit(cache=True, nogil=True)
+@njit(nogil=True)
 def _largest_fraction(residual, instance, n_inst, room, lin, quad, top,
                       pen):  # pragma: no cover - compiled
     """Largest-item form with chunking: the least step raise plus deferral that request ``i``
@@ -1558,7 +1560,7 @@ def _largest_fraction(residual, instance, n_inst, room, lin, quad, top,
     return best
 
 
-@numba.njit(cache=True, nogil=True)
+@njit(nogil=True)
 def _hosted_penalty(lin, quad, pen, tok, cap, residual, room, alpha, high, order,
                     grid):  # pragma: no cover - compiled
     """Least deferral penalty with the step at most ``high`` when the request ``h`` that takes
@@ -1603,7 +1605,7 @@ def _hosted_penalty(lin, quad, pen, tok, cap, residual, room, alpha, high, order
     return best
 
 
-@numba.njit(cache=True, nogil=True)
+@njit(nogil=True)
 def _split_range_value(low, high, last, lowest, lin, quad, pen, tok, top, cap, room_total,
                        resid_mean, units, residual, room, alpha, order,
                        host_grid):  # pragma: no cover - compiled
@@ -1633,7 +1635,7 @@ def _split_range_value(low, high, last, lowest, lin, quad, pen, tok, top, cap, r
     return max(low + least_pen, spread)
 
 
-@numba.njit(cache=True, nogil=True)
+@njit(nogil=True)
 def prefill_split_bound(residual, room, tokens, cached, pen, alpha, beta, gamma, ranges,
                         splits, host_grid):  # pragma: no cover - compiled
     """Step-split bound of a one-instance prefill window without its base cost
@@ -1695,7 +1697,7 @@ def prefill_split_bound(residual, room, tokens, cached, pen, alpha, beta, gamma,
     return values[:count].min()
 
 
-@numba.njit(cache=True, nogil=True)
+@njit(nogil=True)
 def prefill_best_of(orders, cost, tokens, cached, blocks, penalty, guarded, room, free,
                     residual, inst, n_inst, base, chunking, alpha, beta, gamma, min_chunk,
                     local_search):  # pragma: no cover - compiled
@@ -1758,7 +1760,7 @@ def prefill_best_of(orders, cost, tokens, cached, blocks, penalty, guarded, room
     return best_row, best_assignment, best_chunks, best_value
 
 
-@numba.njit(cache=True, nogil=True)
+@njit(nogil=True)
 def _refine_order(order, guarded, key, tie):  # pragma: no cover - compiled
     """``order`` (indices sorted by ``key``) made ``np.lexsort((tie, key, ~guarded))``: runs
     of equal keys (rare) are insertion-sorted by ``tie`` then index, guarded requests first."""
@@ -1792,7 +1794,7 @@ def _refine_order(order, guarded, key, tie):  # pragma: no cover - compiled
     return out
 
 
-@numba.njit(cache=True, nogil=True)
+@njit(nogil=True)
 def _priority_order(guarded, key, tie):  # pragma: no cover - compiled
     """``np.lexsort((tie, key, ~guarded))``: guarded first, then ``key``, then ``tie``, then
     index, ascending, with one sort on ``key`` (none when ``key`` is already in order, as
@@ -1808,7 +1810,7 @@ def _priority_order(guarded, key, tie):  # pragma: no cover - compiled
 ORDER_PBAA, ORDER_LPT, ORDER_DENSITY, ORDER_KNAPSACK = 0, 1, 2, 3
 
 
-@numba.njit(cache=True, nogil=True)
+@njit(nogil=True)
 def _knapsack_first(lpt, guarded, tokens, by_saving, saving,
                     room_total):  # pragma: no cover - compiled
     """``lpt`` with the requests a fractional knapsack keeps moved to the front (stable,
@@ -1834,7 +1836,7 @@ def _knapsack_first(lpt, guarded, tokens, by_saving, saving,
     return out
 
 
-@numba.njit(cache=True, nogil=True)
+@njit(nogil=True)
 def prefill_orders(cost, tokens, blocks, penalty, guarded, arrival, room, free, units_max,
                    chunking):  # pragma: no cover - compiled
     """The greedy's request orders and their codes, guarded requests first in each, and the
@@ -1881,7 +1883,7 @@ def prefill_orders(cost, tokens, blocks, penalty, guarded, arrival, room, free, 
             none)
 
 
-@numba.njit(cache=True, nogil=True)
+@njit(nogil=True)
 def prefill_solve(cost, tokens, cached, blocks, penalty, guarded, arrival, room, free, residual,
                   inst, n_inst, base, chunking, alpha, beta, gamma, min_chunk,
                   local_search):  # pragma: no cover - compiled
@@ -1905,7 +1907,7 @@ def prefill_solve(cost, tokens, cached, blocks, penalty, guarded, arrival, room,
     return kinds[row], assignment, chunk_tokens, chunked, unplaced_guarded, value, bound
 
 
-@numba.njit(cache=True, nogil=True)
+@njit(nogil=True)
 def decode_solve(context, blocks, batch, max_batch, kv, free, inst, n_inst, base, a, b, penalty,
                  iqr_k):  # pragma: no cover - compiled
     """:func:`decode_best_of` and :func:`decode_analytic_bound` in one call:

@@ -17,6 +17,7 @@ import msgspec
 import numpy as np
 
 from sbsopt.errors import InvalidInputError
+from sbsopt.kvblocks import request_kv_blocks
 from sbsopt.oracle.schema import DecodeProblem, PrefillProblem
 from sbsopt.window import DecodeWindow, PrefillWindow, SolveResult, solve
 
@@ -56,7 +57,30 @@ def _field_of(message: str) -> str | None:
 
 
 def parse_line(line: bytes | str) -> PrefillProblem | DecodeProblem:
-    """Parse and validate one line into a typed problem or raise :class:`OracleError`."""
+    """Parse and validate one line into a typed problem.
+
+    Parameters
+    ----------
+    line : bytes or str
+        One JSON object (surrounding whitespace and the newline are ignored).
+
+    Returns
+    -------
+    PrefillProblem or DecodeProblem
+        The problem its ``phase`` names, every field validated.
+
+    Raises
+    ------
+    OracleError
+        If the line is not a JSON object, names no known phase, fails the schema (the error's
+        ``field`` is the offending path, e.g. ``requests[0].arrival_s``) or repeats an id.
+
+    Examples
+    --------
+    >>> p = parse_line('{"id": "d", "phase": "decode", "requests": [], "units": []}')
+    >>> type(p).__name__, p.method, p.time_limit_ms
+    ('DecodeProblem', 'auto', 50.0)
+    """
     raw = line.encode("utf-8", "surrogatepass") if isinstance(line, str) else line
     obj = _decode_json(raw.strip())
     if not isinstance(obj, dict):
@@ -80,15 +104,15 @@ def parse_line(line: bytes | str) -> PrefillProblem | DecodeProblem:
 
 
 def _window(problem: PrefillProblem | DecodeProblem, coefficients: Any) -> PrefillWindow | DecodeWindow:
-    req, units = problem.requests, problem.units
     if isinstance(problem, PrefillProblem):
+        req, units = problem.requests, problem.units
         arrival = np.array([r.arrival_s for r in req], np.float64)
         deadline = None
         if any(r.deadline_s is not None for r in req):
             deadline = np.array([np.inf if r.deadline_s is None else r.deadline_s for r in req])
         kv = None
         if any(r.kv_blocks is not None for r in req):
-            kv = np.array([-(-r.new_tokens // 64) if r.kv_blocks is None else r.kv_blocks
+            kv = np.array([request_kv_blocks(r.new_tokens) if r.kv_blocks is None else r.kv_blocks
                            for r in req], np.int64)
         return PrefillWindow.from_arrays(
             np.array([r.new_tokens for r in req], np.int64),
@@ -100,13 +124,15 @@ def _window(problem: PrefillProblem | DecodeProblem, coefficients: Any) -> Prefi
             now_s=problem.now_s if problem.now_s is not None else float(arrival.max(initial=0.0)),
             coefficients=coefficients("prefill"),
         )
+    # unpacked per phase so that each branch sees its own request and unit types
+    dreq, dunits = problem.requests, problem.units
     return DecodeWindow.from_arrays(
-        np.array([r.context_tokens for r in req], np.int64),
-        np.array([r.kv_blocks for r in req], np.int64),
-        batch_size=np.array([u.batch_size for u in units], np.int64),
-        max_batch_size=np.array([u.max_batch_size for u in units], np.int64),
-        kv_blocks_used=np.array([u.kv_blocks_used for u in units], np.int64),
-        free_kv_blocks=np.array([u.free_kv_blocks for u in units], np.int64),
+        np.array([r.context_tokens for r in dreq], np.int64),
+        np.array([r.kv_blocks for r in dreq], np.int64),
+        batch_size=np.array([u.batch_size for u in dunits], np.int64),
+        max_batch_size=np.array([u.max_batch_size for u in dunits], np.int64),
+        kv_blocks_used=np.array([u.kv_blocks_used for u in dunits], np.int64),
+        free_kv_blocks=np.array([u.free_kv_blocks for u in dunits], np.int64),
         coefficients=coefficients("decode"),
     )
 
@@ -145,7 +171,42 @@ def answer_problem(
     *,
     coefficients: Callable[[str], Any] = _default_coefficients,
 ) -> dict[str, Any]:
-    """Solve a parsed problem and return the answer object (a JSON-able dict)."""
+    """Solve a parsed problem and return the answer object.
+
+    Parameters
+    ----------
+    problem : PrefillProblem or DecodeProblem
+        A problem from :func:`parse_line`.
+    coefficients : callable, optional
+        ``coefficients(phase)`` gives the step-cost linearisation of the phase
+        (:class:`~sbsopt.costmodel.PrefillCoefficients` for ``"prefill"``,
+        :class:`~sbsopt.costmodel.DecodeCoefficients` for ``"decode"``); default: the bundled
+        DeepSeek-V3 on H800 cost model.
+
+    Returns
+    -------
+    dict
+        JSON-able: ``id``, ``status``, ``assignment`` (request id -> unit id), ``deferred``,
+        ``chunks``, ``objective``, ``bound``, ``gap`` (``None`` when not finite), ``method``,
+        ``solve_us``.
+
+    Raises
+    ------
+    OracleError
+        If the window is inconsistent in a way the schema cannot see (e.g. no unit).
+
+    Examples
+    --------
+    >>> from sbsopt.costmodel import DecodeCoefficients, PrefillCoefficients
+    >>> fixed = {"prefill": PrefillCoefficients(50_000.0, 80.0, 0.01, 600.0),
+    ...          "decode": DecodeCoefficients(43_000.0, 45.0, 0.027)}
+    >>> p = parse_line('{"id": "d", "phase": "decode", "method": "greedy", '
+    ...                '"requests": [{"id": "a", "context_tokens": 4000, "kv_blocks": 63}], '
+    ...                '"units": [{"id": "x", "batch_size": 0, "max_batch_size": 2, '
+    ...                '"kv_blocks_used": 0, "free_kv_blocks": 100}]}')
+    >>> answer_problem(p, coefficients=fixed.__getitem__)["assignment"]
+    {'a': 'x'}
+    """
     try:
         window = _window(problem, coefficients)
     except InvalidInputError as exc:
@@ -162,7 +223,21 @@ def _error(wid: str | None, field: str | None, message: str) -> dict[str, Any]:
 def answer_line(
     line: bytes | str, *, coefficients: Callable[[str], Any] = _default_coefficients
 ) -> bytes:
-    """One input line to one output line (bytes, newline-terminated); never raises.
+    """One input line to one output line; never raises.
+
+    Parameters
+    ----------
+    line : bytes or str
+        One JSON problem (see :func:`parse_line`).
+    coefficients : callable, optional
+        As for :func:`answer_problem`.
+
+    Returns
+    -------
+    bytes
+        One JSON object, newline-terminated: the answer of :func:`answer_problem`, or
+        ``{"id", "status": "error", "error": {"field", "message"}}`` for a rejected line or a
+        failed solve.
 
     Examples
     --------
@@ -207,7 +282,21 @@ def serve(
 
     Blank lines are skipped. A line longer than ``max_line_bytes`` is never held in memory
     whole: it gets an error answer (field ``"line"``) and the server goes on with the next
-    line. Returns the number of lines answered.
+    line.
+
+    Parameters
+    ----------
+    stdin, stdout : binary file-like
+        Where problems are read and answers written.
+    coefficients : callable, optional
+        As for :func:`answer_problem`.
+    max_line_bytes : int, default MAX_LINE_BYTES
+        Longest line read whole.
+
+    Returns
+    -------
+    int
+        The number of lines answered.
 
     Examples
     --------

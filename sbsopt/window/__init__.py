@@ -3,9 +3,10 @@ DP-unit assignment, solved exactly (CP-SAT) or fast (Numba greedy), with lower b
 
 Examples
 --------
->>> from types import SimpleNamespace as C
+>>> from sbsopt.costmodel import PrefillCoefficients
 >>> from sbsopt.window import PrefillWindow, solve
->>> c = C(base_us=0.0, alpha_us_per_token=1.0, beta_us_per_pair=0.0, gamma_us_per_request=0.0)
+>>> c = PrefillCoefficients(base_us=0.0, alpha_us_per_token=1.0, beta_us_per_pair=0.0,
+...                         gamma_us_per_request=0.0)
 >>> w = PrefillWindow.from_arrays([30, 20], [0, 0], [0.0, 0.0], capacity_tokens=[64, 64],
 ...                               coefficients=c)
 >>> solve(w, method="greedy").assignment.tolist()
@@ -16,6 +17,7 @@ from sbsopt.window.bounds import analytic_bound, lower_bound, lp_bound, split_bo
 from sbsopt.window.greedy import warm_up
 from sbsopt.window.host_bound import host_bound
 from sbsopt.window.objective import objective
+from sbsopt.window.options import SolveOptions
 from sbsopt.window.problem import DecodeWindow, PrefillWindow, WindowProblem
 from sbsopt.window.result import SOLUTION_PRESENT, SolveResult, SolveStatus
 from sbsopt.window.solve import BACKENDS, Backend, available_methods, register, solve
@@ -26,6 +28,7 @@ __all__ = [
     "DecodeWindow",
     "WindowProblem",
     "solve",
+    "SolveOptions",
     "SolveResult",
     "SolveStatus",
     "SOLUTION_PRESENT",

@@ -60,7 +60,10 @@ import time
 import numpy as np
 
 from sbsopt.window import _kernels
+from sbsopt.window.fits import fits_alone, fits_any_unit
+from sbsopt.window.host_bound import host_bound
 from sbsopt.window.problem import DecodeWindow, PrefillWindow
+from sbsopt.window.relaxation import fraction_terms, knapsack_gain, largest_share, penalty_floor
 
 __all__ = ["analytic_bound", "split_bound", "lp_bound", "lower_bound"]
 
@@ -80,39 +83,6 @@ def _group_stats(values: np.ndarray, instance: np.ndarray, groups: int) -> tuple
     return float(maxima.sum()), float(means.sum())
 
 
-def _knapsack_gain(gain: np.ndarray, weight: np.ndarray, capacity: float) -> float:
-    """max sum(gain*a) s.t. sum(weight*a) <= capacity, 0 <= a <= 1 (fractional knapsack)."""
-    keep = gain > 0
-    gain, weight = gain[keep], weight[keep].astype(np.float64)
-    if weight.sum() <= capacity:  # the capacity does not bind (the usual window)
-        return float(gain.sum())
-    ratio = np.divide(gain, weight, out=np.full(gain.shape, np.inf), where=weight > 0)
-    order = np.argsort(-ratio, kind="stable")
-    gain, weight = gain[order], weight[order]
-    used = np.cumsum(weight)
-    full = used <= capacity
-    total = float(gain[full].sum())
-    k = int(full.sum())
-    if k < gain.size:
-        left = capacity - (used[k - 1] if k else 0.0)
-        total += float(gain[k] * max(left, 0.0) / weight[k])
-    return total
-
-
-def _penalty_floor(gain: np.ndarray, pen_total: float, tokens: np.ndarray, room: float,
-                   blocks: np.ndarray, free: float) -> float:
-    """Least total of penalty-minus-gain that the token and KV capacities allow."""
-    best = _knapsack_gain(gain, tokens, room)
-    if free < 2**61:
-        best = min(best, _knapsack_gain(gain, blocks, free))
-    return pen_total - best
-
-
-def _fits(tokens: np.ndarray, blocks: np.ndarray, room: np.ndarray, free: np.ndarray) -> np.ndarray:
-    """fits[i, j]: request i alone fits unit j."""
-    return (tokens[:, None] <= room[None, :]) & (blocks[:, None] <= free[None, :])
-
-
 def _chunk_overcount(problem: PrefillWindow) -> np.ndarray:
     """Per request, how much ``a * c_i`` can overstate the cost of a chunk of ``a * n_i`` tokens.
 
@@ -124,30 +94,10 @@ def _chunk_overcount(problem: PrefillWindow) -> np.ndarray:
     return problem.coefficients.beta_us_per_pair * k * (n - k) / 2.0
 
 
-def _fraction_terms(problem: PrefillWindow) -> tuple[np.ndarray, np.ndarray]:
-    """``(lin, quad)``: a fraction ``a`` of request ``i`` costs at least ``lin_i*a +
-    quad_i*a**2`` (module Notes)."""
-    c = problem.coefficients
-    n = problem.new_tokens.astype(np.float64)
-    lin = (c.gamma_us_per_request + c.alpha_us_per_token * n
-           + c.beta_us_per_pair * n * problem.cached_tokens)
-    return lin, c.beta_us_per_pair * n * n / 2.0
-
-
-def _largest_share(problem: PrefillWindow) -> np.ndarray:
-    """Largest fraction of each request one window can place: a request has one chunk, on
-    one unit, of at most ``n_i - 1`` tokens and the unit's room (1 when it fits whole)."""
-    n = problem.new_tokens.astype(np.float64)
-    room_max = float(problem.room_tokens.max())
-    with np.errstate(divide="ignore", invalid="ignore"):
-        share = np.maximum(np.minimum(n - 1.0, room_max), 0.0) / n
-    return np.where(n <= room_max, 1.0, share)
-
-
 def _fraction_dual(problem: PrefillWindow, units_max: int, weight: np.ndarray, top: np.ndarray,
                    capacity: float) -> float:
-    """Reference of ``_kernels._fraction_dual`` for a window's requests (module Notes)."""
-    lin, quad = _fraction_terms(problem)
+    """Reference of ``_kernels.relaxation.fraction_dual`` for a window's requests (module Notes)."""
+    lin, quad = fraction_terms(problem)
     return _fraction_dual_parts(lin / units_max, quad / units_max, problem.penalty_us,
                                 weight.astype(np.float64), top, capacity)
 
@@ -176,7 +126,7 @@ def _fraction_dual_parts(lin: np.ndarray, quad: np.ndarray, pen: np.ndarray, wei
 
 
 def _prefill_analytic(problem: PrefillWindow) -> float:
-    """Reference (numpy) statement of ``_kernels.prefill_analytic_bound``."""
+    """Reference (numpy) statement of ``_kernels.bounds.prefill_analytic_bound``."""
     groups = problem.n_instances
     units_max = int(np.bincount(problem.instance).max())
     resid_max, resid_mean = _group_stats(problem.residual_us, problem.instance, groups)
@@ -185,35 +135,34 @@ def _prefill_analytic(problem: PrefillWindow) -> float:
         return base + resid_max
     pen = problem.penalty_us
     if problem.allow_chunking:
-        fits = fits_any = None  # every request may be (partly) placed
+        fits = None
+        can = np.ones(problem.n_requests, bool)  # every request may be (partly) placed
     else:
-        fits = _fits(problem.new_tokens, problem.kv_blocks, problem.room_tokens,
-                     problem.free_kv_blocks)
-        fits_any = fits.any(axis=1)
+        fits = fits_alone(problem)
+        can = np.any(fits, axis=1)
     work = problem.cost_us
-    can = np.ones(problem.n_requests, bool) if problem.allow_chunking else fits_any
     room = float(problem.room_tokens.sum())
     free = float(problem.free_kv_blocks.sum(dtype=np.float64))
     args = (problem.new_tokens, room, problem.kv_blocks, free)
     pen_total = float(pen.sum())
     # averaging form: assigning costs c_i / J* on average
-    spread = _penalty_floor(np.where(can, pen - work / units_max, 0.0), pen_total, *args)
+    spread = penalty_floor(np.where(can, pen - work / units_max, 0.0), pen_total, *args)
     if problem.allow_chunking:
-        top = _largest_share(problem)
+        top = largest_share(problem)
         # residual form: at most the share `top` of a request is placed, at no step cost
-        forced = _penalty_floor(pen * top, pen_total, problem.new_tokens * top, room,
-                                problem.kv_blocks * top, free)
+        forced = penalty_floor(pen * top, pen_total, problem.new_tokens * top, room,
+                               problem.kv_blocks * top, free)
         spread = pen_total + max(
             _fraction_dual(problem, units_max, problem.new_tokens, top, room),
             _fraction_dual(problem, units_max, problem.kv_blocks, top, free))
     else:
         # residual form: assigning costs nothing beyond the residual max, deferring costs P_i
-        forced = _penalty_floor(np.where(can, pen, 0.0), pen_total, *args)
+        forced = penalty_floor(np.where(can, pen, 0.0), pen_total, *args)
     bound = max(base + resid_max + forced, base + resid_mean + spread)
-    forced = 0.0 if problem.allow_chunking else float(pen[~fits_any].sum())
-    if groups == 1 and fits is not None and fits_any.any():
+    forced = 0.0 if problem.allow_chunking else float(pen[~can].sum())
+    if groups == 1 and fits is not None and can.any():
         finish = np.where(fits, problem.residual_us[None, :] + problem.cost_us[:, None], np.inf)
-        largest = np.minimum(finish.min(axis=1), resid_max + pen)[fits_any]
+        largest = np.minimum(finish.min(axis=1), resid_max + pen)[can]
         bound = max(bound, base + float(largest.max()) + forced)
     if problem.allow_chunking:
         bound = max(bound, base + resid_max + _largest_fraction(problem))
@@ -221,7 +170,7 @@ def _prefill_analytic(problem: PrefillWindow) -> float:
 
 
 def _largest_fraction(problem: PrefillWindow) -> float:
-    """Reference of ``_kernels._largest_fraction`` (module Notes), on a grid of fractions
+    """Reference of ``_kernels.bounds._largest_fraction`` (module Notes), on a grid of fractions
     refined around the best point."""
     inst, groups = problem.instance, problem.n_instances
     floor = np.full(groups, -np.inf)
@@ -231,7 +180,7 @@ def _largest_fraction(problem: PrefillWindow) -> float:
         return 0.0
     slack = float((problem.residual_us - floor[inst])[has_room].min())
     best = 0.0
-    for lin, quad, top, pen in zip(*_fraction_terms(problem), _largest_share(problem),
+    for lin, quad, top, pen in zip(*fraction_terms(problem), largest_share(problem),
                                    problem.penalty_us, strict=True):
 
         def h(a: np.ndarray, lin: float = lin, quad: float = quad, pen: float = pen) -> np.ndarray:
@@ -245,7 +194,7 @@ def _largest_fraction(problem: PrefillWindow) -> float:
 
 
 def _decode_analytic(problem: DecodeWindow) -> float:
-    """Reference (numpy) statement of ``_kernels.decode_analytic_bound``."""
+    """Reference (numpy) statement of ``_kernels.bounds.decode_analytic_bound``."""
     groups, inst = problem.n_instances, problem.instance
     units_max = int(np.bincount(inst).max())
     a, b = problem.us_per_request, problem.us_per_kv_token
@@ -254,9 +203,7 @@ def _decode_analytic(problem: DecodeWindow) -> float:
     base = groups * problem.base_us
     if problem.n_requests == 0:
         return base + a * batch_max + b * kv_max
-    slots = problem.batch_size < problem.max_batch_size
-    fits = (problem.kv_blocks[:, None] <= problem.free_kv_blocks[None, :]) & slots[None, :]
-    fits_any = fits.any(axis=1)
+    fits_any = fits_any_unit(problem)
     pen = problem.penalty_us
     add = (a + b * problem.context_tokens.astype(np.float64)) / units_max
     ones = np.ones(problem.n_requests, np.int64)
@@ -265,8 +212,8 @@ def _decode_analytic(problem: DecodeWindow) -> float:
     pen_total = float(pen.sum())
     floors = []
     for gain in (np.where(fits_any, pen, 0.0), np.where(fits_any, pen - add, 0.0)):
-        floors.append(pen_total - min(_knapsack_gain(gain, ones, slots_total),
-                                      _knapsack_gain(gain, problem.kv_blocks, free_total)))
+        floors.append(pen_total - min(knapsack_gain(gain, ones, slots_total),
+                                      knapsack_gain(gain, problem.kv_blocks, free_total)))
     return max(
         base + a * batch_max + b * kv_max + floors[0],
         base + a * batch_mean + b * kv_mean + floors[1],
@@ -295,8 +242,9 @@ def analytic_bound(problem: PrefillWindow | DecodeWindow) -> float:
 
     Examples
     --------
-    >>> from types import SimpleNamespace as C
-    >>> c = C(base_us=0.0, alpha_us_per_token=1.0, beta_us_per_pair=0.0, gamma_us_per_request=0.0)
+    >>> from sbsopt.costmodel import PrefillCoefficients
+    >>> c = PrefillCoefficients(base_us=0.0, alpha_us_per_token=1.0, beta_us_per_pair=0.0,
+    ...                         gamma_us_per_request=0.0)
     >>> w = PrefillWindow.from_arrays([30, 20, 20, 10], [0] * 4, [0.0] * 4,
     ...                               capacity_tokens=[64, 64], coefficients=c)
     >>> analytic_bound(w)  # total / units
@@ -320,8 +268,9 @@ def split_bound(problem: PrefillWindow | DecodeWindow) -> float:
 
     Examples
     --------
-    >>> from types import SimpleNamespace as C
-    >>> c = C(base_us=0.0, alpha_us_per_token=1.0, beta_us_per_pair=0.0, gamma_us_per_request=0.0)
+    >>> from sbsopt.costmodel import PrefillCoefficients
+    >>> c = PrefillCoefficients(base_us=0.0, alpha_us_per_token=1.0, beta_us_per_pair=0.0,
+    ...                         gamma_us_per_request=0.0)
     >>> w = PrefillWindow.from_arrays([60, 10, 10], [0] * 3, [0.0] * 3, capacity_tokens=[64] * 2,
     ...                               coefficients=c)
     >>> round(split_bound(w), 3)  # the optimum: the 60 alone on one unit
@@ -341,7 +290,7 @@ def split_bound(problem: PrefillWindow | DecodeWindow) -> float:
 def _split_bound(problem: PrefillWindow) -> float:
     """Reference (numpy, bisection) of :func:`split_bound`."""
     n = problem.new_tokens.astype(np.float64)
-    lin, quad = _fraction_terms(problem)
+    lin, quad = fraction_terms(problem)
     pen, units = problem.penalty_us, problem.n_units
     room = float(problem.room_tokens.sum())
     resid = problem.residual_us
@@ -349,7 +298,7 @@ def _split_bound(problem: PrefillWindow) -> float:
     if not reach.any():
         return problem.base_us + float(resid.max() + pen.sum())
     lowest = float(resid[reach].min())
-    top = _largest_share(problem)
+    top = largest_share(problem)
     stop = max(lowest + float((lin * top + quad * top * top).max()), float(resid.max()))
 
     def value(low: float, high: float | None) -> float:
@@ -361,7 +310,7 @@ def _split_bound(problem: PrefillWindow) -> float:
                 a = np.where(quad > 0, (-lin + np.sqrt(lin * lin + 4 * quad * free)) / (2 * quad),
                              np.where(lin > 0, free / lin, np.inf))
             cap = np.clip(a, 0.0, top)
-        least_pen = float(pen.sum()) - _knapsack_gain(pen * cap, n * cap, room)
+        least_pen = float(pen.sum()) - knapsack_gain(pen * cap, n * cap, room)
         if high is not None:
             least_pen = max(least_pen, _hosted_penalty(problem, lin, quad, cap, high))
         spread = float(resid.mean() + pen.sum()) + _fraction_dual_parts(
@@ -384,7 +333,7 @@ def _split_bound(problem: PrefillWindow) -> float:
 
 def _hosted_penalty(problem: PrefillWindow, lin: np.ndarray, quad: np.ndarray, cap: np.ndarray,
                     high: float) -> float:
-    """Reference of ``_kernels._hosted_penalty`` (module Notes, step split): least penalty
+    """Reference of ``_kernels.split._hosted_penalty`` (module Notes, step split): least penalty
     with the step at most ``high`` when the request that takes longest at its cap runs, as the
     fraction ``a``, on one unit, whose room beyond it holds only what runs in what is left."""
     n = problem.new_tokens.astype(np.float64)
@@ -410,7 +359,7 @@ def _hosted_penalty(problem: PrefillWindow, lin: np.ndarray, quad: np.ndarray, c
             capacity -= a * n[h] + float(np.maximum(rooms - a * n[h] - left, 0.0)[host].min())
         a_next = cap[h] * (k + 1) / HOST_GRID
         best = min(best, (1.0 - a_next) * pen[h] + rest
-                   - _knapsack_gain(gain, weight, max(capacity, 0.0)))
+                   - knapsack_gain(gain, weight, max(capacity, 0.0)))
     return best
 
 
@@ -439,7 +388,7 @@ def lp_bound(problem: PrefillWindow | DecodeWindow, *, time_limit_s: float | Non
     if isinstance(problem, PrefillWindow):
         tokens, blocks = problem.new_tokens, problem.kv_blocks
         room, free = problem.room_tokens, problem.free_kv_blocks
-        fits = _fits(tokens, blocks, room, free)
+        fits = fits_alone(problem)
         cost = problem.cost_us
         overcount = 0.0
         if problem.allow_chunking:
@@ -451,7 +400,7 @@ def lp_bound(problem: PrefillWindow | DecodeWindow, *, time_limit_s: float | Non
         overcount = 0.0
         blocks, free = problem.kv_blocks, problem.free_kv_blocks
         slots = problem.max_batch_size - problem.batch_size
-        fits = (blocks[:, None] <= free[None, :]) & (slots[None, :] > 0)
+        fits = fits_alone(problem)
         can_defer = np.ones(n, bool)
     x = {(i, j): solver.NumVar(0.0, 1.0, "") for i, j in zip(*np.nonzero(fits), strict=True)}
     d = [solver.NumVar(0.0, 1.0 if can_defer[i] else 0.0, "") for i in range(n)]
@@ -506,8 +455,5 @@ def lower_bound(problem: PrefillWindow | DecodeWindow, *, lp: bool = True,
     if lp:
         bound = max(bound, lp_bound(problem))
     if upper is not None:
-        # host_bound builds on this module's knapsacks: imported here, not at the top
-        from sbsopt.window.host_bound import host_bound
-
         bound = max(bound, host_bound(problem, upper))
     return bound

@@ -16,6 +16,7 @@ import numpy as np
 from ortools.sat.python import cp_model
 
 from sbsopt._scaling import to_int_us
+from sbsopt.window.fits import fits_alone
 from sbsopt.window.prefill import (
     _INT_MAX,
     WindowModel,
@@ -41,8 +42,8 @@ def build_decode_model(
     Examples
     --------
     >>> import time
-    >>> from types import SimpleNamespace as C
-    >>> c = C(base_us=100.0, us_per_request=5.0, us_per_kv_token=0.01)
+    >>> from sbsopt.costmodel import DecodeCoefficients
+    >>> c = DecodeCoefficients(base_us=100.0, us_per_request=5.0, us_per_kv_token=0.01)
     >>> d = DecodeWindow.from_arrays([640], [10], batch_size=[0, 1], max_batch_size=[4, 1],
     ...                              kv_blocks_used=[0, 3], free_kv_blocks=[50, 50],
     ...                              coefficients=c)
@@ -55,7 +56,7 @@ def build_decode_model(
     slots = problem.max_batch_size - problem.batch_size
     context = problem.context_tokens
     inst = problem.instance
-    fits = (blocks[:, None] <= free[None, :]) & (slots[None, :] > 0)
+    fits = fits_alone(problem)
     a, b = problem.us_per_request, problem.us_per_kv_token
     batch_hi = int(problem.max_batch_size.max())
     kv_hi = int(problem.kv_tokens.max() + context.sum())

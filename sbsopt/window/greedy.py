@@ -13,6 +13,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from sbsopt.kvblocks import chunk_kv_blocks
 from sbsopt.window import _kernels
 from sbsopt.window.bounds import analytic_bound, lp_bound, split_bound
 from sbsopt.window.host_bound import host_bound
@@ -167,8 +168,9 @@ def ruin_recreate(problem: PrefillWindow, assignment: np.ndarray, iterations: in
 
     Examples
     --------
-    >>> from types import SimpleNamespace as C
-    >>> c = C(base_us=0.0, alpha_us_per_token=1.0, beta_us_per_pair=0.0, gamma_us_per_request=0.0)
+    >>> from sbsopt.costmodel import PrefillCoefficients
+    >>> c = PrefillCoefficients(base_us=0.0, alpha_us_per_token=1.0, beta_us_per_pair=0.0,
+    ...                         gamma_us_per_request=0.0)
     >>> w = PrefillWindow.from_arrays([60, 50, 40, 30], [0] * 4, [0.0] * 4,
     ...                               capacity_tokens=[90, 90], coefficients=c,
     ...                               allow_chunking=False)
@@ -214,8 +216,9 @@ def exchange_search(problem: PrefillWindow, assignment: np.ndarray, chunks: dict
 
     Examples
     --------
-    >>> from types import SimpleNamespace as C
-    >>> c = C(base_us=0.0, alpha_us_per_token=1.0, beta_us_per_pair=0.0, gamma_us_per_request=0.0)
+    >>> from sbsopt.costmodel import PrefillCoefficients
+    >>> c = PrefillCoefficients(base_us=0.0, alpha_us_per_token=1.0, beta_us_per_pair=0.0,
+    ...                         gamma_us_per_request=0.0)
     >>> w = PrefillWindow.from_arrays([50, 40, 30, 20, 20], [0] * 5, [0.0] * 5,
     ...                               capacity_tokens=[80, 80], coefficients=c,
     ...                               allow_chunking=False)
@@ -231,7 +234,7 @@ def exchange_search(problem: PrefillWindow, assignment: np.ndarray, chunks: dict
     for i, k in chunks.items():
         movable[i] = False
         held_tokens[i] = k
-        held_blocks[i] = -(-k * int(problem.kv_blocks[i]) // int(problem.new_tokens[i]))
+        held_blocks[i] = chunk_kv_blocks(k, int(problem.kv_blocks[i]), int(problem.new_tokens[i]))
     placed = current >= 0
     # float: the kernel compiles for one type (an empty bincount is int whatever its weights)
     room = problem.room_tokens - np.bincount(current[placed], weights=held_tokens[placed],
@@ -261,8 +264,9 @@ def greedy_prefill(problem: PrefillWindow, *, local_search: int = 0) -> GreedyAn
 
     Examples
     --------
-    >>> from types import SimpleNamespace as C
-    >>> c = C(base_us=0.0, alpha_us_per_token=1.0, beta_us_per_pair=0.0, gamma_us_per_request=0.0)
+    >>> from sbsopt.costmodel import PrefillCoefficients
+    >>> c = PrefillCoefficients(base_us=0.0, alpha_us_per_token=1.0, beta_us_per_pair=0.0,
+    ...                         gamma_us_per_request=0.0)
     >>> w = PrefillWindow.from_arrays([30, 20, 20, 10], [0] * 4, [0.0] * 4,
     ...                               capacity_tokens=[64, 64], coefficients=c)
     >>> answer = greedy_prefill(w)
@@ -295,8 +299,8 @@ def greedy_decode(problem: DecodeWindow) -> GreedyAnswer:
 
     Examples
     --------
-    >>> from types import SimpleNamespace as C
-    >>> c = C(base_us=0.0, us_per_request=1.0, us_per_kv_token=0.001)
+    >>> from sbsopt.costmodel import DecodeCoefficients
+    >>> c = DecodeCoefficients(base_us=0.0, us_per_request=1.0, us_per_kv_token=0.001)
     >>> d = DecodeWindow.from_arrays([900, 100], [15, 2], batch_size=[0, 0],
     ...                              max_batch_size=[4, 4], kv_blocks_used=[0, 0],
     ...                              free_kv_blocks=[100, 100], coefficients=c)
@@ -315,11 +319,12 @@ def greedy_decode(problem: DecodeWindow) -> GreedyAnswer:
 def warm_up() -> float:
     """Compile (or load from the on-disk cache) every kernel, and load the LP solvers the
     bounds call; returns the seconds it took."""
-    from types import SimpleNamespace
+    # imported here: the cost model is not otherwise loaded with sbsopt.window
+    from sbsopt.costmodel import DecodeCoefficients, PrefillCoefficients
 
     start = time.perf_counter()
-    pc = SimpleNamespace(base_us=1.0, alpha_us_per_token=1.0, beta_us_per_pair=0.001,
-                         gamma_us_per_request=1.0)
+    pc = PrefillCoefficients(base_us=1.0, alpha_us_per_token=1.0, beta_us_per_pair=0.001,
+                             gamma_us_per_request=1.0)
     w = PrefillWindow.from_arrays([5, 300, 40], [0, 0, 0], [0.0, 0.0, 0.0],
                                   capacity_tokens=[200, 100], coefficients=pc)
     greedy_prefill(w, local_search=4)
@@ -329,7 +334,7 @@ def warm_up() -> float:
     ruin_recreate(w, np.full(w.n_requests, -1, np.int64), 2)
     # enough work to read the clock: its object-mode block compiles on first use
     exchange_search(w, np.full(w.n_requests, -1, np.int64), {}, 10_000)
-    dc = SimpleNamespace(base_us=1.0, us_per_request=1.0, us_per_kv_token=0.001)
+    dc = DecodeCoefficients(base_us=1.0, us_per_request=1.0, us_per_kv_token=0.001)
     d = DecodeWindow.from_arrays([5, 6, 7, 8, 9], [1] * 5, batch_size=[0] * 5,
                                  max_batch_size=[2] * 5, kv_blocks_used=[0] * 5,
                                  free_kv_blocks=[9] * 5, coefficients=dc)

@@ -47,7 +47,7 @@ Whole-request, the bound equals on every window measured the LP with the ``K`` l
 requests' assignments kept integral (a mixed-integer program HiGHS needs 12-90 s for at
 128 x 16), since both groups' short requests are fractional anyway: a 128 x 16 window whose
 four 7,400-token prompts must each fill their unit with short ones goes from 3.38% to 0.94%
-above the bound. Cost on the benchmark's windows (``solve._HOST_REQUEST_S``), at most:
+above the bound. Cost on the benchmark's windows (``budget.HOST_REQUEST_S``), at most:
 2.4 / 3.0 / 3.8 ms whole-request at 64 x 8 / 128 x 16 / 256 x 32, and 9.5 / 23 / 47 ms with
 chunking (about 2,300 columns and 150 rows at 128 x 16; the first case takes most of it).
 """
@@ -60,8 +60,9 @@ from typing import Any
 import highspy
 import numpy as np
 
-from sbsopt.window.bounds import _fits, _fraction_terms, _largest_share, _penalty_floor
+from sbsopt.window.fits import fits_any_unit
 from sbsopt.window.problem import DecodeWindow, PrefillWindow
+from sbsopt.window.relaxation import fraction_terms, largest_share, penalty_floor
 
 __all__ = ["host_bound", "long_requests", "CHUNK_POINTS", "MOST_LONG_REQUESTS"]
 
@@ -93,18 +94,18 @@ def long_requests(problem: PrefillWindow, upper: float) -> np.ndarray:
 
     Examples
     --------
-    >>> from types import SimpleNamespace as C
-    >>> c = C(base_us=0.0, alpha_us_per_token=1.0, beta_us_per_pair=0.0, gamma_us_per_request=0.0)
+    >>> from sbsopt.costmodel import PrefillCoefficients
+    >>> c = PrefillCoefficients(base_us=0.0, alpha_us_per_token=1.0, beta_us_per_pair=0.0,
+    ...                         gamma_us_per_request=0.0)
     >>> w = PrefillWindow.from_arrays([60, 50, 40, 10], [0] * 4, [0.0] * 4,
     ...                               capacity_tokens=[128] * 3, coefficients=c)
     >>> long_requests(w, upper=85.0).tolist()  # 50 + 40 > 85: the 10 may share
     [0, 1, 2]
     """
-    fits = _fits(problem.new_tokens, problem.kv_blocks, problem.room_tokens,
-                 problem.free_kv_blocks).any(axis=1)
-    floor = _penalty_floor(np.where(fits, problem.penalty_us, 0.0), float(problem.penalty_us.sum()),
-                           problem.new_tokens, float(problem.room_tokens.sum()),
-                           problem.kv_blocks, float(problem.free_kv_blocks.sum(dtype=np.float64)))
+    fits = fits_any_unit(problem)
+    floor = penalty_floor(np.where(fits, problem.penalty_us, 0.0), float(problem.penalty_us.sum()),
+                          problem.new_tokens, float(problem.room_tokens.sum()),
+                          problem.kv_blocks, float(problem.free_kv_blocks.sum(dtype=np.float64)))
     step_most = upper - problem.base_us - floor - float(problem.residual_us.min())
     order = np.argsort(-problem.cost_us, kind="stable")
     order = order[fits[order]]
@@ -124,9 +125,10 @@ def host_bound(problem: PrefillWindow | DecodeWindow, upper: float, *,
 
     Examples
     --------
-    >>> from types import SimpleNamespace as C
+    >>> from sbsopt.costmodel import PrefillCoefficients
     >>> from sbsopt.window import lp_bound
-    >>> c = C(base_us=0.0, alpha_us_per_token=1.0, beta_us_per_pair=0.01, gamma_us_per_request=0.0)
+    >>> c = PrefillCoefficients(base_us=0.0, alpha_us_per_token=1.0, beta_us_per_pair=0.01,
+    ...                         gamma_us_per_request=0.0)
     >>> w = PrefillWindow.from_arrays([80, 80] + [20] * 6, [0] * 8, [0.0] * 8,
     ...                               capacity_tokens=[100] * 3, coefficients=c,
     ...                               allow_chunking=False)
@@ -307,8 +309,7 @@ def _host_lp(problem: PrefillWindow, long: np.ndarray, upper: float) -> tuple[hi
     columns.add(np.zeros(units), 0.0, 1.0,
                 [(_HOST_TIME, resid), (_OTHER_TIME, -resid), (_HOST_TOKENS, -room),
                  (_OTHER_TOKENS, room), (_HOST_KV, -free), (_OTHER_KV, free), (_HOSTS, 1.0)])
-    whole_top = _fits(problem.new_tokens, problem.kv_blocks, problem.room_tokens,
-                      problem.free_kv_blocks).any(axis=1).astype(np.float64)[request]
+    whole_top = fits_any_unit(problem).astype(np.float64)[request]
     columns.add(-problem.penalty_us[request], 0.0, whole_top,
                 [(time_row, problem.cost_us[request]), (token_row, tokens[request]),
                  (kv_row, blocks[request]), (_FIRST_REQUEST_ROW + request, 1.0),
@@ -317,9 +318,9 @@ def _host_lp(problem: PrefillWindow, long: np.ndarray, upper: float) -> tuple[hi
         # a long request's chunk too small for its first point still counts as placed
         columns.add(np.zeros(count), 0.0, 1.0,
                     [(_HOST_CHUNKS, 1.0), (_PLACED, 1.0), (once_row[long], 1.0)])
-        lin, quad = _fraction_terms(problem)
+        lin, quad = fraction_terms(problem)
         # a chunk is shorter than its request: no chunk of a 0- or 1-token request
-        top = np.minimum(_largest_share(problem),
+        top = np.minimum(largest_share(problem),
                          np.maximum(tokens - 1.0, 0.0) / np.maximum(tokens, 1.0))[request]
         step = top / CHUNK_POINTS
         share = (step[:, None] * np.arange(1, CHUNK_POINTS + 1)).ravel()

@@ -45,8 +45,9 @@ def prefill_objective(
 
     Examples
     --------
-    >>> from types import SimpleNamespace as C
-    >>> c = C(base_us=10.0, alpha_us_per_token=1.0, beta_us_per_pair=0.0, gamma_us_per_request=0.0)
+    >>> from sbsopt.costmodel import PrefillCoefficients
+    >>> c = PrefillCoefficients(base_us=10.0, alpha_us_per_token=1.0, beta_us_per_pair=0.0,
+    ...                         gamma_us_per_request=0.0)
     >>> w = PrefillWindow.from_arrays([100, 50], [0, 0], [0.0, 0.0], capacity_tokens=[128, 128],
     ...                               coefficients=c)
     >>> prefill_objective(w, np.array([0, 1]), {})
@@ -70,8 +71,8 @@ def decode_objective(problem: DecodeWindow, assignment: np.ndarray) -> float:
 
     Examples
     --------
-    >>> from types import SimpleNamespace as C
-    >>> c = C(base_us=100.0, us_per_request=5.0, us_per_kv_token=0.01)
+    >>> from sbsopt.costmodel import DecodeCoefficients
+    >>> c = DecodeCoefficients(base_us=100.0, us_per_request=5.0, us_per_kv_token=0.01)
     >>> d = DecodeWindow.from_arrays([1000], [16], batch_size=[0, 1], max_batch_size=[4, 4],
     ...                              kv_blocks_used=[0, 0], free_kv_blocks=[50, 50],
     ...                              coefficients=c, kv_tokens=[0, 2000])

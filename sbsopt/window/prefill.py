@@ -23,12 +23,15 @@ the decode search slightly worse at 64 x 8.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 from ortools.sat.python import cp_model, cp_model_helper
 
 from sbsopt._scaling import to_int_us
+from sbsopt.window.fits import fits_alone
 from sbsopt.window.problem import PrefillWindow
 
 __all__ = ["WindowModel", "BuildTimeout", "build_prefill_model", "read_assignment"]
@@ -152,8 +155,9 @@ def build_prefill_model(
 
     Examples
     --------
-    >>> from types import SimpleNamespace as C
-    >>> c = C(base_us=0.0, alpha_us_per_token=1.0, beta_us_per_pair=0.0, gamma_us_per_request=0.0)
+    >>> from sbsopt.costmodel import PrefillCoefficients
+    >>> c = PrefillCoefficients(base_us=0.0, alpha_us_per_token=1.0, beta_us_per_pair=0.0,
+    ...                         gamma_us_per_request=0.0)
     >>> w = PrefillWindow.from_arrays([30, 20], [0, 0], [0.0, 0.0], capacity_tokens=[64, 64],
     ...                               coefficients=c)
     >>> built = build_prefill_model(w, hint=None, deadline=time.perf_counter() + 5.0)
@@ -164,7 +168,7 @@ def build_prefill_model(
     tokens, blocks = problem.new_tokens, problem.kv_blocks
     room, free = problem.room_tokens, problem.free_kv_blocks
     inst = problem.instance
-    fits = (tokens[:, None] <= room[None, :]) & (blocks[:, None] <= free[None, :])
+    fits = fits_alone(problem)
     total = float(problem.cost_us.sum() + problem.residual_us.max() + problem.penalty_us.sum())
     scale = 100.0 if total * 100.0 < _MAX_TOTAL else _MAX_TOTAL / max(total, 1.0)
     cost = to_int_us(problem.cost_us * scale)
@@ -220,7 +224,14 @@ def build_prefill_model(
     return WindowModel(model, pair_i, pair_j, scale, n + groups, constant, infeasible)
 
 
-def read_assignment(response: object, built: WindowModel, n: int) -> np.ndarray:
+class _Response(Protocol):
+    """What :func:`read_assignment` reads of CP-SAT's ``CpSolverResponse``."""
+
+    @property
+    def solution(self) -> Sequence[int]: ...
+
+
+def read_assignment(response: _Response, built: WindowModel, n: int) -> np.ndarray:
     """Unit per request (-1 deferred) from a CP-SAT response holding a solution."""
     size = built.pair_i.size
     values = np.fromiter(response.solution, np.int64, count=len(response.solution))[:size]

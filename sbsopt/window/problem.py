@@ -44,11 +44,12 @@ import numpy as np
 
 from sbsopt._validate import check_array, check_int, check_number
 from sbsopt.errors import BackendUnavailableError, InvalidInputError
+from sbsopt.kvblocks import KV_BLOCK_TOKENS, request_kv_blocks
 
 __all__ = ["PrefillWindow", "DecodeWindow", "WindowProblem", "prefill_chunk_cost_us"]
 
 #: Free KV blocks assumed when ``free_kv_blocks`` is omitted (no KV limit).
-_NO_KV_LIMIT = np.int64(2**62)
+_NO_KV_LIMIT = 2**62
 
 
 class _PrefillCoefficients(Protocol):
@@ -135,8 +136,9 @@ def prefill_chunk_cost_us(
 
     Examples
     --------
-    >>> from types import SimpleNamespace as C
-    >>> c = C(base_us=0.0, alpha_us_per_token=1.0, beta_us_per_pair=0.5, gamma_us_per_request=2.0)
+    >>> from sbsopt.costmodel import PrefillCoefficients
+    >>> c = PrefillCoefficients(base_us=0.0, alpha_us_per_token=1.0, beta_us_per_pair=0.5,
+    ...                         gamma_us_per_request=2.0)
     >>> float(prefill_chunk_cost_us(4, 2, c))  # 4 + 0.5*4*(2+2) + 2
     14.0
     """
@@ -210,7 +212,7 @@ class PrefillWindow(_ReadOnlyArrays):
         allow_chunking: bool = True,
         instance: Any = None,
         load_us: Any = None,
-        kv_block_tokens: int = 64,
+        kv_block_tokens: int = KV_BLOCK_TOKENS,
         min_chunk_tokens: int = 1,
         age_scale_s: float = 1.0,
         defer_factor: float = 1.0,
@@ -249,9 +251,9 @@ class PrefillWindow(_ReadOnlyArrays):
 
         Examples
         --------
-        >>> from types import SimpleNamespace as C
-        >>> c = C(base_us=10.0, alpha_us_per_token=1.0, beta_us_per_pair=0.0,
-        ...       gamma_us_per_request=0.0)
+        >>> from sbsopt.costmodel import PrefillCoefficients
+        >>> c = PrefillCoefficients(base_us=10.0, alpha_us_per_token=1.0, beta_us_per_pair=0.0,
+        ...                         gamma_us_per_request=0.0)
         >>> w = PrefillWindow.from_arrays([100, 50], [0, 0], [0.0, 0.0],
         ...                               capacity_tokens=[128, 128], coefficients=c)
         >>> w.n_requests, w.n_units, w.cost_us.tolist()
@@ -269,7 +271,7 @@ class PrefillWindow(_ReadOnlyArrays):
         free = _unit_array("free_kv_blocks", free_kv_blocks, units, _NO_KV_LIMIT)
         block_tokens = check_int("kv_block_tokens", kv_block_tokens, minimum=1)
         if kv_blocks is None:
-            blocks = -(-new // block_tokens)
+            blocks = request_kv_blocks(new, block_tokens)
         else:
             blocks = _request_array("kv_blocks", kv_blocks, n)
         if deadline_s is None:
@@ -360,7 +362,7 @@ class DecodeWindow(_ReadOnlyArrays):
         coefficients: Any = None,
         iqr_k: float = 1.5,
         instance: Any = None,
-        kv_block_tokens: int = 64,
+        kv_block_tokens: int = KV_BLOCK_TOKENS,
         defer_cost_us: float = 1000.0,
     ) -> DecodeWindow:
         """Validate and build a decode window.
@@ -380,8 +382,8 @@ class DecodeWindow(_ReadOnlyArrays):
 
         Examples
         --------
-        >>> from types import SimpleNamespace as C
-        >>> c = C(base_us=100.0, us_per_request=5.0, us_per_kv_token=0.01)
+        >>> from sbsopt.costmodel import DecodeCoefficients
+        >>> c = DecodeCoefficients(base_us=100.0, us_per_request=5.0, us_per_kv_token=0.01)
         >>> d = DecodeWindow.from_arrays([640], [10], batch_size=[0, 1], max_batch_size=[4, 4],
         ...                              kv_blocks_used=[0, 3], free_kv_blocks=[50, 50],
         ...                              coefficients=c)

@@ -58,8 +58,8 @@ class SolveResult:
     gap : float
         ``(objective - bound) / objective`` (0 when both are 0, ``nan`` without a solution).
     method : str
-        The backend that produced the answer (``"auto"`` reports ``"auto:greedy"`` or
-        ``"auto:cpsat"``).
+        The method asked for (``auto`` says in ``stats["stage"]`` which step's answer it
+        returned: ``greedy``, ``search`` or ``cpsat``).
     wall_time_s : float
         Wall time of the whole ``solve`` call, including model building.
     message : str

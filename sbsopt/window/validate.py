@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from sbsopt.errors import SolverError
+from sbsopt.kvblocks import chunk_kv_blocks
 from sbsopt.window.objective import objective
 from sbsopt.window.problem import DecodeWindow, PrefillWindow
 from sbsopt.window.result import SOLUTION_PRESENT, SolveResult
@@ -34,7 +35,7 @@ def assignment_violations(problem: PrefillWindow | DecodeWindow, result: SolveRe
                 out.append(f"chunk {k} of request {i} (assigned {a[i]}) is not a proper chunk")
                 continue
             tokens[i] = k
-            blocks[i] = -(-(k * problem.kv_blocks[i]) // problem.new_tokens[i])
+            blocks[i] = chunk_kv_blocks(k, problem.kv_blocks[i], problem.new_tokens[i])
         if len(set(a[list(chunks)].tolist())) != len(chunks):
             out.append("more than one chunk on a unit")
         load = np.bincount(placed_units, weights=tokens[a >= 0], minlength=units)
@@ -67,9 +68,10 @@ def validate_assignment(problem: PrefillWindow | DecodeWindow, result: SolveResu
 
     Examples
     --------
-    >>> from types import SimpleNamespace as C
+    >>> from sbsopt.costmodel import PrefillCoefficients
     >>> from sbsopt.window import solve
-    >>> c = C(base_us=0.0, alpha_us_per_token=1.0, beta_us_per_pair=0.0, gamma_us_per_request=0.0)
+    >>> c = PrefillCoefficients(base_us=0.0, alpha_us_per_token=1.0, beta_us_per_pair=0.0,
+    ...                         gamma_us_per_request=0.0)
     >>> w = PrefillWindow.from_arrays([30, 20], [0, 0], [0.0, 0.0], capacity_tokens=[64, 64],
     ...                               coefficients=c)
     >>> validate_assignment(w, solve(w, method="greedy"))

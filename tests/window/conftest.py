@@ -8,6 +8,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
+from sbsopt.kvblocks import chunk_kv_blocks, request_kv_blocks
 from sbsopt.window import DecodeWindow, PrefillWindow, objective
 
 # Coefficients of the order of the calibrated DeepSeek-V3/H800 model (all layers, per rank).
@@ -29,7 +30,7 @@ def random_prefill(rng: np.random.Generator, n: int, j: int, **kwargs) -> Prefil
 
 def random_decode(rng: np.random.Generator, n: int, j: int, **kwargs) -> DecodeWindow:
     context = rng.integers(100, 40_000, n)
-    blocks = (context + 63) // 64
+    blocks = request_kv_blocks(context)
     batch = rng.integers(0, 6, j)
     options = {"batch_size": batch, "max_batch_size": batch + rng.integers(0, 4, j),
                "kv_blocks_used": rng.integers(0, 600, j),
@@ -80,7 +81,7 @@ def random_chunked_answer(problem: PrefillWindow, rng: np.random.Generator):
             free[j] -= b
         elif j not in chunked_units and n > 1 and room[j] > 0:
             k = int(rng.integers(1, min(n - 1, room[j]) + 1))
-            blocks = -(-k * b // n)
+            blocks = chunk_kv_blocks(k, b, n)
             if blocks <= free[j]:
                 assignment[i], chunks[int(i)] = j, k
                 chunked_units.add(j)

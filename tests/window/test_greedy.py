@@ -223,7 +223,7 @@ def test_priority_order_is_lexsort(seed: int) -> None:
     if seed % 3 == 0:
         key = np.sort(key)  # already in order (a buffer's arrival times): no sort is done
     guarded = rng.random(n) < 0.2 * (seed % 2)
-    np.testing.assert_array_equal(_kernels._priority_order(guarded, key, tie),
+    np.testing.assert_array_equal(_kernels.orders._priority_order(guarded, key, tie),
                                   np.lexsort((tie, key, ~guarded)))
 
 

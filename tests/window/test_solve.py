@@ -6,7 +6,15 @@ import numpy as np
 import pytest
 
 from sbsopt.errors import InvalidInputError
-from sbsopt.window import BACKENDS, SolveStatus, analytic_bound, available_methods, register, solve
+from sbsopt.window import (
+    BACKENDS,
+    SolveOptions,
+    SolveStatus,
+    analytic_bound,
+    available_methods,
+    register,
+    solve,
+)
 
 
 def test_registry_refuses_duplicates_and_lists_methods() -> None:
@@ -113,57 +121,6 @@ def test_ruin_recreate_takes_the_budget_that_cannot_hold_a_cpsat_model(cat, rng)
     assert answer.objective <= solve(problem, method="greedy").objective
 
 
-def _hosted_window(cat, long: int, units: int):
-    """``long`` 7,000-token prompts among short ones, 8 requests a unit, whole-request: each
-    long prompt must fill its own unit with short ones."""
-    from sbsopt.window import PrefillWindow
-
-    rng = np.random.default_rng(0)
-    n = 8 * units
-    new = np.concatenate([rng.integers(7000, 7500, long), rng.integers(100, 3000, n - long)])
-    return PrefillWindow.from_arrays(new, np.zeros(n, np.int64), np.sort(rng.uniform(0, 0.1, n)),
-                                     capacity_tokens=np.full(units, 16_384), now_s=0.12,
-                                     load_tokens=rng.integers(0, 4096, units),
-                                     coefficients=cat.PREFILL, allow_chunking=False)
-
-
-def test_cpsat_leaves_the_host_bound_its_time_when_the_budget_holds_it(cat) -> None:
-    from sbsopt.window import PrefillWindow, lp_bound
-    from sbsopt.window.host_bound import host_bound
-    from sbsopt.window.solve import _host_reserve
-
-    w = _hosted_window(cat, long=4, units=16)
-    # a short search leaves the bound ample time, also on a loaded machine
-    short = {"deterministic_time_s": 0.03}
-    for method in ("cpsat", "auto"):
-        answer = solve(w, method=method, time_limit_s=0.5, seed=0, options=short)
-        assert answer.bound >= host_bound(w, answer.objective) * (1 - 1e-9)
-        assert answer.bound > lp_bound(w) * 1.01
-        off = solve(w, method=method, time_limit_s=0.5, seed=0,
-                    options={**short, "host_bound": False})
-        assert off.bound < answer.bound
-    # the budget keeps its time when it holds it (at most 60%), not otherwise, nor when asked
-    # not to, nor without long requests
-    assert 0.004 < _host_reserve(w, 0.05, {}) <= 0.03
-    assert _host_reserve(w, 0.01, {}) == 0.0
-    assert _host_reserve(w, 0.05, {"host_bound": False}) == 0.0
-    even = PrefillWindow.from_arrays([300] * 12, [0] * 12, [0.0] * 12,
-                                     capacity_tokens=[16_384] * 3, coefficients=cat.PREFILL,
-                                     allow_chunking=False)
-    assert _host_reserve(even, 10.0, {}) == 0.0
-
-
-def test_no_host_reserve_where_the_searches_alone_leave_it_time(cat) -> None:
-    from sbsopt.window.solve import _cpsat_fits, _host_reserve, _host_time
-
-    # 256 x 32 in 50 ms: CP-SAT's least time is over half the budget, so ruin and recreate and
-    # the exchange search run alone and leave a fifth of it, more than the host bound needs
-    w = _hosted_window(cat, long=8, units=32)
-    assert not _cpsat_fits(w, 0.05, True) and _host_time(w) <= 0.2 * 0.05
-    assert _host_reserve(w, 0.05, {}) == 0.0
-    assert _host_reserve(w, 1.0, {}) == _host_time(w)  # CP-SAT would take that budget
-
-
 def test_cpsat_and_auto_run_ruin_recreate_on_windows_with_more_tokens_than_room(cat, rng) -> None:
     """By default only there (a share of the budget, sized from it), the answer never worse
     than the greedy with local search, and the same for the same seed."""
@@ -222,9 +179,9 @@ def test_solve_pauses_the_garbage_collector_and_restores_it(cat, rng) -> None:
         def is_available(self) -> bool:
             return True
 
-        def run(self, problem, *, deadline, seed, hint, options):
+        def run(self, problem, *, deadline, seed, hint, options, plan):
             seen.append(gc.isenabled())
-            if options.get("fail"):
+            if options.num_workers > 1:  # an option the probe takes as "fail"
                 raise RuntimeError("probe")
             return Answer(np.full(problem.n_requests, -1), {}, SolveStatus.FEASIBLE)
 
@@ -234,7 +191,7 @@ def test_solve_pauses_the_garbage_collector_and_restores_it(cat, rng) -> None:
         assert gc.isenabled()
         solve(problem, method="gc-probe")
         with pytest.raises(RuntimeError):
-            solve(problem, method="gc-probe", options={"fail": True})
+            solve(problem, method="gc-probe", options={"num_workers": 2})
         assert seen == [False, False] and gc.isenabled()
         gc.disable()
         solve(problem, method="gc-probe")
@@ -257,3 +214,46 @@ def test_a_chunk_is_taken_whole_where_it_fits_else_deferred(cat) -> None:
     assert _taken_whole(w, answer).tolist() == [0, -1, 0, 1]
     assert _taken_whole(w, Answer(np.array([0, 1, 0, 1]), {}, SolveStatus.FEASIBLE)).tolist() \
         == [0, 1, 0, 1]
+
+
+def test_a_misspelt_option_is_refused_with_the_valid_names(cat, rng) -> None:
+    problem = cat.random_prefill(rng, 6, 2)
+    for method in ("greedy", "cpsat", "auto"):
+        with pytest.raises(InvalidInputError,
+                           match=r"options\.local_serach = 50: .*did you mean local_search\?.*"
+                                 r"cpsat_parameters, .*ruin_recreate"):
+            solve(problem, method=method, options={"local_serach": 50})
+    with pytest.raises(InvalidInputError, match=r"options = \[\('local_search', 5\)\]"):
+        solve(problem, options=[("local_search", 5)])
+
+
+@pytest.mark.parametrize(("options", "match"), [
+    ({"local_search": -1}, r"options\.local_search = -1: expected an integer >= 0"),
+    ({"local_search": 2.5}, r"options\.local_search = 2\.5"),
+    ({"exchange": "many"}, r"options\.exchange = 'many'"),
+    ({"ruin_recreate": True}, r"options\.ruin_recreate = True"),
+    ({"num_workers": 0}, r"options\.num_workers = 0: expected an integer >= 1"),
+    ({"deterministic_time_s": 0.0}, r"options\.deterministic_time_s = 0\.0: expected .* > 0"),
+    ({"deterministic_time_s": float("inf")}, r"options\.deterministic_time_s = inf"),
+    ({"lns": "yes"}, r"options\.lns = 'yes': expected True, False or None"),
+    ({"lp_bound": 1}, r"options\.lp_bound = 1"),
+    ({"cpsat_parameters": [("x", 1)]}, r"options\.cpsat_parameters = "),
+])
+def test_an_option_of_the_wrong_type_or_range_is_refused(cat, rng, options, match) -> None:
+    problem = cat.random_prefill(rng, 6, 2)
+    with pytest.raises(InvalidInputError, match=match):
+        solve(problem, method="greedy", options=options)
+    with pytest.raises(InvalidInputError, match=match):
+        SolveOptions(**options)
+
+
+def test_options_as_a_mapping_or_a_solve_options_give_the_same_answer(cat, rng) -> None:
+    problem = cat.random_prefill(rng, 40, 4, capacity_tokens=np.full(4, 6000))
+    given = {"local_search": 50, "exchange": 10_000, "deterministic_time_s": 0.002}
+    for method in ("greedy", "cpsat"):
+        as_mapping = solve(problem, method=method, time_limit_s=0.5, options=given)
+        typed = solve(problem, method=method, time_limit_s=0.5, options=SolveOptions(**given))
+        assert np.array_equal(as_mapping.assignment, typed.assignment)
+        assert as_mapping.stats["exchange_work"] == typed.stats["exchange_work"] > 0
+    # integral floats (as JSON may carry them) are counts
+    assert SolveOptions(local_search=50.0).local_search == 50

@@ -16,6 +16,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 
+import _report  # benchmarks/_report.py
 import numpy as np
 
 __all__ = ["adversarial_windows", "measure", "main"]
@@ -97,6 +98,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="few sizes, one repetition")
     parser.add_argument("--reps", type=int, default=3, help="repetitions per case and budget")
+    _report.add_option(parser)
     args = parser.parse_args(argv)
     budgets = (0.01, 0.05) if args.quick else (0.005, 0.02, 0.05, 0.2)
     reps = 1 if args.quick else args.reps
@@ -127,9 +129,11 @@ def main(argv: list[str] | None = None) -> None:
                     if outer - budget > worst.get(key, (-1.0, ""))[0]:
                         worst[key] = (outer - budget, f"{phase} {kind} {n}x{j}")
 
-    print("overshoot = wall time around solve() - time_limit_s, in milliseconds")
-    header = (f"{'method':<7}{'budget ms':>10}{'runs':>6}{'p50':>9}{'p99':>9}{'max':>9}"
-              f"{'max(reported)':>15}  {'statuses':<40}worst case")
+    caption = "overshoot = wall time around solve() - time_limit_s, in milliseconds"
+    print(caption)
+    table = _report.Table(["method", "budget ms", "runs", "p50", "p99", "max", "max(reported)",
+                           "statuses", "worst case"], "lrrrrrrll")
+    header = _line(table.columns)
     print(header)
     print("-" * len(header))
     everything = []
@@ -137,13 +141,21 @@ def main(argv: list[str] | None = None) -> None:
         v = np.asarray(values) * 1e3
         everything.extend(values)
         mix = ", ".join(f"{k.lower()} {c}" for k, c in sorted(statuses[(method, budget)].items()))
-        print(f"{method:<7}{budget * 1e3:>10.0f}{len(v):>6}{np.percentile(v, 50):>9.2f}"
-              f"{np.percentile(v, 99):>9.2f}{v.max():>9.2f}"
-              f"{max(reported[(method, budget)]) * 1e3:>15.2f}  {mix:<40}"
-              f"{worst[(method, budget)][1]}")
+        cells = (method, f"{budget * 1e3:.0f}", f"{len(v)}", f"{np.percentile(v, 50):.2f}",
+                 f"{np.percentile(v, 99):.2f}", f"{v.max():.2f}",
+                 f"{max(reported[(method, budget)]) * 1e3:.2f}", mix, worst[(method, budget)][1])
+        table.add(*cells)
+        print(_line(cells))
     total = np.asarray(everything) * 1e3
-    print(f"\nall {len(total)} solves: p50 {np.percentile(total, 50):.2f} ms, "
-          f"p99 {np.percentile(total, 99):.2f} ms, max {total.max():.2f} ms overshoot")
+    summary = (f"all {len(total)} solves: p50 {np.percentile(total, 50):.2f} ms, "
+               f"p99 {np.percentile(total, 99):.2f} ms, max {total.max():.2f} ms overshoot")
+    print(f"\n{summary}")
+    _report.write(args.markdown, [caption, table, summary], argv)
+
+
+def _line(cells: tuple[str, ...] | list[str]) -> str:
+    return (_report.line(cells[:7], (-7, 10, 6, 9, 9, 9, 15)) + "  "
+            + _report.line(cells[7:], (-40, 0)))
 
 
 if __name__ == "__main__":

@@ -63,7 +63,7 @@ def main() -> None:
     t = cm._prefill
     reqs = (load > 0).astype(np.float64)
     record("numpy reference (prefill)", len(load),
-           _timed(lambda: _kernels.step_many_reference(load, pairs, reqs, t.own, t.routed, t.dense, t.constants),
+           _timed(lambda: _kernels.step_many_reference(load, pairs, reqs, t.a0, t.a1, t.shared, t.routed, t.dense, t.constants),
                   max(3, args.repeats // 5)))
     print(f"cost model step-time throughput, ep={args.ep}, one core")
     print(f"{'entry point':<28} {'S':>7} {'median us':>11} {'p99 us':>11} {'evals/s':>13} {'x scalar':>9}")

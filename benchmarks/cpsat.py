@@ -21,6 +21,7 @@ import argparse
 import ast
 import time
 
+import _report  # benchmarks/_report.py
 import numpy as np
 import window as cut  # benchmarks/window.py: the window cutting
 
@@ -45,12 +46,15 @@ def _windows(kind: str, n: int, j: int, count: int, rng: np.random.Generator) ->
 
 
 def run(kind: str, sizes: list[tuple[int, int]], count: int, budget_s: float, seed: int,
-        options: dict) -> None:
+        options: dict) -> list[str | _report.Table]:
+    """Print the table of one kind; return it with its caption, for ``--markdown``."""
     rng = np.random.default_rng(seed)
-    print(f"\n## {kind} (budget {budget_s * 1e3:.0f} ms, {count} windows per size)\n")
-    print("| size | method | p50 ms | max ms | build p50 ms | gap p50 | gap p90 | gap max "
-          "| target met | proven in budget | statuses |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+    caption = f"{kind} (budget {budget_s * 1e3:.0f} ms, {count} windows per size)"
+    print(f"\n## {caption}\n")
+    table = _report.Table(["size", "method", "p50 ms", "max ms", "build p50 ms", "gap p50",
+                           "gap p90", "gap max", "target met", "proven in budget", "statuses"],
+                          "llrrrrrrrrl")
+    print(table.head)
     for n, j in sizes:
         problems = _windows(kind, n, j, count, rng)
         results: dict[str, list] = {m: [] for m in METHODS}
@@ -81,11 +85,12 @@ def run(kind: str, sizes: list[tuple[int, int]], count: int, budget_s: float, se
             builds = [r.stats["cpsat_build_s"] for r in results[method]
                       if "cpsat_build_s" in r.stats]
             build_col = f"{_pct(builds, 50) * 1e3:.2f}" if builds else ""
-            print(f"| {n}x{j} | {method} | {_pct(latency[method], 50) * 1e3:.2f} | "
-                  f"{max(latency[method]) * 1e3:.2f} | {build_col} | {_pct(gaps, 50):.2%} | "
-                  f"{_pct(gaps, 90):.2%} | {max(gaps):.2%} | {met}/{len(problems)} | "
-                  f"{proven}/{len(problems)} | "
-                  f"{' '.join(f'{s}:{c}' for s, c in sorted(statuses.items()))} |")
+            print(table.add(f"{n}x{j}", method, f"{_pct(latency[method], 50) * 1e3:.2f}",
+                            f"{max(latency[method]) * 1e3:.2f}", build_col,
+                            f"{_pct(gaps, 50):.2%}", f"{_pct(gaps, 90):.2%}", f"{max(gaps):.2%}",
+                            f"{met}/{len(problems)}", f"{proven}/{len(problems)}",
+                            " ".join(f"{s}:{c}" for s, c in sorted(statuses.items()))))
+    return [f"**{caption}**", table]
 
 
 def _parameter(text: str) -> tuple[str, object]:
@@ -106,6 +111,7 @@ def main() -> None:
     parser.add_argument("--param", action="append", default=[], help="SatParameters name=value")
     parser.add_argument("--lns", action=argparse.BooleanOptionalAction, default=None,
                         help="force neighbourhood search on or off (default: by size)")
+    _report.add_option(parser)
     args = parser.parse_args()
     options: dict = {"cpsat_parameters": dict(_parameter(p) for p in args.param)}
     if args.lns is not None:
@@ -117,10 +123,14 @@ def main() -> None:
     cut._TRACES[:] = ["azure-conv", "azure-code"]
     for name in cut._TRACES:
         cut._REQUESTS[name] = cut.trace_requests(name, 6000)
-    print(f"traces: {', '.join(cut._TRACES)}; options {options}")
+    setup = f"traces: {', '.join(cut._TRACES)}; options {options}"
+    print(setup)
     print(f"kernel warm-up (outside timings): {warm_up():.2f} s")
+    blocks: list[str | _report.Table] = [f"`{setup}`"]
     for kind in args.kind or KINDS:
-        run(kind, sizes, 6 if args.quick else 12, args.budget_ms / 1e3, args.seed, options)
+        blocks += run(kind, sizes, 6 if args.quick else 12, args.budget_ms / 1e3, args.seed,
+                      options)
+    _report.write(args.markdown, blocks)
 
 
 if __name__ == "__main__":

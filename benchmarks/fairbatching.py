@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 
+import _report  # benchmarks/_report.py
 import numpy as np
 
 from sbsopt.sim.colocated import simulate_colocated
@@ -30,7 +31,8 @@ def _run(wl, *, batching: str, router: str, instances: int, ep: int, ttft_ms: fl
          token_budget: int | None) -> dict:
     return simulate_colocated(wl, instances=instances, ep=ep, batching=batching, router=router,
                               ttft_slo_ms=ttft_ms, tpot_slo_ms=tpot_ms,
-                              token_budget=token_budget if batching == "sarathi" else None).summary()
+                              token_budget=token_budget if batching == "sarathi" else None,
+                              ).summary(ttft_slo_ms=ttft_ms, tpot_slo_ms=tpot_ms)
 
 
 def _window(wl, rate: float, duration_s: float):
@@ -42,7 +44,7 @@ def _window(wl, rate: float, duration_s: float):
 def capacity(wl, *, rel_tol: float = 0.04, start: float = 50.0, duration_s: float = 20.0, **kwargs) -> float:
     """Highest rate (req/s) with both-SLO attainment >= 90%, by doubling then bisection."""
     def ok(rate: float) -> bool:
-        return _run(_window(wl, rate, duration_s), **kwargs)["slo_attainment"]["both"] >= ATTAINMENT
+        return _run(_window(wl, rate, duration_s), **kwargs)["slo_attainment"] >= ATTAINMENT
 
     lo, hi = 0.0, start
     while ok(hi):
@@ -74,20 +76,23 @@ def main() -> None:
     parser.add_argument("--traces", default=",".join(TRACES))
     parser.add_argument("--quick", action="store_true", help="one trace, fewer requests")
     parser.add_argument("--no-cluster", action="store_true", help="skip table 3")
+    _report.add_option(parser)
     args = parser.parse_args()
     traces = args.traces.split(",")
     if args.quick:
         traces, args.duration_s = traces[:1], min(args.duration_s, 5.0)
     slo = {"ttft_ms": args.ttft_slo_ms, "tpot_ms": args.tpot_slo_ms, "ep": args.ep,
            "token_budget": args.token_budget}
-    print(f"colocated DeepSeek-V3/H800, ep={args.ep}, SLO TTFT {args.ttft_slo_ms:.0f} ms / TPOT "
-          f"{args.tpot_slo_ms:.0f} ms, Sarathi budget {args.token_budget}, {args.duration_s:.0f} s of arrivals "
-          "per rate")
+    setup = (f"colocated DeepSeek-V3/H800, ep={args.ep}, SLO TTFT {args.ttft_slo_ms:.0f} ms / TPOT "
+             f"{args.tpot_slo_ms:.0f} ms, Sarathi budget {args.token_budget}, {args.duration_s:.0f} s of "
+             "arrivals per rate")
+    print(setup)
+    blocks: list[str | _report.Table] = [setup]
 
-    print("\n## 1. TTFT tail (one instance)")
-    print("| trace | rate req/s | Sarathi TTFT p99 ms | FB TTFT p99 ms | ratio | Sarathi TTFT att. | "
-          "Sarathi TPOT att. | FB TPOT att. | FB skips | FB token budget p50/p99 |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    tail = _report.Table(["trace", "rate req/s", "Sarathi TTFT p99 ms", "FB TTFT p99 ms", "ratio",
+                          "Sarathi TTFT att.", "Sarathi TPOT att.", "FB TPOT att.", "FB skips",
+                          "FB token budget p50/p99"], "lrrrrrrrrr")
+    blocks += _section("1. TTFT tail (one instance)", tail)
     caps: dict[str, tuple[float, float, float]] = {}
     # the best fixed budget for these SLOs, so that the gain is not just a badly tuned baseline
     tuned = [b for b in (256, 384, 768, 1024) if b != args.token_budget]
@@ -107,25 +112,29 @@ def main() -> None:
                      instances=1, **slo)
             f = _run(_window(wl, rate, args.duration_s), batching="fairbatching", router="round_robin",
                      instances=1, **slo)
-            print(f"| {trace} | {rate:.1f} | {s['ttft_ms']['p99']:.0f} | {f['ttft_ms']['p99']:.0f} | "
-                  f"{s['ttft_ms']['p99'] / f['ttft_ms']['p99']:.2f}x | {s['slo_attainment']['ttft']:.3f} | "
-                  f"{s['slo_attainment']['tpot']:.3f} | {f['slo_attainment']['tpot']:.3f} | "
-                  f"{f['decode_skips']} | {f['budget_tokens']['p50']:.0f}/{f['budget_tokens']['p99']:.0f} |", flush=True)
+            print(tail.add(trace, f"{rate:.1f}", f"{s['ttft_ms']['p99']:.0f}",
+                           f"{f['ttft_ms']['p99']:.0f}",
+                           f"{s['ttft_ms']['p99'] / f['ttft_ms']['p99']:.2f}x",
+                           f"{s['slo_attainment_ttft']:.3f}", f"{s['slo_attainment_tpot']:.3f}",
+                           f"{f['slo_attainment_tpot']:.3f}", f"{f['decode_skips']}",
+                           f"{f['budget_tokens']['p50']:.0f}/{f['budget_tokens']['p99']:.0f}"),
+                  flush=True)
 
-    print("\n## 2. Capacity of one instance (both SLOs at 90% attainment)")
-    print(f"| trace | Sarathi-{args.token_budget} req/s | best Sarathi of {tuned} req/s | FairBatching req/s | "
-          f"gain vs {args.token_budget} | gain vs best Sarathi |")
-    print("|---|---:|---:|---:|---:|---:|")
+    single = _report.Table(["trace", f"Sarathi-{args.token_budget} req/s",
+                            f"best Sarathi of {tuned} req/s", "FairBatching req/s",
+                            f"gain vs {args.token_budget}", "gain vs best Sarathi"], "lrrrrr")
+    blocks += _section("2. Capacity of one instance (both SLOs at 90% attainment)", single)
     for trace, (cap_s, cap_f, cap_r) in caps.items():
-        print(f"| {trace} | {cap_s:.1f} | {cap_r:.1f} | {cap_f:.1f} | {_gain(cap_f, cap_s)} | "
-              f"{_gain(cap_f, max(cap_s, cap_r))} |", flush=True)
+        print(single.add(trace, f"{cap_s:.1f}", f"{cap_r:.1f}", f"{cap_f:.1f}", _gain(cap_f, cap_s),
+                         _gain(cap_f, max(cap_s, cap_r))), flush=True)
 
     if args.no_cluster:
+        _report.write(args.markdown, blocks)
         return
-    print(f"\n## 3. Capacity of a cluster of {args.instances} instances")
-    print("| trace | Sarathi + round robin | Sarathi + fair_load | FairBatching + round robin | "
-          "FairBatching + fair_load | gain vs Sarathi + RR |")
-    print("|---|---:|---:|---:|---:|---:|")
+    cluster = _report.Table(["trace", "Sarathi + round robin", "Sarathi + fair_load",
+                             "FairBatching + round robin", "FairBatching + fair_load",
+                             "gain vs Sarathi + RR"], "lrrrrr")
+    blocks += _section(f"3. Capacity of a cluster of {args.instances} instances", cluster)
     for trace in (args.cluster_traces or ",".join(traces)).split(","):
         wl = load_trace(trace)
         start = max(caps[trace][0], 1.0) * args.instances
@@ -137,8 +146,16 @@ def main() -> None:
                         start=start, **slo)
         c_fl = capacity(wl, batching="fairbatching", router="fair_load", instances=args.instances, start=start,
                         duration_s=args.duration_s, **slo)
-        print(f"| {trace} | {c_rr:.1f} | {c_sl:.1f} | {c_fr:.1f} | {c_fl:.1f} | {_gain(c_fl, c_rr)} |",
-              flush=True)
+        print(cluster.add(trace, f"{c_rr:.1f}", f"{c_sl:.1f}", f"{c_fr:.1f}", f"{c_fl:.1f}",
+                          _gain(c_fl, c_rr)), flush=True)
+    _report.write(args.markdown, blocks)
+
+
+def _section(title: str, table: _report.Table) -> list[str | _report.Table]:
+    """Print a table's title and head; return both for ``--markdown``."""
+    print(f"\n## {title}")
+    print(table.head)
+    return [f"**{title}**", table]
 
 
 if __name__ == "__main__":

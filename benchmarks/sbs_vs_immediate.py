@@ -14,6 +14,8 @@ from __future__ import annotations
 import argparse
 from statistics import median
 
+import _report  # benchmarks/_report.py
+
 from sbsopt.sim import IMMEDIATE_ROUTERS, ClusterConfig, simulate
 from sbsopt.workload import load_trace
 
@@ -39,14 +41,16 @@ def main() -> None:
     parser.add_argument("--limit", default=None, help="N or N,N,... (first N requests)")
     parser.add_argument("--interval", default="engine_paced")
     parser.add_argument("--immediate", default=",".join(IMMEDIATE_ROUTERS))
+    _report.add_option(parser)
     args = parser.parse_args()
     cluster = ClusterConfig()
-    header = (f"{'trace':<14}{'load':>5} {'best immediate':<15}{'TTFT ms':>9}{'SBS TTFT':>9}{'dTTFT':>8}"
-              f"{'dTTFTp99':>9}{'dthr_in':>8}  {'imm buf/eng/exec':<18}{'SBS buf/eng/exec':<18}"
-              f"{'bubble imm/SBS':<15}{'wall s':>7}")
+    table = _report.Table(["trace", "load", "best immediate", "TTFT ms", "SBS TTFT", "dTTFT",
+                           "dTTFTp99", "dthr_in", "imm buf/eng/exec", "SBS buf/eng/exec",
+                           "bubble imm/SBS", "wall s"], "lrlrrrrrlllr")
     limits = [None] if args.limit is None else [int(x) for x in args.limit.split(",")]
-    print(f"interval={args.interval} limits={limits}")
-    print(header)
+    setup = f"interval={args.interval} limits={limits}"
+    print(setup)
+    print(_row(table.columns))
     spread: dict[tuple[str, float], list[tuple[float, float, float]]] = {}
     for name, limit in ((n, m) for n in args.traces.split(",") for m in limits):
         workload = load_trace(name, limit=limit)
@@ -68,20 +72,40 @@ def main() -> None:
                 change(sbs["ttft_ms"]["p99"], best["ttft_ms"]["p99"]),
                 change(sbs["throughput_tok_s_per_gpu"]["input"],
                        best["throughput_tok_s_per_gpu"]["input"])))
-            print(f"{label:<14}{load:>5.1f} {best['router']:<15}{best['ttft_ms']['mean']:>9.0f}"
-                  f"{sbs['ttft_ms']['mean']:>9.0f}{rel(sbs['ttft_ms']['mean'], best['ttft_ms']['mean']):>8}"
-                  f"{rel(sbs['ttft_ms']['p99'], best['ttft_ms']['p99']):>9}"
-                  f"{rel(sbs['throughput_tok_s_per_gpu']['input'], best['throughput_tok_s_per_gpu']['input']):>8}  "
-                  f"{split(best):<18}{split(sbs):<18}"
-                  f"{best['bubble_fraction']:.2f}/{sbs['bubble_fraction']:.2f}{'':<6}{wall:>7.1f}", flush=True)
+            cells = (label, f"{load:.1f}", best["router"], f"{best['ttft_ms']['mean']:.0f}",
+                     f"{sbs['ttft_ms']['mean']:.0f}",
+                     rel(sbs["ttft_ms"]["mean"], best["ttft_ms"]["mean"]),
+                     rel(sbs["ttft_ms"]["p99"], best["ttft_ms"]["p99"]),
+                     rel(sbs["throughput_tok_s_per_gpu"]["input"],
+                         best["throughput_tok_s_per_gpu"]["input"]),
+                     split(best), split(sbs),
+                     f"{best['bubble_fraction']:.2f}/{sbs['bubble_fraction']:.2f}", f"{wall:.1f}")
+            table.add(*cells)
+            print(_row(cells), flush=True)
+    blocks: list[str | _report.Table] = [f"`{setup}`", table]
     if len(limits) > 1:
-        print("\nSBS against the best immediate router over the limits: median [min, max]")
-        print(f"{'trace':<14}{'load':>5}  {'dTTFT mean':<24}{'dTTFT p99':<24}{'dthr_in':<24}")
+        caption = "SBS against the best immediate router over the limits: median [min, max]"
+        over = _report.Table(["trace", "load", "dTTFT mean", "dTTFT p99", "dthr_in"], "lrlll")
+        print(f"\n{caption}")
+        print(_spread_row(over.columns))
         for (name, load), rows in spread.items():
             cols = []
             for values in zip(*rows, strict=True):
                 cols.append(f"{median(values):+.1f}% [{min(values):+.1f}, {max(values):+.1f}]")
-            print(f"{name:<14}{load:>5.1f}  " + "".join(f"{c:<24}" for c in cols))
+            over.add(name, f"{load:.1f}", *cols)
+            print(_spread_row([name, f"{load:.1f}", *cols]))
+        blocks += [caption, over]
+    _report.write(args.markdown, blocks)
+
+
+def _row(cells: tuple[str, ...] | list[str]) -> str:
+    return (_report.line(cells[:2], (-14, 5)) + " "
+            + _report.line(cells[2:8], (-15, 9, 9, 8, 9, 8)) + "  "
+            + _report.line(cells[8:], (-18, -18, -15, 7)))
+
+
+def _spread_row(cells: list[str]) -> str:
+    return _report.line(cells[:2], (-14, 5)) + "  " + _report.line(cells[2:], (-24, -24, -24))
 
 
 if __name__ == "__main__":

@@ -14,6 +14,8 @@ import argparse
 import statistics
 import time
 
+import _report  # benchmarks/_report.py
+
 from sbsopt.plan import Runner, expand_grid, run_one, sweep
 
 GRID = {"router": ["sbs", "least_tokens"], "interval": ["fixed:5", "fixed:20"], "load": [0.5, 0.9],
@@ -39,6 +41,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--repeat", type=int, default=1)
     parser.add_argument("--ray", action="store_true", help="also time a local Ray instance")
+    _report.add_option(parser)
     args = parser.parse_args()
     runs = expand_grid(GRID, {"limit": args.limit, "prefill_instances": 2})
     assert len(runs) == 16
@@ -65,10 +68,16 @@ def main() -> None:
         finally:
             ray.shutdown()
 
-    print(f"16-run grid, {args.limit} requests per run, median of {args.repeat}")
-    print(f"{'backend':<24} {'wall s':>8} {'speedup vs serial':>18} {'same table':>11}")
+    setup = f"16-run grid, {args.limit} requests per run, median of {args.repeat}"
+    print(setup)
+    widths = (-24, 9, 19, 12)  # one space between columns
+    table = _report.Table(["backend", "wall s", "speedup vs serial", "same table"], "lrrr")
+    print(_report.line(table.columns, widths))
     for name, wall, same in rows:
-        print(f"{name:<24} {wall:>8.2f} {serial_s / wall:>18.2f} {str(same):>11}")
+        cells = (name, f"{wall:.2f}", f"{serial_s / wall:.2f}", str(same))
+        table.add(*cells)
+        print(_report.line(cells, widths))
+    _report.write(args.markdown, [setup, table])
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import time
 
+import _report  # benchmarks/_report.py
 import numpy as np
 
 from sbsopt.costmodel import load_cost_model
@@ -81,12 +82,14 @@ def _pct(values: list[float], q: float) -> float:
 
 
 def run(phase: str, sizes: list[tuple[int, int]], windows: int, repeats: int, budget_s: float,
-        seed: int) -> None:
+        seed: int) -> list[str | _report.Table]:
+    """Print the table of one phase; return it with its caption, for ``--markdown``."""
     rng = np.random.default_rng(seed)
-    print(f"\n## {phase} windows (budget {budget_s * 1e3:.0f} ms, {windows} windows per size)\n")
-    print("| size | method | p50 ms | p99 ms | p99 cpu ms | build+solve p50 ms | gap p50 | gap p90 "
-          "| gap max | statuses | speedup |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---|---:|")
+    caption = f"{phase} windows (budget {budget_s * 1e3:.0f} ms, {windows} windows per size)"
+    print(f"\n## {caption}\n")
+    table = _report.Table(["size", "method", "p50 ms", "p99 ms", "p99 cpu ms", "build+solve p50 ms",
+                           "gap p50", "gap p90", "gap max", "statuses", "speedup"], "llrrrrrrrlr")
+    print(table.head)
     for n, j in sizes:
         count = windows if n * j <= 8192 else max(2, windows // 4)
         make = prefill_windows if phase == "prefill" else decode_windows
@@ -139,10 +142,11 @@ def run(phase: str, sizes: list[tuple[int, int]], windows: int, repeats: int, bu
             build_col = f"{_pct(build, 50) * 1e3:.3f}" if method == "greedy" and build else ""
             cpu_col = f"{_pct(cpu, 99) * 1e3:.3f}" if method == "greedy" else ""
             note = f" (solver ran on {ran}/{len(problems)})" if method != "greedy" else ""
-            print(f"| {n}x{j} | {method}{note} | {p50[method] * 1e3:.3f} | "
-                  f"{_pct(latency[method], 99) * 1e3:.3f} | {cpu_col} | {build_col} | "
-                  f"{_pct(gaps, 50):.2%} | {_pct(gaps, 90):.2%} | {max(gaps):.2%} | "
-                  f"{' '.join(f'{s}:{c}' for s, c in sorted(statuses.items()))} | {speed} |")
+            print(table.add(f"{n}x{j}", f"{method}{note}", f"{p50[method] * 1e3:.3f}",
+                            f"{_pct(latency[method], 99) * 1e3:.3f}", cpu_col, build_col,
+                            f"{_pct(gaps, 50):.2%}", f"{_pct(gaps, 90):.2%}", f"{max(gaps):.2%}",
+                            " ".join(f"{s}:{c}" for s, c in sorted(statuses.items())), speed))
+    return [f"**{caption}**", table]
 
 
 _REQUESTS: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
@@ -159,18 +163,22 @@ def main() -> None:
     parser.add_argument("--trace", action="append", help="traces to cut windows from")
     parser.add_argument("--no-chunking", action="store_true",
                         help="whole-request prefill windows (CP-SAT's own bound then counts)")
+    _report.add_option(parser)
     args = parser.parse_args()
     _CHUNKING[0] = not args.no_chunking
     load_cost_model()
     _TRACES[:] = args.trace or ["azure-conv", "azure-code"]
     for name in _TRACES:
         _REQUESTS[name] = trace_requests(name, 6000)
-    print(f"traces: {', '.join(_TRACES)}; prefill chunking {'on' if _CHUNKING[0] else 'off'}")
+    setup = f"traces: {', '.join(_TRACES)}; prefill chunking {'on' if _CHUNKING[0] else 'off'}"
+    print(setup)
     print(f"kernel warm-up (outside timings): {warm_up():.2f} s")
     windows, repeats = (4, 50) if args.quick else (12, 300)
     phases = ["prefill", "decode"] if args.phase == "both" else [args.phase]
+    blocks: list[str | _report.Table] = [f"`{setup}`"]
     for phase in phases:
-        run(phase, SIZES, windows, repeats, args.budget_ms / 1e3, args.seed)
+        blocks += run(phase, SIZES, windows, repeats, args.budget_ms / 1e3, args.seed)
+    _report.write(args.markdown, blocks)
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ __all__ = [
     "InfeasibleError",
     "TimeBudgetError",
     "BackendUnavailableError",
+    "MissingExtraError",
     "SimulationError",
 ]
 
@@ -89,6 +90,40 @@ class TimeBudgetError(SolverError):
 
 class BackendUnavailableError(SbsoptError):
     """An optional backend (e.g. Ray) was requested but is not installed or not reachable."""
+
+
+class MissingExtraError(BackendUnavailableError, ImportError):
+    """A feature needs a package of one of sbsopt's pip extras that is not installed.
+
+    Also an :class:`ImportError`, so that callers probing for an optional feature with
+    ``except ImportError`` keep working.
+
+    Parameters
+    ----------
+    module : str
+        The module that could not be imported, e.g. ``"cvxpy"``.
+    extra : str
+        The extra that installs it, e.g. ``"calibrate"``.
+    feature : str, optional
+        What needed it, e.g. ``"sbsopt calibrate"``; named first in the message.
+
+    Examples
+    --------
+    >>> from sbsopt.errors import MissingExtraError
+    >>> print(MissingExtraError("cvxpy", "calibrate", feature="sbsopt calibrate"))
+    sbsopt calibrate needs cvxpy, which is not installed; install it with: pip install 'sbsopt[calibrate]'
+    """
+
+    def __init__(self, module: str, extra: str, feature: str | None = None) -> None:
+        self.module = module
+        self.extra = extra
+        self.feature = feature
+        who = feature or "this feature"
+        super().__init__(
+            f"{who} needs {module}, which is not installed; install it with: pip install 'sbsopt[{extra}]'"
+        )
+        # ImportError's own attribute, read by code that inspects import failures
+        self.name = module
 
 
 class SimulationError(SbsoptError):

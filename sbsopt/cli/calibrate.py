@@ -16,9 +16,12 @@ __all__ = ["calibrate"]
               help="Also print the held-out checks (DeepEP, masked GEMMs, FlashMLA).")
 def calibrate(profile, out, held_out) -> None:
     """Fit per-kernel-class coefficients (cvxpy, Huber, non-negative) and print the errors."""
+    from sbsopt._optional import require
     from sbsopt.costmodel.calibrate import calibrate as run
     from sbsopt.costmodel.calibrate import held_out_checks
 
+    # fail before reading the measurements, naming the command rather than the fit function
+    require("cvxpy", "calibrate", feature="sbsopt calibrate")
     report = run(profile, out=out)
     click.echo(report.table())
     for name, predicted, measured, err in report.layer_rows:

@@ -22,7 +22,7 @@ __all__ = ["oracle"]
 def oracle(model: str, hardware: str, ep: int, warm: bool, max_line_mb: float) -> None:
     """Answer one window problem per stdin line with one JSON answer per stdout line.
 
-    The schema is in the README (Window optimizer and policy oracle). Bad lines get an
+    The schema is in docs/guides/oracle.md (Oracle protocol). Bad lines get an
     error answer; the process serves until EOF.
     """
     from sbsopt.costmodel import load_cost_model

@@ -9,8 +9,18 @@ from pathlib import Path
 
 import click
 
-from sbsopt.cli._options import ROUTER_CHOICES, cluster_options, engine_options
+from sbsopt._optional import require
+from sbsopt.cli._options import (
+    ROUTER_CHOICES,
+    SOLVER_CHOICES,
+    cluster_from_options,
+    cluster_options,
+    engine_options,
+    router_option,
+    window_options,
+)
 from sbsopt.errors import InvalidInputError
+from sbsopt.sim.config import DEFAULT_TPOT_SLO_MS, DEFAULT_TTFT_SLO_MS
 
 __all__ = ["plan", "sweep", "write_table", "print_table"]
 
@@ -22,12 +32,9 @@ def _common(fn):
         click.option("--limit", type=int, default=None, help="Use only the first N requests of the trace."),
         click.option("--duration-s", type=float, default=10.0, show_default=True,
                      help="Arrival window simulated per step: rate x duration requests of the trace."),
-        click.option("--router", type=click.Choice(ROUTER_CHOICES), default="sbs", show_default=True),
-        click.option("--interval", default="engine_paced", show_default=True, help="SBS interval policy or fixed:MS."),
-        click.option("--solver", type=click.Choice(["greedy", "cpsat", "auto"]), default="greedy", show_default=True),
-        click.option("--ttft-slo-ms", type=float, default=2000.0, show_default=True,
-                     help="2000 ms as in `sbsopt run`: at 1000 ms the max-rate search sits on a TTFT plateau."),
-        click.option("--tpot-slo-ms", type=float, default=100.0, show_default=True),
+        click.option("--ttft-slo-ms", type=float, default=DEFAULT_TTFT_SLO_MS, show_default=True,
+                     help="as in `sbsopt run`: at 1000 ms the max-rate search sits on a TTFT plateau."),
+        click.option("--tpot-slo-ms", type=float, default=DEFAULT_TPOT_SLO_MS, show_default=True),
         click.option("--attainment", type=float, default=0.9, show_default=True,
                      help="Fraction of requests that must meet both SLOs."),
         click.option("--gpu-hour-price", type=float, default=2.0, show_default=True),
@@ -39,13 +46,12 @@ def _common(fn):
         click.option("--out", type=click.Path(dir_okay=False), default=None,
                      help="Write every simulated run as a table (.csv or .parquet)."),
     ]
-    fn = cluster_options(engine_options(fn))
+    fn = router_option(window_options(cluster_options(engine_options(fn))))
     return functools.reduce(lambda f, opt: opt(f), reversed(options), fn)
 
 
 def _setup(o: dict):
     from sbsopt.plan import SLO, Policy
-    from sbsopt.sim import ClusterConfig
     from sbsopt.workload import load_trace
 
     if o["out"] is not None:
@@ -53,14 +59,9 @@ def _setup(o: dict):
     slo = SLO(ttft_ms=o["ttft_slo_ms"], tpot_ms=o["tpot_slo_ms"], attainment=o["attainment"])
     policy = Policy(router=o["router"], interval=o["interval"], solver=o["solver"], batching=o["batching"],
                     mode=o["mode"], token_budget=o["token_budget"])
-    if o["mode"] == "colocated":
-        from sbsopt.sim.colocated import default_colocated_ep
-
-        # As `sbsopt simulate --mode colocated`: --instances engines of --ep ranks.
-        cluster = ClusterConfig(prefill_instances=o["instances"], prefill_ep=o["ep"] or default_colocated_ep())
-    else:
-        cluster = ClusterConfig(prefill_instances=o["prefill_instances"], decode_instances=o["decode_instances"],
-                                prefill_ep=o["prefill_ep"], decode_ep=o["decode_ep"])
+    cluster = cluster_from_options(o["mode"], **{k: o[k] for k in (
+        "prefill_instances", "decode_instances", "prefill_ep", "decode_ep", "instances", "ep", "hardware",
+        "mtp_acceptance")})
     if o["duration_s"] <= 0:
         raise InvalidInputError("--duration-s", o["duration_s"], "a positive number of seconds")
     return load_trace(o["trace"], limit=o["limit"]), cluster, policy, slo
@@ -78,6 +79,7 @@ def write_table(table, path: str) -> None:
     if _suffix(path) == ".csv":
         table.to_csv(path, index=False)
     else:
+        require("pyarrow", "sim", feature="--out *.parquet")
         table.to_parquet(path, index=False)
 
 
@@ -144,6 +146,7 @@ def capacity(tolerance, rate_min, rate_max, **o) -> None:
     from sbsopt.plan import max_rate
 
     workload, cluster, policy, slo = _setup(o)
+    _refuse_burst(workload, cluster, policy, o)
     answer = max_rate(workload, cluster, policy, slo, tolerance_req_s=tolerance, rate_min=rate_min,
                       rate_max=rate_max, duration_s=o["duration_s"], seed=o["seed"], gpu_hour_price=o["gpu_hour_price"],
                       backend=o["backend"], workers=o["workers"], address=o["address"], progress=not o["as_json"])
@@ -157,10 +160,27 @@ def capacity(tolerance, rate_min, rate_max, **o) -> None:
     print_table(f"max rate: {workload.name} ({len(workload)} requests), router {policy.router}",
                 ["answer", "max rate req/s", "fails at", "tolerance", "TTFT p90 ms", "TPOT p90 ms",
                  "attainment", "GPUs", "tok/GPU/s", "$/Mtok"],
-                [["infeasible" if not d["feasible"] else "ok" if d["bounded"] else "unbounded",
+                [["infeasible" if not d["feasible"] else "ok" if d["bounded"] else
+                  "capped" if d["capped"] else "unbounded",
                   d["max_rate_req_s"], d["fail_rate_req_s"], d["tolerance_req_s"], c.get("ttft_p90_ms"),
                   c.get("tpot_p90_ms"), c.get("slo_attainment"), d["gpus"], d.get("tokens_per_gpu_s"),
                   d.get("cost_per_million_tokens")]], note=d["message"])
+
+
+def _refuse_burst(workload, cluster, policy, o: dict) -> None:
+    """Refuse a search whose steps near saturation would simulate a burst, not a steady state."""
+    from sbsopt.plan.planner import BURST_SLO_MULTIPLE, burst_reason
+    from sbsopt.sim import saturation_capacity
+
+    saturation = saturation_capacity(workload, cluster, mode=policy.mode).req_s
+    reason = burst_reason(len(workload), saturation, o["duration_s"], o["ttft_slo_ms"])
+    if reason is not None:
+        need = BURST_SLO_MULTIPLE * o["ttft_slo_ms"] / 1000.0
+        short_trace = (len(workload) - 1) / saturation < need
+        raise InvalidInputError(
+            "--limit" if short_trace else "--duration-s", len(workload) if short_trace else o["duration_s"],
+            f"a steady window at the saturation rate {saturation:.4g} req/s, not a burst ({reason}): "
+            f"--limit >= {math.ceil(saturation * need) + 1} requests and --duration-s >= {need:g}")
 
 
 @plan.command()
@@ -213,7 +233,7 @@ def instances(rate, max_prefill, max_decode, **o) -> None:
 @click.option("--trace", default=None, help="Base trace (name or path) for runs the grid file leaves unset.")
 @click.option("--router", type=click.Choice(ROUTER_CHOICES), default=None, help="Base router.")
 @click.option("--interval", default=None, help="Base SBS interval policy.")
-@click.option("--solver", type=click.Choice(["greedy", "cpsat", "auto"]), default=None, help="Base window solver.")
+@click.option("--solver", type=click.Choice(SOLVER_CHOICES), default=None, help="Base window solver.")
 @cluster_options
 @engine_options
 @click.pass_context
@@ -247,13 +267,13 @@ def sweep(ctx, grid_path, ttft_slo_ms, tpot_slo_ms, backend, address, workers, a
         for name, value in base.items():
             if value is not None and ctx.get_parameter_source(name) is ParameterSource.COMMANDLINE:
                 run.setdefault(name, value)
+    if plot:  # before the sweep, not after it has run
+        matplotlib = require("matplotlib", "plot", feature="sbsopt sweep --plot")
     table = run_sweep(runs, backend=backend, workers=workers, address=address, progress=not as_json)
     if out:
         write_table(table, out)
     axes = list(tomllib.loads(Path(grid_path).read_text(encoding="utf-8")).get("grid", {}))
     if plot:
-        import matplotlib
-
         matplotlib.use("Agg")
         hue = next((a for a in axes[1:] if a != "seed"), None)
         ax = plot_sweep(table, x=axes[0], y=y_column, hue=hue)

@@ -7,6 +7,9 @@ import time
 
 import click
 
+from sbsopt.cli._options import hardware_option, mtp_option
+from sbsopt.sim.config import DEFAULT_TPOT_SLO_MS, DEFAULT_TTFT_SLO_MS, IMMEDIATE_ROUTERS
+
 __all__ = ["run"]
 
 
@@ -16,19 +19,20 @@ __all__ = ["run"]
               help="Arrival window simulated per search step (about 20 s wall on 2 busy cores).")
 @click.option("--prefill-instances", type=int, default=1, show_default=True)
 @click.option("--decode-instances", type=int, default=1, show_default=True)
-@click.option("--ttft-slo-ms", type=float, default=2000.0, show_default=True)
-@click.option("--tpot-slo-ms", type=float, default=100.0, show_default=True)
+@click.option("--ttft-slo-ms", type=float, default=DEFAULT_TTFT_SLO_MS, show_default=True)
+@click.option("--tpot-slo-ms", type=float, default=DEFAULT_TPOT_SLO_MS, show_default=True)
 @click.option("--attainment", type=float, default=0.9, show_default=True)
 @click.option("--tolerance-frac", type=float, default=0.02, show_default=True,
               help="Rate tolerance as a fraction of the prefill-capacity rate.")
-@click.option("--routers", default="round_robin,least_requests,least_tokens,vllm_score,shortest_queue",
-              show_default=True, help="Immediate routers SBS is compared with.")
+@click.option("--routers", default=",".join(IMMEDIATE_ROUTERS), show_default=True, help="Immediate routers SBS is compared with.")
 @click.option("--gpu-hour-price", type=float, default=2.0, show_default=True)
 @click.option("--backend", type=click.Choice(["local", "ray", "serial"]), default="local", show_default=True)
 @click.option("--workers", type=int, default=None, help="Parallel simulations (default: one per core).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of the table.")
+@hardware_option
+@mtp_option
 def run(trace, duration_s, prefill_instances, decode_instances, ttft_slo_ms, tpot_slo_ms, attainment,
-        tolerance_frac, routers, gpu_hour_price, backend, workers, as_json) -> None:
+        tolerance_frac, routers, gpu_hour_price, backend, workers, as_json, hardware, mtp_acceptance) -> None:
     """Plan DeepSeek-V3 on H800 for a trace: highest rate at the SLO, SBS versus the best immediate router.
 
     \b
@@ -37,7 +41,7 @@ def run(trace, duration_s, prefill_instances, decode_instances, ttft_slo_ms, tpo
     """
     from sbsopt.errors import InvalidInputError
     from sbsopt.plan import SLO, Runner, max_rate
-    from sbsopt.sim import IMMEDIATE_ROUTERS, ClusterConfig, prefill_capacity_tok_s
+    from sbsopt.sim import ClusterConfig, prefill_capacity_tok_s
     from sbsopt.workload import load_trace
 
     started = time.perf_counter()
@@ -51,7 +55,12 @@ def run(trace, duration_s, prefill_instances, decode_instances, ttft_slo_ms, tpo
         raise InvalidInputError("--tolerance-frac", tolerance_frac, "a fraction in (0, 1)")
     slo = SLO(ttft_ms=ttft_slo_ms, tpot_ms=tpot_slo_ms, attainment=attainment)
     workload = load_trace(trace)
-    cluster = ClusterConfig(prefill_instances=prefill_instances, decode_instances=decode_instances)
+    shared = {k: v for k, v in (("hardware", hardware), ("mtp_acceptance", mtp_acceptance)) if v is not None}
+    if "hardware" in shared:
+        from sbsopt.costmodel import load_hardware_card
+
+        load_hardware_card(hardware)  # a bad card fails here, naming file and field
+    cluster = ClusterConfig(prefill_instances=prefill_instances, decode_instances=decode_instances, **shared)
     capacity_rate = prefill_capacity_tok_s(workload, cluster) / float(workload.input_tokens.mean())
     plans = {}
     with Runner(backend=backend, workers=workers, progress=not as_json) as runner:
@@ -70,7 +79,7 @@ def run(trace, duration_s, prefill_instances, decode_instances, ttft_slo_ms, tpo
         return
     from sbsopt.cli.plan import print_table
 
-    note = (f"DeepSeek-V3 on H800, {prefill_instances} prefill (EP{cluster.prefill_ep}) + {decode_instances} "
+    note = (f"DeepSeek-V3 on {cluster.hardware.upper()}, {prefill_instances} prefill (EP{cluster.prefill_ep}) + {decode_instances} "
             f"decode (EP{cluster.decode_ep}) instances; trace {workload.name}, each search step simulates a "
             f"{duration_s:g} s arrival window at the rate tried (--duration-s); SLO: TTFT <= {ttft_slo_ms:g} ms "
             f"and TPOT <= {tpot_slo_ms:g} ms for {attainment:.0%} of requests; rate tolerance "

@@ -5,16 +5,18 @@ Calibration set (fitted):
 * the per-kernel means of DeepSeek's public prefill profile (EP32, 8192-token micro-batches of
   two 4K prompts, overlapped: compute on 108 of 132 SMs);
 * DeepGEMM's dense (normal) and grouped-contiguous rows (standalone, all SMs);
-* DeepEP's normal-kernel bandwidth at EP32 (the link efficiency of dispatch and combine).
+* DeepEP's normal-kernel bandwidth of its first release at every EP size, converted from its
+  counting to physical link bytes (:mod:`sbsopt.costmodel.deepep`): the link efficiency of
+  dispatch and combine, in closed form (mean over the EP sizes).
 
-Held out (predicted and compared, never fitted): DeepEP normal bandwidth at the other EP sizes
-(NVLink- vs RDMA-bound), DeepEP low-latency latencies, DeepGEMM masked (decode) GEMMs, and
-FlashMLA's decode throughput.
+Held out (predicted and compared, never fitted): the profile's dispatch and combine durations
+under overlap (physics only: bytes over the link at the fitted efficiency), its notify kernels
+(synchronization waits), DeepEP low-latency latencies, later DeepEP versions, DeepGEMM masked
+(decode) GEMMs, and FlashMLA's decode throughput; see :mod:`sbsopt.costmodel.validate`.
 
 Every modelled kernel time is linear in the coefficients (see :mod:`sbsopt.costmodel.layers`),
 so the fit is a convex program: minimise ``sum huber((pred - meas) / meas, 0.1)`` over
-non-negative coefficients.  The link efficiencies are set first in closed form (a single
-bandwidth measurement each), which keeps the overlapped-comm slowdown linear.
+non-negative coefficients.  The link efficiencies are set first in closed form.
 """
 
 from __future__ import annotations
@@ -26,12 +28,15 @@ from pathlib import Path
 
 import numpy as np
 
+from sbsopt._optional import require
 from sbsopt._resources import calibration_dir
-from sbsopt.costmodel.alltoall import low_latency_alltoall_us, normal_alltoall_us
+from sbsopt.costmodel.alltoall import normal_alltoall_us
 from sbsopt.costmodel.cards import HardwareCard, ModelCard, load_hardware_card, load_model_card
 from sbsopt.costmodel.coefficients import FITTED_FILE, KernelCoefficients, save_coefficients
+from sbsopt.costmodel.deepep import implied_link_eff, low_latency_test_us, normal_reported_GBps
 from sbsopt.costmodel.layers import Kernel, attention_kernels, kernel_us, moe_kernels
-from sbsopt.costmodel.topology import alltoall_path
+from sbsopt.costmodel.overlap import stage_layer_us
+from sbsopt.costmodel.topology import AllToAllPath, alltoall_path
 from sbsopt.errors import ModelCardError
 
 __all__ = [
@@ -50,15 +55,20 @@ __all__ = [
 PROFILE_FILE = "dsv3_profile_prefill_kernels_ep32.csv"
 DEEPGEMM_FILE = "deepgemm_h800_benchmarks.csv"
 DEEPEP_FILE = "deepep_h800_benchmarks.csv"
+FACTS_FILE = "h800_dsv3_facts.json"
+#: DeepEP release whose normal-kernel bandwidths the link efficiencies are fitted on (the one
+#: contemporary with DeepSeek's profile); later releases are held out
+LINK_VERSION = "2025-02 initial"
 
 # Linear coefficients of the fit (link efficiencies and the LL latency are not among them).
 _LINEAR = (
-    "gemm_flop_scale", "gemm_byte_scale", "gemm_fixed_us",
+    "launch_us", "gemm_flop_scale", "gemm_byte_scale",
     "grouped_flop_scale", "overlap_byte_scale",
-    "bf16_gemm_flop_scale", "attn_flop_scale", "attn_fixed_us",
-    "mem_byte_scale", "mem_fixed_us", "route_row_ns", "route_fixed_us",
-    "comm_overlap_scale", "handshake_ns_per_token", "layout_ns_per_token",
+    "bf16_gemm_flop_scale", "attn_flop_scale",
+    "mem_byte_scale", "route_row_ns", "layout_ns_per_token",
 )
+#: profile comm kernels the fit leaves out: transfers are physics (bytes / link), notifies are waits
+HELD_OUT_COMM = ("comm:dispatch", "comm:combine", "comm:notify_dispatch", "comm:cached_notify")
 
 # profile kernel (the csv's dsv3_op prefix) -> kernel name in sbsopt.costmodel.layers
 _PROFILE_KERNELS = {
@@ -96,7 +106,8 @@ class Measurement:
     """One measured kernel time and how to model it.
 
     ``setting`` is ``"profile"`` (overlapped prefill profile), ``"standalone"`` (a benchmark
-    on all SMs) or ``"link"`` (a DeepEP bandwidth row).
+    on all SMs), ``"link"`` (a DeepEP bandwidth row at ``ep`` ranks, GB/s as DeepEP prints it)
+    or ``"held_out"`` (a profile comm kernel the fit leaves out).
     """
 
     name: str
@@ -105,6 +116,7 @@ class Measurement:
     setting: str
     kernel: Kernel | None = None
     tokens: float = 0.0
+    ep: int = 0
 
 
 @dataclass(frozen=True)
@@ -119,7 +131,13 @@ class CalibrationReport:
     layer_rows: tuple[tuple[str, float, float, float], ...]
 
     def table(self) -> str:
-        """Readable per-kernel table."""
+        """Readable per-kernel table.
+
+        Returns
+        -------
+        str
+            One line per kernel (predicted, measured, relative error) and a summary line.
+        """
         return _format_rows(self.rows, self.median_abs_rel_err, self.worst_kernel, self.max_abs_rel_err)
 
 
@@ -132,10 +150,28 @@ def load_measurements(
 ) -> list[Measurement]:
     """Read the calibration CSVs (defaults: the bundled copies) into measurements.
 
+    Parameters
+    ----------
+    profile, deepgemm, deepep : str or Path, optional
+        The prefill kernel profile, the DeepGEMM benchmark and the DeepEP benchmark CSVs, in
+        the format of the bundled files in ``models/calibration``.
+    model : ModelCard, optional
+        Shapes the profile's kernels are modelled with (default: DeepSeek-V3).
+
+    Returns
+    -------
+    list of Measurement
+        Profile kernels, standalone DeepGEMM rows and the EP32 DeepEP link rows.
+
+    Raises
+    ------
+    ModelCardError
+        If a file is missing, lacks a column, or holds a value that is not a positive number.
+
     Examples
     --------
     >>> rows = load_measurements()
-    >>> sum(r.setting == "profile" for r in rows) >= 20
+    >>> sum(r.setting == "profile" for r in rows) >= 15
     True
     """
     model = model or load_model_card()
@@ -150,15 +186,39 @@ def fit_coefficients(
     measurements: list[Measurement], *, model: ModelCard | None = None, hardware: HardwareCard | None = None,
     huber_m: float = 0.1,
 ) -> KernelCoefficients:
-    """Fit the coefficients to ``measurements`` (non-negative, Huber loss on relative error)."""
-    import cvxpy as cp
+    """Fit the coefficients to ``measurements`` (non-negative, Huber loss on relative error).
+
+    Needs cvxpy (the ``calibrate`` extra).
+
+    Parameters
+    ----------
+    measurements : list of Measurement
+        Kernel times (:func:`load_measurements`); ``"link"`` rows set the link efficiencies.
+    model, hardware : ModelCard, HardwareCard, optional
+        Cards the kernels are modelled on (default: the bundled DeepSeek-V3 and H800 cards).
+    huber_m : float, default 0.1
+        Relative error at which the Huber loss turns from quadratic to linear.
+
+    Returns
+    -------
+    KernelCoefficients
+        The fitted coefficients (every linear one non-negative).
+
+    Raises
+    ------
+    sbsopt.errors.MissingExtraError
+        If cvxpy is not installed.
+    sbsopt.errors.ModelCardError
+        If there is no kernel measurement, or the convex program has no solution.
+    """
+    cp = require("cvxpy", "calibrate", feature="calibration")
 
     model = model or load_model_card()
     hardware = hardware or load_hardware_card()
     base = _link_efficiencies(measurements, model, hardware)
     features, measured = [], []
     for item in measurements:
-        if item.setting == "link":
+        if item.setting in ("link", "held_out"):
             continue
         row = [_predict(item, _unit(base, name), model, hardware, offset=False) for name in _LINEAR]
         features.append(row)
@@ -167,7 +227,7 @@ def fit_coefficients(
         raise ModelCardError("measurements", "rows", 0, "at least one kernel measurement")
     matrix = np.array(features)
     target = np.array(measured)
-    weights = np.array([m.measured_us for m in measurements if m.setting != "link"])
+    weights = np.array([m.measured_us for m in measurements if m.setting not in ("link", "held_out")])
     theta = cp.Variable(len(_LINEAR), nonneg=True)
     residual = cp.multiply(matrix @ theta - target, 1.0 / weights)
     # a tiny ridge keeps coefficients no measurement pins down at their smallest value
@@ -183,7 +243,22 @@ def evaluate(
     measurements: list[Measurement], coefficients: KernelCoefficients, *,
     model: ModelCard | None = None, hardware: HardwareCard | None = None,
 ) -> CalibrationReport:
-    """Per-kernel predicted vs measured, median and largest relative error, per-layer sums."""
+    """Per-kernel predicted vs measured, median and largest relative error, per-layer sums.
+
+    Parameters
+    ----------
+    measurements : list of Measurement
+        What to compare with (:func:`load_measurements`).
+    coefficients : KernelCoefficients
+        The coefficients to evaluate.
+    model, hardware : ModelCard, HardwareCard, optional
+        Default: the bundled DeepSeek-V3 and H800 cards.
+
+    Returns
+    -------
+    CalibrationReport
+        The coefficients, per-kernel rows and summary errors.
+    """
     model = model or load_model_card()
     hardware = hardware or load_hardware_card()
     rows = []
@@ -192,19 +267,23 @@ def evaluate(
         if item.setting != "link":
             predicted += _predict(item, coefficients, model, hardware, offset=False)
         rows.append((item.name, predicted, item.measured_us, (predicted - item.measured_us) / item.measured_us))
-    errors = np.abs([r[3] for r in rows])
+    fitted = [r for r, item in zip(rows, measurements, strict=True) if item.setting != "held_out"]
+    errors = np.abs([r[3] for r in fitted])
     worst = int(np.argmax(errors))
     layer_rows = []
     for label, keep in (
         ("profile attention block", lambda n: n.startswith("profile:") and n.split(":")[1] in _ATTENTION),
         ("profile MoE compute", lambda n: n.startswith("profile:") and n.split(":")[1] in _MOE),
-        ("profile comm stream", lambda n: n.startswith("profile:comm:")),
     ):
         chosen = [r for r in rows if keep(r[0])]
         pred, meas = sum(r[1] for r in chosen), sum(r[2] for r in chosen)
-        layer_rows.append((label, pred, meas, (pred - meas) / meas))
+        if meas > 0:
+            layer_rows.append((label, pred, meas, (pred - meas) / meas))
+    layer = _profile_layer_row(rows)
+    if layer is not None:
+        layer_rows.append(layer)
     return CalibrationReport(
-        coefficients, tuple(rows), float(np.median(errors)), float(errors[worst]), rows[worst][0], tuple(layer_rows)
+        coefficients, tuple(rows), float(np.median(errors)), float(errors[worst]), fitted[worst][0], tuple(layer_rows)
     )
 
 
@@ -212,8 +291,19 @@ def held_out_checks(coefficients: KernelCoefficients, *, model: ModelCard | None
                     hardware: HardwareCard | None = None) -> list[tuple[str, float, float, float, str]]:
     """Predictions vs public measurements that the fit never saw.
 
-    Returns rows ``(name, predicted, measured, rel_err, note)``; bandwidths in GB/s,
-    latencies and GEMM times in us.
+    Parameters
+    ----------
+    coefficients : KernelCoefficients
+        The coefficients to check.
+    model, hardware : ModelCard, HardwareCard, optional
+        Default: the bundled DeepSeek-V3 and H800 cards.
+
+    Returns
+    -------
+    list of tuple
+        Rows ``(name, predicted, measured, rel_err, note)``: DeepEP normal bandwidths at the
+        other EP sizes and low-latency latencies, DeepGEMM masked GEMMs, FlashMLA decode;
+        bandwidths in GB/s, throughputs in TB/s or TFLOPS, latencies and GEMM times in us.
     """
     model = model or load_model_card()
     hardware = hardware or load_hardware_card()
@@ -221,37 +311,26 @@ def held_out_checks(coefficients: KernelCoefficients, *, model: ModelCard | None
     rows: list[tuple[str, float, float, float, str]] = []
     with open(folder / DEEPEP_FILE, newline="") as handle:
         deepep = list(csv.DictReader(handle))
-    route = dict(
-        gpus_per_node=hardware.gpus_per_node, nvlink_Bps=hardware.nvlink_Bps, ib_Bps=hardware.ib_Bps,
-        routed_experts=model.routed_experts, expert_groups=model.expert_groups,
-        groups_per_token=model.groups_per_token, experts_per_token=model.experts_per_token,
-    )
     for row in deepep:
         family, version = row["kernel_family"], row["version"]
         if not row["ep"].isdigit():
             continue
         ep = int(row["ep"])
-        nodes = max(1, math.ceil(ep / hardware.gpus_per_node))
-        if family.startswith("normal (") and version == "2025-02 initial" and ep != 32:
-            path = alltoall_path(ep=ep, nodes=nodes, mode="normal", **route)
-            link = {"nvlink": "NVLink", "ib": "RDMA"}.get(path.bottleneck, path.bottleneck)
-            measured_kind = "nvlink" if row["bottleneck_link"] == "NVLink" else "ib"
-            for kind, eff in (("dispatch", coefficients.dispatch_link_eff), ("combine", coefficients.combine_link_eff)):
-                # achieved bandwidth on the link class DeepEP reports
-                predicted = path.achieved_Bps(measured_kind, efficiency=eff) / 1e9
+        if family.startswith("normal") and version != LINK_VERSION:
+            for kind in ("dispatch", "combine"):
+                predicted = normal_reported_GBps(ep, kind, coefficients, model=model, hardware=hardware)
                 measured = float(row[f"{kind}_bw_GBps"])
-                note = f"{row['bottleneck_link']} GB/s; graph bottleneck {link}, measured {row['bottleneck_link']}"
-                rows.append((f"deepep normal ep{ep} {kind} GB/s", predicted, measured, predicted / measured - 1, note))
+                rows.append((f"deepep normal ep{ep} {kind} GB/s ({version.split(' ')[0]})", predicted, measured,
+                             predicted / measured - 1, f"{row['bottleneck_link']} GB/s as DeepEP counts it"))
         if family == "low-latency":
             mode = "ll_rdma" if "pure RDMA" in version else "ll"
-            path = alltoall_path(ep=ep, nodes=nodes, mode=mode, **route)
-            times = low_latency_alltoall_us(float(row["tokens_per_rank"]), model=model, path=path, coef=coefficients)
+            times = low_latency_test_us(ep, coefficients, model=model, hardware=hardware, mode=mode)
             for kind in ("dispatch", "combine"):
-                predicted, measured = float(times[kind]), float(row[f"{kind}_latency_us"])
+                predicted, measured = times[kind], float(row[f"{kind}_latency_us"])
                 rows.append((f"deepep LL ({mode}) ep{ep} {kind} us", predicted, measured,
-                             predicted / measured - 1, f"{path.bottleneck}-bound"))
+                             predicted / measured - 1, "send + network + receive"))
     for item in _deepgemm_measurements(folder / DEEPGEMM_FILE, masked=True):
-        predicted = float(kernel_us(item.kernel, coefficients, hardware, sm_fraction=1.0))
+        predicted = _predict(item, coefficients, model, hardware, offset=False)
         rows.append((item.name, predicted, item.measured_us, predicted / item.measured_us - 1, "masked grouped GEMM"))
     # FlashMLA memory-bound decode (few heads per query so that KV bytes dominate): B/s achieved
     kv = 64 * 4096.0
@@ -260,12 +339,14 @@ def held_out_checks(coefficients: KernelCoefficients, *, model: ModelCard | None
                  bytes=kv * latent * model.activation_bytes)
     seconds = float(kernel_us(mla, coefficients, hardware, sm_fraction=1.0)) * 1e-6
     predicted = kv * latent * model.activation_bytes / seconds / 1e12
-    rows.append(("flashmla memory-bound decode TB/s", predicted, 3.0, predicted / 3.0 - 1, "h_q*s_q=16, batch 64 x 4K"))
+    rows.append(("flashmla memory-bound decode TB/s", predicted, 3.0, predicted / 3.0 - 1,
+                 "h_q*s_q=16, batch 64 x 4K; fitted (closed form)"))
     # FlashMLA compute-bound decode (128 heads, DP attention): FLOP/s achieved
     mla = next(k for k in attention_kernels(model, 64.0, phase="decode", kv_tokens=kv) if k.name == "flash_mla")
     seconds = float(kernel_us(mla, coefficients, hardware, sm_fraction=1.0)) * 1e-6
     predicted = float(mla.flops) / seconds / 1e12
-    rows.append(("flashmla compute-bound decode TFLOPS", predicted, 660.0, predicted / 660 - 1, "h_q=128, batch 64 x 4K"))
+    rows.append(("flashmla compute-bound decode TFLOPS", predicted, 660.0, predicted / 660 - 1,
+                 "h_q=128, batch 64 x 4K; fitted (closed form)"))
     return rows
 
 
@@ -273,6 +354,29 @@ def calibrate(
     profile: str | Path | None = None, *, out: str | Path | None = None, write: bool = True,
 ) -> CalibrationReport:
     """Fit on the calibration CSVs, write the coefficients JSON (default: bundled file), report.
+
+    Needs cvxpy (the ``calibrate`` extra).
+
+    Parameters
+    ----------
+    profile : str or Path, optional
+        A prefill kernel profile CSV (default: the bundled DeepSeek profile).
+    out : str or Path, optional
+        Where to write the fit (default: the bundled ``fitted_coefficients.json``).
+    write : bool, default True
+        Whether to write it at all.
+
+    Returns
+    -------
+    CalibrationReport
+        The fitted coefficients and their errors on the fitted measurements.
+
+    Raises
+    ------
+    sbsopt.errors.MissingExtraError
+        If cvxpy is not installed.
+    sbsopt.errors.ModelCardError
+        If a calibration file is invalid or the fit has no solution.
 
     Examples
     --------
@@ -296,6 +400,38 @@ def calibrate(
 
 
 # -------------------------------------------------------------------------------- internals
+def _profile_layer_row(rows) -> tuple[str, float, float, float] | None:
+    """The profile's MoE layer per micro-batch: stage-level overlap of the predicted kernels.
+
+    Measured: both streams are busy for the whole layer (the notify kernels spin until the other
+    micro-batch's stage ends), so a layer per micro-batch lasts the longer stream's kernel sum.
+    """
+    values = {name.split("profile:", 1)[1]: (p, m) for name, p, m, _ in rows if name.startswith("profile:")}
+    if not all(name in values for name in _STAGE_OF) or "comm:combine" not in values:
+        return None
+
+    def total(stage: str, which: int) -> float:
+        return sum(values[name][which] for name, s in _STAGE_OF.items() if s == stage)
+
+    comm_names = ("comm:dispatch_layout", "comm:notify_dispatch", "comm:dispatch", "comm:cached_notify", "comm:combine")
+    if not all(name in values for name in comm_names):
+        return None
+    xd = sum(values[n][0] for n in comm_names[:3])
+    xc = sum(values[n][0] for n in comm_names[3:])
+    predicted = float(stage_layer_us(total("attn0", 0), total("attn1", 0), total("shared", 0), total("routed", 0),
+                                     xd, xc, micro_batches=2, phase="prefill")) / 2.0
+    compute = sum(values[name][1] for name in _STAGE_OF)
+    measured = max(compute, sum(values[n][1] for n in comm_names))
+    return ("profile MoE layer per micro-batch (stage overlap)", predicted, measured, predicted / measured - 1)
+
+
+_STAGE_OF = {
+    "qkv_a_proj": "attn0", "q_b_proj": "attn0", "kv_b_proj": "attn0", "rope_kvcache": "attn0",
+    "combine_reduce": "attn0", "core_attention": "attn1", "o_proj": "attn1", "router_gemm": "attn1",
+    "topk_gate": "attn1", "clean_and_count": "routed", "fused_mapping": "routed", "expand_to_fused": "routed",
+    "scale_transpose": "routed", "routed_gate_up": "routed", "routed_down": "routed",
+    "shared_gate_up": "shared", "shared_down": "shared",
+}
 _ATTENTION = {"qkv_a_proj", "q_b_proj", "kv_b_proj", "rope_kvcache", "core_attention", "o_proj"}
 _MOE = {
     "router_gemm", "topk_gate", "clean_and_count", "fused_mapping", "expand_to_fused", "scale_transpose",
@@ -321,7 +457,8 @@ def _profile_measurements(path: Path, model: ModelCard) -> list[Measurement]:
         if name is None:
             continue
         if name.startswith("comm:"):
-            out.append(Measurement(f"profile:{name}", path.name, measured, "profile", None, tokens))
+            setting = "held_out" if name in HELD_OUT_COMM else "profile"
+            out.append(Measurement(f"profile:{name}", path.name, measured, setting, None, tokens, ep))
         else:
             out.append(Measurement(f"profile:{name}", path.name, measured, "profile", kernels[name], tokens))
     return out
@@ -355,31 +492,60 @@ def _deepep_link_measurements(path: Path, model: ModelCard) -> list[Measurement]
                             "combine_bw_GBps", "source"))
     out = []
     for line, row in enumerate(rows, start=2):
-        if row["kernel_family"].startswith("normal (") and row["version"] == "2025-02 initial" and row["ep"] == "32":
+        if row["kernel_family"].startswith("normal (") and row["version"] == LINK_VERSION:
+            ep = int(row["ep"])
             for kind in ("dispatch", "combine"):
                 value = _positive(path, line, f"{kind}_bw_GBps", row[f"{kind}_bw_GBps"])
-                out.append(Measurement(f"deepep:normal:ep32:{kind}_GBps", path.name, value, "link", None,
-                                       float(row["tokens_per_rank"])))
+                out.append(Measurement(f"deepep:normal:ep{ep}:{kind}_GBps", path.name, value, "link", None,
+                                       float(row["tokens_per_rank"]), ep))
     return out
 
 
 def _link_efficiencies(measurements: list[Measurement], model: ModelCard, hardware: HardwareCard) -> KernelCoefficients:
-    """Achieved / capacity of the graph's bottleneck link at EP32 (closed form, one row each)."""
-    path = _path(32, model, hardware)
-    values = {}
+    """Mean over the link rows of the efficiency each implies (DeepEP counting converted)."""
+    implied: dict[str, list[float]] = {"dispatch": [], "combine": []}
     for item in measurements:
         if item.setting == "link":
             kind = item.name.split(":")[-1].split("_")[0]
-            values[f"{kind}_link_eff"] = min(1.5, item.measured_us * 1e9 / path.bottleneck_Bps)
+            implied[kind].append(implied_link_eff(item.ep, item.measured_us, model=model, hardware=hardware))
+    values = {f"{kind}_link_eff": min(1.5, float(np.mean(v))) for kind, v in implied.items() if v}
+    # FlashMLA's published decode throughputs pin its two efficiencies (ideal / achieved)
+    facts = flashmla_facts()
+    values["mla_byte_scale"] = hardware.hbm_bw_Bps / facts["flashmla.decode_membound_bw"]
+    values["mla_flop_scale"] = hardware.bf16_peak_flops / facts["flashmla.decode_compute_tflops_v2"]
     return replace(KernelCoefficients(), **values)
 
 
-def _path(ep: int, model: ModelCard, hardware: HardwareCard):
+def flashmla_facts() -> dict[str, float]:
+    """FlashMLA's published H800 decode throughputs (B/s, FLOP/s) from the bundled facts file.
+
+    Returns
+    -------
+    dict of str to float
+        ``flashmla.decode_membound_bw`` and ``flashmla.decode_compute_tflops_v2``.
+
+    Examples
+    --------
+    >>> flashmla_facts()["flashmla.decode_membound_bw"]
+    3000000000000.0
+    """
+    import json
+
+    document = json.loads((calibration_dir() / FACTS_FILE).read_text())
+    wanted = ("flashmla.decode_membound_bw", "flashmla.decode_compute_tflops_v2")
+    found = {fact["id"]: float(fact["value"]) for fact in document["facts"] if fact["id"] in wanted}
+    for name in wanted:
+        if name not in found:
+            raise ModelCardError(str(calibration_dir() / FACTS_FILE), name, None, "a FlashMLA throughput fact")
+    return found
+
+
+def _path(ep: int, model: ModelCard, hardware: HardwareCard, mode: str = "normal") -> AllToAllPath:
     return alltoall_path(
         ep=ep, nodes=max(1, math.ceil(ep / hardware.gpus_per_node)), gpus_per_node=hardware.gpus_per_node,
         nvlink_Bps=hardware.nvlink_Bps, ib_Bps=hardware.ib_Bps, routed_experts=model.routed_experts,
         expert_groups=model.expert_groups, groups_per_token=model.groups_per_token,
-        experts_per_token=model.experts_per_token, mode="normal",
+        experts_per_token=model.experts_per_token, mode=mode,
     )
 
 
@@ -399,8 +565,8 @@ def _predict(item: Measurement, coef: KernelCoefficients, model: ModelCard, hard
     bandwidth itself as the offset.
     """
     if item.setting == "link":
-        return _path(32, model, hardware).bottleneck_Bps * getattr(
-            coef, f"{item.name.split(':')[-1].split('_')[0]}_link_eff") / 1e9 if offset else 0.0
+        kind = item.name.split(":")[-1].split("_")[0]
+        return normal_reported_GBps(item.ep, kind, coef, model=model, hardware=hardware) if offset else 0.0
     if item.kernel is not None:
         if offset:
             return 0.0
@@ -409,11 +575,10 @@ def _predict(item: Measurement, coef: KernelCoefficients, model: ModelCard, hard
     name = item.name.split("comm:")[1]
     path = _path(32, model, hardware)
     # the coefficient-free part (call latencies) is the value with every linear coefficient at 0
-    floor = float(normal_alltoall_us(item.tokens, model=model, path=path, coef=_unit(coef, None),
-                                     overlapped=True)[name])
+    floor = float(normal_alltoall_us(item.tokens, model=model, path=path, coef=_unit(coef, None))[name])
     if offset:
         return floor
-    return float(normal_alltoall_us(item.tokens, model=model, path=path, coef=coef, overlapped=True)[name]) - floor
+    return float(normal_alltoall_us(item.tokens, model=model, path=path, coef=coef)[name]) - floor
 
 
 def _read_csv(path: Path, required: tuple[str, ...]) -> list[dict[str, str]]:

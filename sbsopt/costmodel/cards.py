@@ -138,6 +138,23 @@ _HARDWARE_SPEC: dict[str, tuple[str, float, float]] = {
 def resolve_card_path(name_or_path: str | Path, *, kind: str) -> Path:
     """Path of a card given a bundled card name (``"h800"``) or a file path.
 
+    Parameters
+    ----------
+    name_or_path : str or Path
+        A bundled card name (case-insensitive) or a path to a ``.toml`` card.
+    kind : str
+        ``"model"`` or ``"hardware"``, named in the error message.
+
+    Returns
+    -------
+    Path
+        An existing card file.
+
+    Raises
+    ------
+    ModelCardError
+        If the file does not exist or no bundled card has that name.
+
     Examples
     --------
     >>> resolve_card_path("h800", kind="hardware").name
@@ -159,6 +176,21 @@ def resolve_card_path(name_or_path: str | Path, *, kind: str) -> Path:
 def load_model_card(name_or_path: str | Path = "deepseek-v3") -> ModelCard:
     """Load and validate a model card.
 
+    Parameters
+    ----------
+    name_or_path : str or Path, default "deepseek-v3"
+        A bundled card name or a path (see :func:`resolve_card_path`).
+
+    Returns
+    -------
+    ModelCard
+        The validated card (cached per path).
+
+    Raises
+    ------
+    ModelCardError
+        If the card is missing, is not valid TOML, or has a missing or out-of-range field.
+
     Examples
     --------
     >>> card = load_model_card("deepseek-v3")
@@ -170,6 +202,21 @@ def load_model_card(name_or_path: str | Path = "deepseek-v3") -> ModelCard:
 
 def load_hardware_card(name_or_path: str | Path = "h800") -> HardwareCard:
     """Load and validate a hardware card.
+
+    Parameters
+    ----------
+    name_or_path : str or Path, default "h800"
+        A bundled card name or a path (see :func:`resolve_card_path`).
+
+    Returns
+    -------
+    HardwareCard
+        The validated card (cached per path).
+
+    Raises
+    ------
+    ModelCardError
+        If the card is missing, is not valid TOML, or has a missing or out-of-range field.
 
     Examples
     --------

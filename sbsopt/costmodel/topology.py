@@ -28,6 +28,8 @@ from functools import lru_cache
 import networkx as nx
 import numpy as np
 
+from sbsopt.errors import InvalidInputError
+
 __all__ = ["AllToAllPath", "cluster_graph", "alltoall_path", "hit_probability"]
 
 
@@ -58,13 +60,39 @@ class AllToAllPath:
     ib_bytes_per_byte: float = 0.0
 
     def achieved_Bps(self, kind: str, *, efficiency: float = 1.0) -> float:
-        """Bandwidth achieved on the busiest ``kind`` edge ("nvlink"/"ib") during the all-to-all."""
+        """Bandwidth achieved on the busiest ``kind`` edge during the all-to-all.
+
+        Parameters
+        ----------
+        kind : {"nvlink", "ib"}
+            Link class.
+        efficiency : float, default 1.0
+            Achieved fraction of the modelled transfer rate (a fitted link efficiency).
+
+        Returns
+        -------
+        float
+            Bytes per second on that edge (0 for an all-to-all that moves nothing).
+        """
         carried = self.nvlink_bytes_per_byte if kind == "nvlink" else self.ib_bytes_per_byte
         return carried * efficiency / self.seconds_per_byte if self.seconds_per_byte else 0.0
 
 
 def cluster_graph(*, nodes: int, gpus_per_node: int, nvlink_Bps: float, ib_Bps: float) -> nx.DiGraph:
     """Directed graph of the cluster; edge attribute ``capacity`` (B/s) and ``kind``.
+
+    Parameters
+    ----------
+    nodes, gpus_per_node : int
+        Cluster size.
+    nvlink_Bps, ib_Bps : float
+        Per-GPU NVLink and per-NIC InfiniBand bandwidth, each direction.
+
+    Returns
+    -------
+    networkx.DiGraph
+        Vertices ``("gpu", node, local)``, ``("nic", node, local)``, ``("nvswitch", node)`` and
+        ``"fabric"``; edge ``kind`` is ``"nvlink"``, ``"pcie"`` (never a bottleneck) or ``"ib"``.
 
     Examples
     --------
@@ -99,6 +127,20 @@ def hit_probability(
 
     Ranges are half-open ``[start, stop)`` in expert index units (fractional ends allowed
     when EP does not divide the experts evenly).
+
+    Parameters
+    ----------
+    expert_ranges : tuple of (float, float)
+        Half-open expert index ranges (e.g. the experts of one node).
+    routed_experts, expert_groups : int
+        Routed experts and the groups they are split into (node-limited routing).
+    groups_per_token, experts_per_token : int
+        Groups a token may pick, and experts it picks among them (top-k).
+
+    Returns
+    -------
+    float
+        The probability, under uniform routing within uniformly chosen groups.
 
     Examples
     --------
@@ -140,6 +182,27 @@ def alltoall_path(
     per token-expert pair, direct, NVLink inside the node) or ``"ll_rdma"`` (every copy over
     RDMA, DeepEP's original low-latency kernels).
 
+    Parameters
+    ----------
+    ep, gpus_per_node, nodes : int
+        EP group size and its placement.
+    nvlink_Bps, ib_Bps : float
+        Link bandwidths (see :func:`cluster_graph`).
+    routed_experts, expert_groups, groups_per_token, experts_per_token : int
+        Routing of the model (see :func:`hit_probability`).
+    mode : {"normal", "ll", "ll_rdma"}
+        Which DeepEP kernels.
+
+    Returns
+    -------
+    AllToAllPath
+        The bottleneck edge and its load (cached per arguments).
+
+    Raises
+    ------
+    InvalidInputError
+        If ``mode`` is unknown or ``ep`` GPUs do not fit on ``nodes`` nodes.
+
     Examples
     --------
     >>> kw = dict(gpus_per_node=8, nvlink_Bps=160e9, ib_Bps=50e9, routed_experts=256,
@@ -159,12 +222,12 @@ def _alltoall_path(
     routed_experts: int, expert_groups: int, groups_per_token: int, experts_per_token: int, mode: str,
 ) -> AllToAllPath:
     if mode not in ("normal", "ll", "ll_rdma"):
-        raise ValueError(f"mode = {mode!r}: expected 'normal', 'll' or 'll_rdma'")
+        raise InvalidInputError("mode", mode, "'normal', 'll' or 'll_rdma'")
     graph = cluster_graph(nodes=nodes, gpus_per_node=gpus_per_node, nvlink_Bps=nvlink_Bps, ib_Bps=ib_Bps)
     # spread evenly over ``nodes`` nodes (node-major), at most ``gpus_per_node`` each
     used = math.ceil(ep / nodes)
     if used > gpus_per_node:
-        raise ValueError(f"ep = {ep} does not fit on {nodes} nodes of {gpus_per_node} GPUs")
+        raise InvalidInputError("ep", ep, f"at most {nodes} nodes x {gpus_per_node} GPUs")
     ranks = [("gpu", r // used, r % used) for r in range(ep)]
     width = routed_experts / ep
     route = dict(

@@ -1,8 +1,15 @@
 """Typed oracle messages (msgspec structs), validated at parse time.
 
-The exact wire schema is documented in the README (``## Window optimizer and policy oracle``).
+The exact wire schema is documented in ``docs/guides/oracle.md`` (Oracle protocol).
 Unknown fields are ignored; every listed field is type- and range-checked, so a bad value is
 named in the error answer (``$.requests[0].new_tokens``).
+
+A prefill answer's ``chunks`` (request id -> tokens) name requests that are assigned but split:
+the caller runs only the first ``chunks[id]`` new tokens on the assigned unit in this forward
+and keeps the rest buffered for that same unit (its KV is there), as a request of
+``new_tokens - chunks[id]`` new tokens after ``cached_tokens + chunks[id]`` cached ones. The
+objective prices that rest as the extra forward it needs, so a request that fits a unit whole
+is not chunked for its own sake (``sbsopt.window.objective.remainder_price_us``).
 """
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ from sbsopt.kvblocks import request_kv_blocks
 from sbsopt.oracle.schema import DecodeProblem, PrefillProblem
 from sbsopt.window import DecodeWindow, PrefillWindow, SolveResult, solve
 
-__all__ = ["OracleError", "parse_line", "answer_problem", "answer_line", "serve"]
+__all__ = ["OracleError", "field_of", "parse_line", "answer_problem", "answer_line", "serve"]
 
 _ENCODER = msgspec.json.Encoder()
 _PATH = re.compile(r"at `\$\.?([^`]*)`")
@@ -48,8 +48,27 @@ def _decode_json(line: bytes) -> Any:
         raise OracleError(None, None, f"not a JSON object: {type(exc).__name__}: {exc}"[:300]) from None
 
 
-def _field_of(message: str) -> str | None:
-    """``requests[0].new_tokens`` from msgspec's ``... - at `$.requests[0].new_tokens```."""
+def field_of(message: str) -> str | None:
+    """The field path a msgspec validation error names, or ``None``.
+
+    Parameters
+    ----------
+    message : str
+        ``str()`` of a :class:`msgspec.ValidationError`.
+
+    Returns
+    -------
+    str or None
+        The path without the ``$.`` root (``requests[0].new_tokens``), with a missing required
+        field appended; ``None`` when the message names no field.
+
+    Examples
+    --------
+    >>> field_of("Expected `int`, got `str` - at `$.requests[0].new_tokens`")
+    'requests[0].new_tokens'
+    >>> field_of("Object missing required field `id`")
+    'id'
+    """
     path = _PATH.search(message)
     missing = _MISSING.search(message)
     parts = [p for p in (path.group(1) if path else "", missing.group(1) if missing else "") if p]
@@ -94,7 +113,7 @@ def parse_line(line: bytes | str) -> PrefillProblem | DecodeProblem:
     try:
         problem = msgspec.convert(obj, kind, strict=True)
     except msgspec.ValidationError as exc:
-        raise OracleError(wid, _field_of(str(exc)), str(exc)) from None
+        raise OracleError(wid, field_of(str(exc)), str(exc)) from None
     for name in ("requests", "units"):
         ids = [item.id for item in getattr(problem, name)]
         if len(set(ids)) != len(ids):

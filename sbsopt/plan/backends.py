@@ -9,9 +9,13 @@ from __future__ import annotations
 import multiprocessing
 import os
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from sbsopt.errors import BackendUnavailableError, InvalidInputError
+if TYPE_CHECKING:
+    from concurrent.futures import ProcessPoolExecutor
+
+from sbsopt._optional import require
+from sbsopt.errors import InvalidInputError
 
 __all__ = ["BACKENDS", "Runner", "run_tasks", "default_workers"]
 
@@ -68,7 +72,7 @@ class Runner:
                                     f"one of {', '.join(multiprocessing.get_all_start_methods())}")
         self.backend, self.workers, self.address, self.progress = backend, workers, address, progress
         self.start_method = start_method or _default_start_method()
-        self._pool = None
+        self._pool: ProcessPoolExecutor | None = None
 
     @property
     def parallel(self) -> int:
@@ -186,10 +190,7 @@ def _tick(bar) -> None:
 
 
 def _run_ray(fn, tasks, workers, address, bar) -> list:
-    try:
-        import ray
-    except ImportError:
-        raise BackendUnavailableError("ray is not installed; pip install 'sbsopt[ray]' or use --backend local") from None
+    ray = require("ray", "ray", feature="--backend ray (or use --backend local)")
     if not ray.is_initialized():
         if address is None:
             ray.init(num_cpus=workers or default_workers(), include_dashboard=False,

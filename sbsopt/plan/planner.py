@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 from dataclasses import dataclass
 
 from sbsopt._validate import check_int, check_number
@@ -18,25 +19,80 @@ from sbsopt.plan.search import (
     search_min_instances,
 )
 
-__all__ = ["CapacityPlan", "InstancePlan", "max_rate", "min_instances"]
+__all__ = ["BURST_SLO_MULTIPLE", "CapacityPlan", "InstancePlan", "burst_reason", "max_rate", "min_instances"]
+
+#: A search step is a steady state only when its arrivals span at least this many TTFT SLOs:
+#: a shorter burst drains within the SLO however far above saturation its rate is.
+BURST_SLO_MULTIPLE = 2.0
+
+
+def burst_reason(requests: int, rate_req_s: float, duration_s: float, ttft_slo_ms: float) -> str | None:
+    """Why a run of ``rate_req_s`` over ``duration_s`` is a burst, or ``None`` when it is steady.
+
+    A step simulates ``min(requests, rate * duration_s + 1)`` requests (:func:`run_one`); their
+    arrivals must span ``BURST_SLO_MULTIPLE`` TTFT SLOs.
+
+    Examples
+    --------
+    >>> burst_reason(2000, 1000.0, 10.0, 4000.0)
+    '2000 requests at 1000 req/s arrive within 2 s, under 2x the TTFT SLO (8 s)'
+    >>> burst_reason(20000, 1000.0, 10.0, 4000.0) is None
+    True
+    """
+    count = min(requests, math.ceil(rate_req_s * duration_s) + 1)
+    span = (count - 1) / rate_req_s
+    need = BURST_SLO_MULTIPLE * ttft_slo_ms / 1000.0
+    if span >= need:
+        return None
+    return (f"{count} requests at {rate_req_s:.4g} req/s arrive within {span:.3g} s, under "
+            f"{BURST_SLO_MULTIPLE:g}x the TTFT SLO ({need:.3g} s)")
 
 
 @dataclass(frozen=True)
 class CapacityPlan:
-    """Answer of :func:`max_rate`: the search result plus the cost of the confirmed plan."""
+    """Answer of :func:`max_rate`: the search result plus the cost of the confirmed plan.
+
+    ``bounded`` is ``False`` when the search found no failing rate below the saturation
+    throughput (the answer is then that throughput: ``capped``), or when the confirming run
+    was a burst rather than a steady state (``burst`` says why).
+    """
 
     search: MaxRateResult
     cost: PlanCost | None
     gpus: int
     slo: SLO
     policy: Policy
+    saturation_req_s: float = math.inf
+    capacity_method: str | None = None
+    capped: bool = False
+    burst: str | None = None
+
+    @property
+    def bounded(self) -> bool:
+        """A failing rate was found within the tolerance, below saturation, in a steady run."""
+        return self.search.bounded and not self.capped and self.burst is None
+
+    @property
+    def message(self) -> str:
+        s = self.search
+        if not s.feasible:
+            return s.message
+        if self.burst is not None:
+            return (f"unbounded: the confirming run was a burst, not a steady state ({self.burst}); "
+                    "simulate more requests or a longer duration")
+        if self.capped:
+            return (f"unbounded: the SLO holds up to the cluster's saturation throughput "
+                    f"{self.saturation_req_s:.4g} req/s ({self.capacity_method}); the answer is capped there")
+        return s.message
 
     def as_dict(self) -> dict:
         """JSON-able answer (``max_rate_req_s``, ``tolerance_req_s``, ``confirm``, ``gpus`` ...)."""
         s = self.search
-        return {"feasible": s.feasible, "bounded": s.bounded, "max_rate_req_s": s.rate_req_s,
+        return {"feasible": s.feasible, "bounded": self.bounded, "max_rate_req_s": s.rate_req_s,
                 "fail_rate_req_s": s.fail_rate_req_s, "tolerance_req_s": s.tolerance_req_s,
-                "confirm": s.confirm, "fail": s.fail, "evaluations": s.evaluations, "message": s.message,
+                "saturation_req_s": self.saturation_req_s, "capacity_method": self.capacity_method,
+                "capped": self.capped, "steady": self.burst is None, "burst": self.burst,
+                "confirm": s.confirm, "fail": s.fail, "evaluations": s.evaluations, "message": self.message,
                 "gpus": self.gpus, **({} if self.cost is None else _cost_fields(self.cost)),
                 "slo": dataclasses.asdict(self.slo), "policy": self.policy.as_params()}
 
@@ -149,10 +205,11 @@ def max_rate(
     slo : SLO, optional
         Default ``SLO()``: TTFT 2 s, TPOT 100 ms, 90 % attainment.
     tolerance_req_s : float, optional
-        Width of the final bracket; default 2 % of the rate at which the offered prefill
-        load equals capacity.
+        Width of the final bracket; default 2 % of the cluster's saturation throughput on the
+        trace's length mix (:func:`sbsopt.sim.saturation_capacity`).
     rate_min, rate_max : float, optional
-        Search range; default 1/50 and 8x of that capacity rate.
+        Search range; default 1/50 of that throughput and the throughput itself. A larger
+        ``rate_max`` is lowered to it: no answer exceeds the saturation throughput.
     backend, workers, address, progress
         Execution (see :func:`sbsopt.plan.run_tasks`); each round simulates ``workers``
         rates in parallel.
@@ -168,6 +225,9 @@ def max_rate(
     CapacityPlan
         ``search.rate_req_s`` passed in simulation and ``search.fail_rate_req_s`` (within the
         tolerance above it) failed; ``search.feasible`` is ``False`` when ``rate_min`` fails.
+        ``bounded`` is ``False`` (with ``capped`` or ``burst`` saying why) when the SLO still
+        holds at the saturation throughput, or when the confirming run's arrivals span fewer
+        than :data:`BURST_SLO_MULTIPLE` TTFT SLOs (a burst drains within the SLO at any rate).
 
     Notes
     -----
@@ -175,7 +235,7 @@ def max_rate(
     cost model per worker; a simulation itself cannot be resumed at another rate, because a new
     rate rescales every arrival time.
     """
-    from sbsopt.sim import prefill_capacity_tok_s
+    from sbsopt.sim import saturation_capacity
 
     policy, slo = _policy(policy), slo or SLO()
     base = _base(trace, cluster, policy, slo, seed, duration_s)
@@ -185,11 +245,14 @@ def max_rate(
     from sbsopt.sim import ClusterConfig
 
     cluster = cluster or ClusterConfig()
-    capacity_rate = prefill_capacity_tok_s(workload, cluster) / float(workload.input_tokens.mean())
+    saturation = saturation_capacity(workload, cluster, mode=policy.mode)
+    capacity_rate = saturation.req_s
     tol = check_number("tolerance_req_s", tolerance_req_s if tolerance_req_s is not None
                        else 0.02 * capacity_rate, strict_min=True)
     lo = check_number("rate_min", rate_min if rate_min is not None else capacity_rate / 50, strict_min=True)
-    hi = check_number("rate_max", rate_max if rate_max is not None else capacity_rate * 8, minimum=lo)
+    hi = check_number("rate_max", rate_max if rate_max is not None else capacity_rate, minimum=lo)
+    # a rate above saturation only measures how fast a finite window drains
+    lo, hi = min(lo, capacity_rate), min(hi, capacity_rate)
     with _runner(runner, backend, workers, address, progress) as runner:
 
         def evaluate(rates: list[float]) -> list[tuple[bool, dict]]:
@@ -198,7 +261,13 @@ def max_rate(
 
         result = search_max_rate(evaluate, rate_min=lo, rate_max=hi, tolerance_req_s=tol,
                                  initial=min(max(capacity_rate, lo), hi), parallel=runner.parallel)
-    return CapacityPlan(result, _cost_of(result.confirm, gpu_hour_price), run_gpus(base), slo, policy)
+    capped = result.feasible and not result.bounded and result.rate_req_s is not None \
+        and result.rate_req_s >= capacity_rate * (1 - 1e-9)
+    burst = None if result.rate_req_s is None else \
+        burst_reason(len(workload), result.rate_req_s, base["duration_s"], slo.ttft_ms)
+    return CapacityPlan(result, _cost_of(result.confirm, gpu_hour_price), run_gpus(base), slo, policy,
+                        saturation_req_s=capacity_rate, capacity_method=saturation.method, capped=capped,
+                        burst=burst)
 
 
 def min_instances(

@@ -14,25 +14,30 @@ from typing import Any
 
 from sbsopt._validate import check_number
 from sbsopt.errors import InvalidInputError
+from sbsopt.sim.config import (
+    DEFAULT_INTERVAL,
+    DEFAULT_ROUTER,
+    DEFAULT_SOLVER,
+    DEFAULT_TPOT_SLO_MS,
+    DEFAULT_TTFT_SLO_MS,
+    ClusterConfig,
+    check_mode,
+    check_router,
+)
 
 __all__ = ["SLO", "Policy", "RUN_PARAMETERS", "CLUSTER_PARAMETERS", "check_run_params", "run_cluster",
            "run_one"]
 
-# Fields of sbsopt.sim.ClusterConfig a run may set (kept literal: importing the simulator here
-# would make every worker pay for it before it sets its thread limits).
-CLUSTER_PARAMETERS = (
-    "prefill_instances", "decode_instances", "prefill_ep", "decode_ep", "gpus_per_node",
-    "chunk_tokens", "max_decode_batch", "kv_block_tokens", "kv_capacity_tokens",
-    "prefix_cache_blocks", "idle_stepping", "stagger_start", "max_prompt_tokens", "model", "hardware",
-)
-# Everything else a run understands, with its default.
+# Fields of sbsopt.sim.ClusterConfig a run may set (sbsopt.sim.config loads without the simulator).
+CLUSTER_PARAMETERS = tuple(f.name for f in dataclasses.fields(ClusterConfig))
+# Everything else a run understands, with its default (None: the mode's default, see Policy).
 _RUN_DEFAULTS: dict[str, Any] = {
-    "trace": "azure-conv", "limit": 400, "rate": None, "load": None, "router": "sbs",
-    "interval": "engine_paced", "solver": "greedy", "batching": "default", "seed": 0,
+    "trace": "azure-conv", "limit": 400, "rate": None, "load": None, "router": None,
+    "interval": None, "solver": None, "batching": "default", "seed": 0,
     "horizon_s": None, "ttft_slo_ms": None, "tpot_slo_ms": None, "duration_s": None,
-    # As in ``sbsopt simulate``: colocated runs ``instances`` engines of ``ep`` ranks each (None:
-    # sbsopt.sim.colocated.default_colocated_ep) and ignores the four P/D instance/EP fields.
-    "mode": "disaggregated", "token_budget": None, "instances": 1, "ep": None,
+    # As in ``sbsopt simulate``: colocated runs ``instances`` engines of ``ep`` ranks each
+    # (sbsopt.sim.colocated.colocated_cluster) and ignores the four P/D instance/EP fields.
+    "mode": "disaggregated", "token_budget": None, "instances": None, "ep": None,
 }
 RUN_PARAMETERS = tuple(_RUN_DEFAULTS) + CLUSTER_PARAMETERS
 
@@ -50,8 +55,8 @@ class SLO:
     True
     """
 
-    ttft_ms: float = 2000.0
-    tpot_ms: float = 100.0
+    ttft_ms: float = DEFAULT_TTFT_SLO_MS
+    tpot_ms: float = DEFAULT_TPOT_SLO_MS
     attainment: float = 0.9
 
     def __post_init__(self) -> None:
@@ -69,17 +74,46 @@ class SLO:
 class Policy:
     """Scheduling policy of a run: cluster router, SBS interval policy, window solver, engine batching.
 
-    ``mode`` is ``"disaggregated"`` or ``"colocated"``; ``token_budget`` is Sarathi's per-rank
-    budget or FairBatching's per-rank cap, applied to colocated engines (the disaggregated
-    simulator takes the batching policy by name, as ``sbsopt simulate`` does).
+    ``mode`` is ``"disaggregated"`` or ``"colocated"``; ``router``, ``interval`` and ``solver``
+    default to the mode's (colocated: no interval or solver); ``token_budget`` is Sarathi's
+    per-rank budget or FairBatching's per-rank cap of colocated engines.
+
+    Raises
+    ------
+    InvalidInputError
+        A router of the other mode, or an option that does not apply to the mode.
+
+    Examples
+    --------
+    >>> Policy(mode="colocated").router
+    'round_robin'
+    >>> Policy(mode="colocated", interval="fixed:5")
+    Traceback (most recent call last):
+    ...
+    sbsopt.errors.InvalidInputError: interval = 'fixed:5': expected None in colocated mode (an option of disaggregated mode)
     """
 
-    router: str = "sbs"
-    interval: str = "engine_paced"
-    solver: str = "greedy"
+    router: str | None = None
+    interval: str | None = None
+    solver: str | None = None
     batching: str = "default"
     mode: str = "disaggregated"
     token_budget: int | None = None
+
+    def __post_init__(self) -> None:
+        check_mode(self.mode)
+        object.__setattr__(self, "router", check_router(self.router or DEFAULT_ROUTER[self.mode], self.mode))
+        if self.mode == "colocated":
+            for name in ("interval", "solver"):
+                if getattr(self, name) is not None:
+                    raise InvalidInputError(name, getattr(self, name),
+                                            "None in colocated mode (an option of disaggregated mode)")
+        else:
+            object.__setattr__(self, "interval", self.interval or DEFAULT_INTERVAL)
+            object.__setattr__(self, "solver", self.solver or DEFAULT_SOLVER)
+            if self.token_budget is not None:
+                raise InvalidInputError("token_budget", self.token_budget,
+                                        "None in disaggregated mode (an option of colocated mode)")
 
     def as_params(self) -> dict:
         """The policy as run parameters."""
@@ -108,16 +142,13 @@ def run_cluster(params: dict):
     >>> run_cluster({"mode": "colocated", "instances": 3, "ep": 8}).prefill_instances
     3
     """
-    from sbsopt.sim import ClusterConfig
-
     fields = {k: params[k] for k in CLUSTER_PARAMETERS if k in params}
     if params.get("mode", "disaggregated") == "colocated":
-        from sbsopt.sim.colocated import default_colocated_ep
+        from sbsopt.sim.colocated import colocated_cluster
 
         for name in ("prefill_instances", "decode_instances", "prefill_ep", "decode_ep"):
             fields.pop(name, None)
-        fields["prefill_instances"] = params.get("instances") or 1
-        fields["prefill_ep"] = params.get("ep") or default_colocated_ep()
+        return colocated_cluster(params.get("instances"), params.get("ep"), **fields)
     return ClusterConfig(**fields)
 
 
@@ -146,14 +177,13 @@ def run_one(params: dict) -> dict:
     check_run_params(params)
     run = {**_RUN_DEFAULTS, **{k: v for k, v in params.items() if k in _RUN_DEFAULTS}}
     cluster = run_cluster(params)
-    batching = run["batching"]
-    if run["mode"] == "colocated":
-        from sbsopt.sim.batching import make_policy
-        from sbsopt.sim.colocated import DEFAULT_TPOT_SLO_MS
-
-        batching = make_policy("sarathi" if batching == "default" else batching,
-                               tpot_slo_s=(run["tpot_slo_ms"] or DEFAULT_TPOT_SLO_MS) / 1e3,
-                               token_budget=run["token_budget"])
+    colocated = run["mode"] == "colocated"
+    if colocated:
+        # the SLOs a run is judged by are the deadlines its colocated engines schedule for
+        engine = {"token_budget": run["token_budget"], "ttft_slo_ms": run["ttft_slo_ms"],
+                  "tpot_slo_ms": run["tpot_slo_ms"]}
+    else:
+        engine = {"interval": run["interval"], "solver": run["solver"], "token_budget": run["token_budget"]}
     workload = params.get("workload")
     if workload is None:
         workload = _trace(run["trace"], run["limit"])
@@ -166,17 +196,9 @@ def run_one(params: dict) -> dict:
         else:
             count = int((workload.arrival_s < duration).sum())
         workload = workload.head(max(min(count, len(workload)), 2))
-    result = simulate(workload, cluster=cluster, router=run["router"], interval=run["interval"],
-                      solver=run["solver"], batching=batching, mode=run["mode"], seed=run["seed"],
-                      horizon_s=run["horizon_s"], load=run["load"], rate=run["rate"])
+    result = simulate(workload, cluster=cluster, router=run["router"], batching=run["batching"], mode=run["mode"],
+                      seed=run["seed"], horizon_s=run["horizon_s"], load=run["load"], rate=run["rate"], **engine)
     summary = result.summary(ttft_slo_ms=run["ttft_slo_ms"], tpot_slo_ms=run["tpot_slo_ms"])
-    attained = summary.get("slo_attainment")
-    if isinstance(attained, dict):
-        # Colocated summaries split attainment per SLO (and judge by their defaults when none is given).
-        given = run["ttft_slo_ms"] is not None or run["tpot_slo_ms"] is not None
-        summary = {**summary, "slo_attainment": attained["both"] if given else None}
-    if "span_s" not in summary:
-        summary = {**summary, "span_s": _span_s(result.requests)}
     row = {k: v for k, v in params.items() if k != "workload"}
     row.setdefault("trace", getattr(workload, "name", run["trace"]))
     row.update(_flatten(summary, run_gpus(params)))
@@ -203,16 +225,5 @@ def _flatten(summary: dict, gpus: int) -> dict:
 
 
 def _num(value) -> float:
-    # Colocated summaries report metrics they do not measure (bubbles, chunk use) as None.
+    # A statistic of the other mode (bubbles in colocated mode, ...) is None in the summary.
     return float("nan") if value is None else float(value)
-
-
-def _span_s(requests) -> float:
-    """First arrival to last completion: the span colocated throughputs are measured over."""
-    import numpy as np
-
-    arrival = np.asarray(requests["arrival_s"], dtype=float)
-    done = arrival + np.asarray(requests["e2e_s"], dtype=float)
-    if not np.isfinite(done).any():
-        return 0.0
-    return float(np.nanmax(done) - arrival.min())

@@ -7,6 +7,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+from sbsopt._optional import require
 from sbsopt.errors import InvalidInputError
 from sbsopt.plan.backends import run_tasks
 from sbsopt.plan.runs import RUN_PARAMETERS, check_run_params, run_one
@@ -91,7 +92,7 @@ def sweep(
     runner : Runner, optional
         An open :class:`~sbsopt.plan.Runner` to reuse (then the four options above are ignored).
     """
-    import pandas as pd
+    pd = require("pandas", "sim", feature="run_sweep")
 
     if isinstance(runs, dict):
         runs = expand_grid(runs, base)
@@ -112,7 +113,7 @@ def sweep(
 
 def plot_sweep(table, *, x: str, y: str = "ttft_p90_ms", hue: str | None = None, ax=None):
     """Line plot of ``y`` against ``x`` (mean over seeds), one line per ``hue`` value; returns the axes."""
-    import matplotlib.pyplot as plt
+    plt = require("matplotlib.pyplot", "plot", feature="plot_sweep")
 
     for name in (x, y, hue):
         if name is not None and name not in table.columns:

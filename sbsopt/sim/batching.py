@@ -1,7 +1,7 @@
-"""Engine-level batch formation: Sarathi stall-free batching versus FairBatching.
+"""Iteration policies of colocated engines: Sarathi stall-free batching versus FairBatching.
 
 A colocated engine runs iterations that mix prefill chunks and decode tokens. Before each
-iteration it hands a policy an :class:`EngineSnapshot` (plain numpy arrays: running decodes with
+iteration it hands an :class:`IterationPolicy` an :class:`EngineSnapshot` (plain numpy arrays: running decodes with
 the deadline of their next token, queued prefills with their remaining tokens and TTFT deadline,
 free KV per DP rank) and gets back an :class:`IterationPlan` (which decodes run, which prefill
 chunks of how many tokens, the budget chosen, which decodes were skipped). Policies are pure
@@ -38,28 +38,26 @@ References
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from dataclasses import dataclass, field, fields
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
 from sbsopt._validate import check_array, check_int, check_number
 from sbsopt.errors import InvalidInputError
-from sbsopt.sim import engine as _engine
 
 __all__ = [
     "IterationCostModel",
     "EngineSnapshot",
     "IterationPlan",
-    "BatchingPolicy",
+    "IterationPolicy",
     "SarathiPolicy",
     "FairBatchingPolicy",
-    "BATCHING_POLICIES",
-    "make_policy",
+    "ITERATION_POLICIES",
+    "make_iteration_policy",
     "sarathi_plan",
     "fairbatching_plan",
     "load_estimate_us",
-    "DisaggregatedFairBatching",
 ]
 
 _I64 = np.int64
@@ -86,6 +84,10 @@ class IterationCostModel:
         The decode coefficients (``DecodeCoefficients``: base, per request, per KV token read).
     ep : int
         Number of DP ranks stepping in lock-step.
+    mtp_acceptance : float, default 0.0
+        Multi-token prediction: a decode in an iteration runs 2 query tokens and the MTP
+        module (priced by the decode coefficients) and yields ``1 + mtp_acceptance`` tokens
+        (:attr:`decode_tokens`); 0 = no MTP.
 
     Examples
     --------
@@ -106,6 +108,7 @@ class IterationCostModel:
     us_per_decode: float
     us_per_kv_token: float
     ep: int = 1
+    mtp_acceptance: float = 0.0
 
     def __post_init__(self) -> None:
         for name in ("prefill_base_us", "us_per_prefill_token", "us_per_pair",
@@ -116,9 +119,16 @@ class IterationCostModel:
             raise InvalidInputError("us_per_prefill_token", self.us_per_prefill_token,
                                     "a positive per-token cost (or a positive us_per_pair)")
         check_int("ep", self.ep, minimum=1)
+        check_number("mtp_acceptance", self.mtp_acceptance, maximum=1.0)
+
+    @property
+    def decode_tokens(self) -> float:
+        """Tokens a decode yields per iteration it runs in: ``1 + mtp_acceptance``."""
+        return 1.0 + self.mtp_acceptance
 
     @classmethod
-    def from_cost_model(cls, cm: Any, *, floor: str = "decode") -> IterationCostModel:
+    def from_cost_model(cls, cm: Any, *, floor: str = "decode",
+                        mtp_acceptance: float = 0.0) -> IterationCostModel:
         """Build from a :mod:`sbsopt.costmodel` ``CostModel`` (its public coefficients).
 
         The per-token, per-pair and per-request slopes are the cost model's. The fixed cost of an
@@ -128,17 +138,28 @@ class IterationCostModel:
         not the throughput mode (normal all-to-all, prefill-sized dummy batches) whose floor
         the disaggregated prefill model carries; ``floor="prefill"`` uses that prefill floor
         (then every chunk costs a full prefill forward, several times the decode step).
+        With ``mtp_acceptance > 0`` the decode coefficients are those of an MTP step (2 query
+        tokens, the MTP layer); prefill chunks are priced without the MTP module.
+
+        Examples
+        --------
+        >>> from sbsopt.costmodel import load_cost_model
+        >>> cm = load_cost_model(ep=8, nodes=1)
+        >>> plain, mtp = IterationCostModel.from_cost_model(cm), IterationCostModel.from_cost_model(
+        ...     cm, mtp_acceptance=0.85)
+        >>> mtp.decode_tokens, mtp.us_per_decode > plain.us_per_decode
+        (1.85, True)
         """
         if floor not in ("decode", "prefill"):
             raise InvalidInputError("floor", floor, "'decode' or 'prefill'")
         p = cm.prefill_coefficients()
-        d = cm.decode_coefficients()
+        d = cm.decode_coefficients(mtp_acceptance=mtp_acceptance)
         return cls(
             prefill_base_us=float(d.base_us if floor == "decode" else p.base_us),
             us_per_prefill_token=float(p.alpha_us_per_token),
             us_per_pair=float(p.beta_us_per_pair), us_per_prefill_request=float(p.gamma_us_per_request),
             decode_base_us=float(d.base_us), us_per_decode=float(d.us_per_request),
-            us_per_kv_token=float(d.us_per_kv_token), ep=int(cm.ep),
+            us_per_kv_token=float(d.us_per_kv_token), ep=int(cm.ep), mtp_acceptance=float(mtp_acceptance),
         )
 
     def base_us(self, *, has_prefill: bool, has_decode: bool) -> float:
@@ -203,7 +224,7 @@ class IterationCostModel:
 
 @dataclass(frozen=True)
 class EngineSnapshot:
-    """What a batching policy sees of one engine before an iteration (arrays are read-only inputs).
+    """What an iteration policy sees of one engine before an iteration (arrays are read-only inputs).
 
     Parameters
     ----------
@@ -335,10 +356,14 @@ class IterationPlan:
         return int(self.decode_run.size + self.prefill_chunk_tokens.sum())
 
 
-class BatchingPolicy(Protocol):
-    """What an engine needs from a batching policy."""
+@runtime_checkable
+class IterationPolicy(Protocol):
+    """What a colocated engine needs from an iteration policy."""
 
-    name: str
+    @property
+    def name(self) -> str:
+        """The policy's name, as reported in results."""
+        ...
 
     def plan(self, snapshot: EngineSnapshot, cost: IterationCostModel) -> IterationPlan:
         """Form the next iteration."""
@@ -589,8 +614,9 @@ def load_estimate_us(snapshot: EngineSnapshot, cost: IterationCostModel, *, tpot
     plus the decode pressure.
 
     ``drain = max_j sum_i prefill_time_i`` over the prefills pinned to rank ``j`` (lock-step:
-    the busiest rank sets the pace); decodes take a share ``s = min(0.9, t_dec / tpot_slo)`` of
-    every iteration, where ``t_dec`` is the decode-only iteration time, so the queue drains in
+    the busiest rank sets the pace); decodes take a share ``s = min(0.9, t_dec / (y * tpot_slo))``
+    of every iteration, where ``t_dec`` is the decode-only iteration time and ``y`` the tokens
+    it yields per decode (:attr:`IterationCostModel.decode_tokens`), so the queue drains in
     ``drain / (1 - s)``; the estimate adds ``t_dec`` (one decode iteration must run first).
 
     Examples
@@ -614,7 +640,7 @@ def load_estimate_us(snapshot: EngineSnapshot, cost: IterationCostModel, *, tpot
         t_dec = cost.decode_base_us + float(dec.max())
     else:
         t_dec = 0.0
-    share = min(0.9, t_dec / tpot_us)
+    share = min(0.9, t_dec / (cost.decode_tokens * tpot_us))
     return float(drain.max()) / (1.0 - share) + t_dec
 
 
@@ -654,45 +680,39 @@ class FairBatchingPolicy:
         )
 
 
-BATCHING_POLICIES: dict[str, type] = {"sarathi": SarathiPolicy, "fairbatching": FairBatchingPolicy}
+ITERATION_POLICIES: dict[str, type] = {"default": SarathiPolicy, "sarathi": SarathiPolicy,
+                                      "fairbatching": FairBatchingPolicy}
 
 
-def make_policy(name: str, *, tpot_slo_s: float = 0.1, token_budget: int | None = None,
-                **options: Any) -> SarathiPolicy | FairBatchingPolicy:
+def make_iteration_policy(name: str, *, tpot_slo_s: float = 0.1, token_budget: int | None = None,
+                          **options: Any) -> SarathiPolicy | FairBatchingPolicy:
     """A policy by name; ``token_budget`` is Sarathi's budget or FairBatching's per-rank cap.
+
+    ``"default"`` is Sarathi; ``tpot_slo_s`` is FairBatching's target (Sarathi has none).
+
+    Raises
+    ------
+    InvalidInputError
+        An unknown name, or an option the policy does not have.
 
     Examples
     --------
-    >>> make_policy("sarathi", token_budget=2048).token_budget
+    >>> make_iteration_policy("sarathi", token_budget=2048).token_budget
     2048
-    >>> make_policy("fairbatching", tpot_slo_s=0.05).tpot_slo_s
+    >>> make_iteration_policy("fairbatching", tpot_slo_s=0.05).tpot_slo_s
     0.05
     """
-    if name not in BATCHING_POLICIES:
-        raise InvalidInputError("batching", name, f"one of {sorted(BATCHING_POLICIES)}")
-    if name == "sarathi":
+    if name not in ITERATION_POLICIES:
+        raise InvalidInputError("batching", name, f"one of {', '.join(ITERATION_POLICIES)} in colocated mode")
+    policy = ITERATION_POLICIES[name]
+    valid = [f.name for f in fields(policy) if f.name != "name"]
+    unknown = sorted(set(options) - set(valid))
+    if unknown:
+        raise InvalidInputError(f"{name} option", unknown[0], f"one of {', '.join(valid)}")
+    if policy is SarathiPolicy:
         if token_budget is not None:
             options["token_budget"] = token_budget
         return SarathiPolicy(**options)
     if token_budget is not None:
         options["max_tokens"] = token_budget
     return FairBatchingPolicy(tpot_slo_s=tpot_slo_s, **options)
-
-
-class DisaggregatedFairBatching(_engine.ChunkedPrefill):
-    """FairBatching on the disaggregated simulator's engines (``mode="disaggregated"``).
-
-    A disaggregated prefill unit runs no decodes and a decode unit no prefill, so there is
-    nothing to trade: the adaptive budget has no decode deadline to protect (FairBatching then
-    fills the unit's per-forward token budget with prefill) and the chunk order by TTFT slack is
-    the FIFO order under one TTFT SLO. The formation is therefore the same as
-    :class:`~sbsopt.sim.engine.ChunkedPrefill`; it is registered under ``"fairbatching"`` so
-    that cluster routers (SBS windows included) combine with either engine policy by name.
-    """
-
-    name = "fairbatching"
-
-
-if "fairbatching" not in _engine.BATCHING_POLICIES:
-    # the engine protocol's registry: get_batching("fairbatching") imports this module
-    _engine.register_batching("fairbatching", DisaggregatedFairBatching)

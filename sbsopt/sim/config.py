@@ -11,18 +11,118 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from sbsopt._validate import check_int, check_number
+from sbsopt.costmodel.step import DEFAULT_MTP_ACCEPTANCE
 from sbsopt.errors import InvalidInputError
+from sbsopt.kvblocks import KV_BLOCK_TOKENS
 
-__all__ = ["ClusterConfig", "SchedulerConfig", "IMMEDIATE_ROUTERS", "ROUTERS", "INTERVALS"]
+__all__ = ["ClusterConfig", "SchedulerConfig", "MODES", "ROUTER_MODES", "ROUTERS", "IMMEDIATE_ROUTERS",
+           "DEFAULT_ROUTER", "INTERVALS", "parse_interval", "DEFAULT_INTERVAL", "DEFAULT_SOLVER", "DEFAULT_TTFT_SLO_MS", "DEFAULT_TPOT_SLO_MS", "check_mode",
+           "check_router", "routers_for"]
 
-IMMEDIATE_ROUTERS = ("round_robin", "least_requests", "least_tokens", "vllm_score", "shortest_queue")
-ROUTERS = ("sbs", *IMMEDIATE_ROUTERS)
+MODES = ("disaggregated", "colocated")
+# Every cluster router and the modes it runs in (implementations: sbsopt.sim.router).
+ROUTER_MODES: dict[str, tuple[str, ...]] = {
+    "sbs": ("disaggregated",),
+    "round_robin": ("disaggregated", "colocated"),
+    "least_requests": ("disaggregated",),
+    "least_tokens": ("disaggregated", "colocated"),
+    "vllm_score": ("disaggregated",),
+    "shortest_queue": ("disaggregated",),
+    "fair_load": ("colocated",),
+}
+ROUTERS = tuple(ROUTER_MODES)
+# The immediate-dispatch routers SBS is compared with (disaggregated mode).
+IMMEDIATE_ROUTERS = tuple(r for r, modes in ROUTER_MODES.items() if r != "sbs" and "disaggregated" in modes)
+DEFAULT_ROUTER = {"disaggregated": "sbs", "colocated": "round_robin"}
 INTERVALS = ("engine_paced", "adaptive", "fixed")
+# SBS window interval policy and window solver (disaggregated mode)
+DEFAULT_INTERVAL = "engine_paced"
+DEFAULT_SOLVER = "greedy"
+# [ours] SLOs for DeepSeek-V3 on H800 DP+EP engines, whose lock-step decode step alone is
+# 40-100 ms: neither the SBS nor the FairBatching paper states SLOs for this deployment.
+DEFAULT_TTFT_SLO_MS = 2000.0
+DEFAULT_TPOT_SLO_MS = 100.0
+
+
+def parse_interval(interval: str) -> tuple[str, float | None]:
+    """The interval policy's name and, for ``fixed:MS``, its length in seconds.
+
+    Raises
+    ------
+    InvalidInputError
+        Not one of :data:`INTERVALS` nor ``fixed:MS`` with MS > 0.
+
+    Examples
+    --------
+    >>> parse_interval("fixed:20"), parse_interval("adaptive")
+    (('fixed', 0.02), ('adaptive', None))
+    """
+    if interval.startswith("fixed:"):
+        try:
+            fixed_s = float(interval.split(":", 1)[1]) / 1000.0
+        except ValueError:
+            raise InvalidInputError("interval", interval, "fixed:MS with MS a number of milliseconds") from None
+        if not fixed_s > 0:
+            raise InvalidInputError("interval", interval, "fixed:MS with MS > 0")
+        return "fixed", fixed_s
+    if interval not in INTERVALS:
+        raise InvalidInputError("interval", interval, f"one of {', '.join(INTERVALS)} or fixed:MS")
+    return interval, None
+
+
+def check_mode(mode: str) -> str:
+    """``mode`` if it is one of :data:`MODES`.
+
+    Raises
+    ------
+    InvalidInputError
+        Unknown mode.
+    """
+    if mode not in MODES:
+        raise InvalidInputError("mode", mode, f"one of {', '.join(MODES)}")
+    return mode
+
+
+def routers_for(mode: str) -> tuple[str, ...]:
+    """Routers that run in ``mode``.
+
+    Examples
+    --------
+    >>> routers_for("colocated")
+    ('round_robin', 'least_tokens', 'fair_load')
+    """
+    check_mode(mode)
+    return tuple(r for r, modes in ROUTER_MODES.items() if mode in modes)
+
+
+def check_router(router: str, mode: str) -> str:
+    """``router`` if it runs in ``mode``.
+
+    Raises
+    ------
+    InvalidInputError
+        Unknown router, or one of the other mode.
+
+    Examples
+    --------
+    >>> check_router("sbs", "colocated")
+    Traceback (most recent call last):
+    ...
+    sbsopt.errors.InvalidInputError: router = 'sbs': expected one of round_robin, least_tokens, fair_load in colocated mode
+    """
+    choices = routers_for(mode)
+    if router not in choices:
+        raise InvalidInputError("router", router, f"one of {', '.join(choices)} in {mode} mode")
+    return router
 
 
 @dataclass(frozen=True)
 class ClusterConfig:
-    """The P/D-disaggregated cluster.
+    """The cluster: P/D-disaggregated, or colocated engines (``mode="colocated"``).
+
+    A colocated cluster is ``prefill_instances`` engines of ``prefill_ep`` ranks serving both
+    phases (see :func:`sbsopt.sim.colocated.colocated_cluster`); it reads ``kv_capacity_tokens``,
+    ``max_prompt_tokens``, ``gpus_per_node``, ``model`` and ``hardware`` too, and no other field.
 
     Parameters
     ----------
@@ -54,7 +154,11 @@ class ClusterConfig:
     max_prompt_tokens : int
         Longer prompts are rejected (reason ``prompt_too_long``).
     model, hardware : str
-        Cost-model card names.
+        Cost-model card names (``hardware``: ``h800``, ``h100``, ``h200`` or a card path).
+    mtp_acceptance : float
+        Acceptance rate of DeepSeek's multi-token prediction in decode (0 = no MTP): a decode
+        step runs 2 query tokens and the MTP module and yields ``1 + mtp_acceptance`` tokens
+        per request (default :data:`~sbsopt.costmodel.step.DEFAULT_MTP_ACCEPTANCE`).
     """
 
     prefill_instances: int = 4
@@ -64,7 +168,7 @@ class ClusterConfig:
     gpus_per_node: int = 8
     chunk_tokens: int = 8192
     max_decode_batch: int = 128
-    kv_block_tokens: int = 64
+    kv_block_tokens: int = KV_BLOCK_TOKENS
     kv_capacity_tokens: int | None = None
     prefix_cache_blocks: int = 200_000
     idle_stepping: bool = False
@@ -72,8 +176,10 @@ class ClusterConfig:
     max_prompt_tokens: int = 131_072
     model: str = "deepseek-v3"
     hardware: str = "h800"
+    mtp_acceptance: float = DEFAULT_MTP_ACCEPTANCE
 
     def __post_init__(self) -> None:
+        check_number("mtp_acceptance", self.mtp_acceptance, maximum=1.0)
         for name in ("prefill_instances", "decode_instances", "prefill_ep", "decode_ep",
                      "gpus_per_node", "chunk_tokens", "max_decode_batch", "kv_block_tokens",
                      "max_prompt_tokens"):
@@ -118,8 +224,8 @@ class SchedulerConfig:
         (``chunk_tokens * window_forwards``, less what the unit already holds). 1 = the next
         batch only (no engine queue); more lets long prompts start earlier at the cost of an
         engine queue (measured over seven prefixes of the Mooncake trace, 2 forwards did not
-        raise throughput consistently, and on Azure it raised mean TTFT by 9% to 14%; see the
-        README).
+        raise throughput consistently, and on Azure it raised mean TTFT by 9% to 14%; see
+        ``docs/decisions/sbs-defaults.md``).
     decode_interval_s : float
         SBS decode windows: arrivals at the decode router are buffered and assigned together
         (IQR-lex) every this many seconds.

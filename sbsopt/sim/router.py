@@ -1,9 +1,11 @@
-"""Cluster-level routers: immediate dispatch policies and the SBS window allocations.
+"""Cluster-level routers, one implementation each: immediate dispatch and the SBS window allocations.
 
-All routers see the same two-tier state (:class:`RouterView`): the last periodic engine report
-(authoritative, stale by up to ``report_period_s``) plus the router's own virtual updates after
-each assignment, overwritten when the next report arrives. Units are flattened
-``u = instance * ep + unit``.
+Which router runs in which mode is :data:`sbsopt.sim.config.ROUTER_MODES`. All routers see the
+same two-tier state (:class:`RouterView`): the last engine report (authoritative; in
+disaggregated mode stale by up to ``report_period_s``, in colocated mode read at every decision)
+plus the router's own virtual updates after each assignment, overwritten when the next report
+arrives. Units are flattened ``u = instance * ep + unit``; a colocated cluster routes to whole
+engines (a view with ``ep=1``) and each engine pins the request to one of its ranks.
 
 Immediate policies pick one unit per request on arrival (ties to the lowest index):
 
@@ -12,7 +14,9 @@ Immediate policies pick one unit per request on arrival (ties to the lowest inde
 - ``least_requests``: fewest waiting + running requests;
 - ``least_tokens``: fewest queued tokens (prefill) / KV blocks (decode);
 - ``vllm_score``: smallest ``4 * waiting + running``;
-- ``shortest_queue``: the instance with the fewest queued requests, then its least-tokens unit.
+- ``shortest_queue``: the instance with the fewest queued requests, then its least-tokens unit;
+- ``fair_load``: the smallest predicted load ``load_us`` (colocated engines report
+  :func:`sbsopt.sim.batching.load_estimate_us` plus the request's own prefill time).
 
 SBS allocates a whole window through :func:`sbsopt.window.solve`: PBAA for prefill, IQR-lex
 for decode.
@@ -23,13 +27,17 @@ from __future__ import annotations
 import numpy as np
 
 from sbsopt.errors import InvalidInputError
-from sbsopt.sim.config import IMMEDIATE_ROUTERS
+from sbsopt.sim.config import ROUTERS
 
 __all__ = ["RouterView", "pick_unit", "allocate_prefill", "allocate_decode"]
 
 
 class RouterView:
-    """The router's picture of one pool of units (prefill or decode): tokens, waiting, running."""
+    """The router's picture of one pool of units (prefill, decode or colocated engines).
+
+    Per unit: ``tokens`` queued, ``waiting`` and ``running`` requests, and ``load_us``, the
+    predicted load that ``fair_load`` compares.
+    """
 
     def __init__(self, instances: int, ep: int) -> None:
         self.instances = instances
@@ -38,6 +46,7 @@ class RouterView:
         self.tokens = np.zeros(size)
         self.waiting = np.zeros(size)
         self.running = np.zeros(size)
+        self.load_us = np.zeros(size)
         self.rr = 0
 
     def report(self, tokens: np.ndarray, waiting: np.ndarray, running: np.ndarray) -> None:
@@ -79,6 +88,8 @@ def pick_unit(view: RouterView, policy: str, tokens: float, *, alive: np.ndarray
         unit = _argmin(view.tokens, alive)
     elif policy == "vllm_score":
         unit = _argmin(4.0 * view.waiting + view.running, alive)
+    elif policy == "fair_load":
+        unit = _argmin(view.load_us, alive)
     elif policy == "shortest_queue":
         per_instance = (view.waiting + view.running).reshape(view.instances, view.ep).sum(axis=1)
         if alive is not None:
@@ -86,7 +97,7 @@ def pick_unit(view: RouterView, policy: str, tokens: float, *, alive: np.ndarray
         k = int(np.argmin(per_instance))
         unit = k * view.ep + int(np.argmin(view.tokens[k * view.ep:(k + 1) * view.ep]))
     else:
-        raise InvalidInputError("router", policy, f"one of sbs, {', '.join(IMMEDIATE_ROUTERS)}")
+        raise InvalidInputError("router", policy, f"an immediate router among {', '.join(r for r in ROUTERS if r != 'sbs')}")
     view.add(unit, tokens)
     return unit
 
@@ -110,26 +121,52 @@ def allocate_prefill(
     solver: str,
     seed: int,
     instance: np.ndarray | None = None,
+    chunks: dict[int, int] | None = None,
 ) -> np.ndarray:
     """PBAA window allocation: unit index per request, -1 if deferred.
 
     ``instance`` (instance of each unit, ``0..G-1``) makes a window over several idle
     instances one multi-instance problem: each instance's lock-step step counts on its own.
-    A request that the solver splits (``chunks``) is assigned whole to that unit: its KV must
-    stay on one DP rank, and the engine chunk-prefills the rest over the next forwards.
-    Requests past their TTFT guard that are still deferred go to the least-loaded unit.
-    """
-    from sbsopt.window import PrefillWindow, solve
+    A request that the solver splits is assigned to the unit of its first chunk, and
+    ``chunks`` (when given) receives ``{request index: tokens of that chunk}``: the caller
+    runs that chunk now and keeps the rest (its KV then stays on that DP rank). Requests past
+    their TTFT guard that are still deferred go to the least-loaded unit, whole.
 
-    load = np.minimum(load_tokens, capacity_tokens)
-    window = PrefillWindow.from_arrays(
-        new_tokens.astype(np.int64), cached_tokens.astype(np.int64), arrival_s,
-        capacity_tokens=capacity_tokens.astype(np.int64), load_tokens=load.astype(np.int64),
-        deadline_s=arrival_s + guard_s, now_s=now_s, coefficients=coefficients,
-        allow_chunking=True, instance=instance,
-    )
-    result = solve(window, method=solver, seed=seed)
-    assignment = np.array(result.assignment, dtype=np.int64, copy=True)
+    With ``solver="greedy"`` the window is built by the trusted constructor and the greedy
+    called directly (:mod:`sbsopt.sim.windows`), and a lone request that fits units holding
+    nothing goes whole to the first unit without a solve: every unit is alike, the greedy
+    breaks ties by the lowest index, and placing a request whole never costs more than
+    deferring it.
+    """
+    load = np.minimum(load_tokens, capacity_tokens).astype(np.int64)
+    if solver == "greedy":
+        if (len(new_tokens) == 1 and instance is None and not load.any()
+                and new_tokens[0] <= capacity_tokens.min()):
+            return np.zeros(1, dtype=np.int64)
+        from sbsopt.sim.windows import trusted_prefill_window
+        from sbsopt.window.greedy import greedy_prefill
+
+        window = trusted_prefill_window(
+            new_tokens.astype(np.int64), cached_tokens.astype(np.int64), np.array(arrival_s, dtype=np.float64),
+            capacity=capacity_tokens.astype(np.int64), load=load, deadline=arrival_s + guard_s, now_s=now_s,
+            coefficients=coefficients, instance=instance)
+        answer = greedy_prefill(window)
+        assignment = np.array(answer.assignment, dtype=np.int64, copy=True)
+        answer_chunks = answer.chunks
+    else:
+        from sbsopt.window import PrefillWindow, solve
+
+        window = PrefillWindow.from_arrays(
+            new_tokens.astype(np.int64), cached_tokens.astype(np.int64), arrival_s,
+            capacity_tokens=capacity_tokens.astype(np.int64), load_tokens=load,
+            deadline_s=arrival_s + guard_s, now_s=now_s, coefficients=coefficients,
+            allow_chunking=True, instance=instance,
+        )
+        result = solve(window, method=solver, seed=seed)
+        assignment = np.array(result.assignment, dtype=np.int64, copy=True)
+        answer_chunks = result.chunks
+    if chunks is not None:
+        chunks.update(answer_chunks)
     late = (assignment < 0) & (arrival_s + guard_s <= now_s)
     if late.any():
         level = load_tokens.astype(np.float64).copy()
@@ -156,12 +193,24 @@ def allocate_decode(
     solver: str,
     seed: int,
 ) -> np.ndarray:
-    """IQR-lex decode window allocation: unit index per request, -1 if deferred."""
-    from sbsopt.window import DecodeWindow, solve
+    """IQR-lex decode window allocation: unit index per request, -1 if deferred.
 
+    With ``solver="greedy"`` the window is built by the trusted constructor and the greedy
+    called directly (:mod:`sbsopt.sim.windows`)."""
     units = len(batch_size)
     used = np.minimum(kv_blocks_used, kv_capacity_blocks).astype(np.int64)
     batch = np.minimum(batch_size, max_batch_size).astype(np.int64)
+    if solver == "greedy":
+        from sbsopt.sim.windows import trusted_decode_window
+        from sbsopt.window.greedy import greedy_decode
+
+        trusted = trusted_decode_window(
+            context_tokens.astype(np.int64), kv_blocks.astype(np.int64), batch=batch, max_batch=max_batch_size,
+            used=used, capacity_blocks=kv_capacity_blocks, block_tokens=kv_block_tokens, coefficients=coefficients,
+            iqr_k=iqr_k)
+        return np.asarray(greedy_decode(trusted).assignment, dtype=np.int64)
+    from sbsopt.window import DecodeWindow, solve
+
     window = DecodeWindow.from_arrays(
         context_tokens.astype(np.int64), kv_blocks.astype(np.int64),
         batch_size=batch, max_batch_size=np.full(units, max_batch_size, dtype=np.int64),

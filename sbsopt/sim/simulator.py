@@ -34,11 +34,14 @@ import time
 import numpy as np
 
 from sbsopt._seed import as_int_seed
-from sbsopt.errors import InvalidInputError, SimulationError
-from sbsopt.sim.config import INTERVALS, ROUTERS, ClusterConfig, SchedulerConfig
-from sbsopt.sim.engine import DecodeInstance, PrefillInstance, PrefillTask, get_batching
+from sbsopt.errors import SimulationError
+from sbsopt.kvblocks import request_kv_blocks
+from sbsopt.sim.chunking import PrefillTask, get_chunking
+from sbsopt.sim.config import ClusterConfig, SchedulerConfig, check_router, parse_interval
+from sbsopt.sim.engine import DecodeInstance, PrefillInstance
 from sbsopt.sim.faults import check_faults
-from sbsopt.sim.metrics import RejectReason, SimResult, Status
+from sbsopt.sim.metrics import RejectReason, SimResult, Status, final_status
+from sbsopt.sim.remainders import Remainder, Remainders
 from sbsopt.sim.router import RouterView, allocate_decode, allocate_prefill, pick_unit
 from sbsopt.workload.prefix_cache import PrefixCache
 
@@ -67,21 +70,10 @@ def run_simulation(
     slow_ranks=(),
 ) -> SimResult:
     """Run one simulation (see :func:`sbsopt.sim.simulate` for the parameters)."""
-    if router not in ROUTERS:
-        raise InvalidInputError("router", router, f"one of {', '.join(ROUTERS)}")
-    fixed_s = None
-    if interval.startswith("fixed:"):
-        try:
-            fixed_s = float(interval.split(":", 1)[1]) / 1000.0
-        except ValueError:
-            raise InvalidInputError("interval", interval, "fixed:MS with MS a number of milliseconds") from None
-        if not fixed_s > 0:
-            raise InvalidInputError("interval", interval, "fixed:MS with MS > 0")
-        interval = "fixed"
-    if interval not in INTERVALS:
-        raise InvalidInputError("interval", interval, f"one of {', '.join(INTERVALS)} or fixed:MS")
+    check_router(router, "disaggregated")
+    interval, fixed_s = parse_interval(interval)
     faults, slow_ranks = check_faults(faults, slow_ranks, cluster)
-    sim = _Simulation(workload, cluster, scheduler, router, interval, solver, get_batching(batching),
+    sim = _Simulation(workload, cluster, scheduler, router, interval, solver, get_chunking(batching),
                       as_int_seed(seed), horizon_s, prefill_model, decode_model, record_timeline,
                       fixed_s if fixed_s is not None else scheduler.fixed_interval_s, faults, slow_ranks)
     return sim.run()
@@ -118,6 +110,9 @@ class _Simulation:
         self.prefill = [PrefillInstance(k, pep, cluster.chunk_tokens, policy) for k in range(P)]
         kv_tokens = cluster.kv_capacity_tokens or int(dcm.kv_capacity_tokens_per_rank)
         self.kv_block_tokens = cluster.kv_block_tokens
+        # MTP: a decode step runs 2 query tokens and yields 1 + acceptance tokens per request
+        self.step_tokens = 1.0 + cluster.mtp_acceptance
+        self.query_tokens = 2 if cluster.mtp_acceptance > 0 else 1
         self.kv_blocks = kv_tokens // cluster.kv_block_tokens
         self.decode = [DecodeInstance(k, dep, cluster.max_decode_batch, self.kv_blocks, policy)
                        for k in range(D)]
@@ -139,7 +134,7 @@ class _Simulation:
         self.tbt_max_s = np.zeros(n)
         self.prefill_unit = np.full(n, -1, dtype=np.int64)
         self.decode_unit = np.full(n, -1, dtype=np.int64)
-        self.blocks_need = -(-(self.inp + self.out) // cluster.kv_block_tokens)
+        self.blocks_need = request_kv_blocks(self.inp + self.out, cluster.kv_block_tokens)
         self.finished = 0
         self.in_transfer = 0
         self.next_arrival = 0
@@ -152,7 +147,7 @@ class _Simulation:
         self.timeline: list | None = [] if record_timeline else None
         pc = pcm.prefill_coefficients()
         self.pcoef = pc
-        self.dcoef = dcm.decode_coefficients()
+        self.dcoef = dcm.decode_coefficients(query_tokens=self.query_tokens)
         zeros = np.zeros(pep)
         self.dummy_s = float(pcm.prefill_step_us(zeros, zeros, zeros)) * 1e-6
         if cluster.stagger_start:
@@ -161,6 +156,7 @@ class _Simulation:
         # SBS state
         self.buffer: list[int] = []
         self.buffer_tokens = 0.0
+        self.remainders = Remainders()  # what windows left of the requests they chunked
         self.window_armed = False
         self.window_at = 0.0
         self.window_version = 0
@@ -194,6 +190,10 @@ class _Simulation:
         self.parked_d: list[int] = []
         self.retries = np.zeros(n, dtype=np.int64)
         self.redispatched = 0
+        # events handled, and their count at the last applied report: a report with nothing
+        # handled since the previous one would write the values the view already holds
+        self.handled = 0
+        self.handled_at_report = -2
 
     # ------------------------------------------------------------------ event loop
     def push(self, t: float, kind: int, a: int = 0, b: int = 0) -> None:
@@ -217,6 +217,7 @@ class _Simulation:
                 if t > self.horizon_s:
                     break
                 self.now = t
+                self.handled += 1
                 self.handle(kind, a, b)
             elif i < n:
                 if next_arrival > self.horizon_s:
@@ -224,6 +225,7 @@ class _Simulation:
                 self.now = float(next_arrival)
                 i += 1
                 self.next_arrival = i
+                self.handled += 1
                 self.on_arrival(i - 1)
             else:
                 break
@@ -235,9 +237,9 @@ class _Simulation:
             if b == self.pstep_ver[a]:
                 self.on_step_end(a)
         elif kind == _EPOCH_END:
-            inst = self.decode[a]
-            if b == inst.version:
-                self.on_epoch_end(inst)
+            dinst = self.decode[a]
+            if b == dinst.version:
+                self.on_epoch_end(dinst)
         elif kind == _KV_ARRIVE:
             self.on_decode_arrival(a)
         elif kind == _REPORT:
@@ -261,7 +263,9 @@ class _Simulation:
 
     # ------------------------------------------------------------------ engine reports
     def on_report(self) -> None:
-        self.apply_report()
+        if self.handled != self.handled_at_report + 1:
+            self.apply_report()
+        self.handled_at_report = self.handled
         # Reports stop once nothing else can happen, so a stuck request cannot spin the loop.
         if self.finished < self.n and (self.heap or self.next_arrival < self.n):
             self.push(self.now + self.sched.report_period_s, _REPORT)
@@ -309,10 +313,10 @@ class _Simulation:
         else:
             self.arm_window()
 
-    def dispatch(self, rid: int, unit: int) -> None:
-        """Hand a request to the engine queue of a flattened prefill unit."""
-        k, j = divmod(unit, self.pep)
-        inst = self.prefill[k]
+    def dispatch(self, rid: int, unit: int, chunk: int = 0) -> None:
+        """Hand a request to the engine queue of a flattened prefill unit: whole, or only its
+        first ``chunk`` new tokens (an SBS window's chunk), the rest kept in ``remainders``."""
+        k = unit // self.pep
         cached = 0
         if self.hashes is not None:
             cache = self.caches[k]
@@ -321,7 +325,24 @@ class _Simulation:
         self.cached[rid] = cached
         self.dispatch_s[rid] = self.now + self.sched.dispatch_latency_s
         self.prefill_unit[rid] = unit
-        inst.enqueue(j, PrefillTask(rid, int(self.context[rid]) - cached, cached))
+        tokens = int(self.context[rid]) - cached
+        if 0 < chunk < tokens:
+            self.remainders.pin(rid, unit=unit, done=cached + chunk, tokens=tokens - chunk)
+            tokens = chunk
+        self.enqueue(unit, PrefillTask(rid, tokens, cached))
+
+    def resume(self, rest: Remainder) -> None:
+        """Queue the remainder of a chunked request on the unit that holds its chunk's KV."""
+        task = PrefillTask(rest.rid, rest.tokens, rest.done)
+        task.started = True  # its first forward was the chunk's
+        self.pview.add(rest.unit, float(rest.tokens))
+        self.enqueue(rest.unit, task)
+
+    def enqueue(self, unit: int, task: PrefillTask) -> None:
+        """Queue ``task`` on a flattened prefill unit; an idle instance then starts."""
+        k, j = divmod(unit, self.pep)
+        inst = self.prefill[k]
+        inst.enqueue(j, task)
         if not inst.busy and not inst.start_pending:
             inst.start_pending = True
             self.push(self.next_start(inst, self.now + self.sched.dispatch_latency_s), _START, k)
@@ -375,6 +396,8 @@ class _Simulation:
                 if task.remaining <= n:
                     view.waiting[base + j] = max(view.waiting[base + j] - 1.0, 0.0)
         for rid in inst.finish_forward(chunks):
+            if self.remainders.chunk_ran(rid):
+                continue  # a window's chunk: the rest of the prompt waits in the buffer
             if not self.ttft_end_s[rid] <= self.now:  # a recompute keeps the first token's time
                 self.ttft_end_s[rid] = self.now
             if self.out_left[rid] <= 1:
@@ -383,6 +406,8 @@ class _Simulation:
                 self.in_transfer += 1
                 self.push(self.now + float(self.dcm.kv_transfer_us(int(self.context[rid]))) * 1e-6, _KV_ARRIVE,
                           rid)
+        if self.remainders and self.interval != "engine_paced":
+            self.arm_window()  # a chunk ran: its remainder waits for the next window
         self.try_start(inst)
 
     # ------------------------------------------------------------------ SBS prefill windows
@@ -399,7 +424,7 @@ class _Simulation:
 
     def release_to(self, inst: PrefillInstance) -> None:
         """Engine-paced release: allocate the buffer onto one instance about to start a forward."""
-        if not self.buffer:
+        if not self.buffer and not self.remainders:
             return
         base = inst.index * self.pep
         self.allocate(np.arange(base, base + self.pep), [inst.index])
@@ -435,18 +460,24 @@ class _Simulation:
         # A window goes to the instances predicted free now: a unit of a busy instance cannot
         # take work before its non-preemptive forward ends, so the rest stays buffered.
         idle = [inst.index for inst in self.prefill if not inst.busy and self.palive[inst.index]]
-        if self.buffer and idle:
+        if (self.buffer or self.remainders) and idle:
             self.fresh_views()
             units = np.concatenate([np.arange(k * self.pep, (k + 1) * self.pep) for k in idle])
             self.allocate(units, idle)
-        if self.buffer:
+        if self.buffer or self.remainders:
             self.arm_window()
 
     def allocate(self, units: np.ndarray, instances: list[int]) -> None:
         """Solve one prefill window over the units of ``instances`` (flattened, in that order)
         and dispatch the assigned. A request's prefix-cache hit counts as the least over the
         window's instances (the window model has one cached length per request, and each
-        instance has its own cache), so its cost is never underestimated."""
+        instance has its own cache), so its cost is never underestimated. The ready remainders
+        of chunked requests on these units go first, into the units' load; a request the
+        answer chunks runs that chunk (``Remainders``)."""
+        for rest in self.remainders.take(units.tolist()):
+            self.resume(rest)
+        if not self.buffer:
+            return
         load = self.pview.tokens[units]
         rids = np.asarray(self.buffer, dtype=np.int64)
         inp = self.context[rids]
@@ -457,11 +488,13 @@ class _Simulation:
                                    for cache in caches) for r in rids], dtype=np.int64)
         capacity = np.full(len(load), max(1, int(self.cluster.chunk_tokens * self.sched.window_forwards)),
                            dtype=np.int64)
+        chunks: dict[int, int] = {}
         assignment = allocate_prefill(
             inp - cached, cached, self.arrival[rids], capacity_tokens=capacity,
             load_tokens=np.asarray(load), now_s=self.now, guard_s=self.sched.ttft_guard_s,
             coefficients=self.pcoef, solver=self.solver, seed=self.seed,
             instance=np.repeat(np.arange(len(instances)), self.pep) if len(instances) > 1 else None,
+            chunks=chunks,
         )
         keep = []
         for idx, rid in enumerate(rids.tolist()):
@@ -469,9 +502,10 @@ class _Simulation:
             if unit < 0:
                 keep.append(rid)
                 continue
-            self.pview.add(int(units[unit]), float(inp[idx] - cached[idx]))
+            chunk = chunks.get(idx, 0)
+            self.pview.add(int(units[unit]), float(chunk or inp[idx] - cached[idx]))
             self.buffer_tokens -= float(self.context[rid])
-            self.dispatch(rid, int(units[unit]))
+            self.dispatch(rid, int(units[unit]), chunk)
         self.buffer = keep
 
     # ------------------------------------------------------------------ decode side
@@ -563,7 +597,7 @@ class _Simulation:
             ok = inst.batch[rank] + count <= inst.max_batch and need <= free
         if not ok:
             raise SimulationError(
-                f"batching policy {inst.policy.name!r}: admit_decode admitted {count!r} of "
+                f"prefill chunking {inst.policy.name!r}: admit_decode admitted {count!r} of "
                 f"{len(waiting)} waiting on rank {rank} of decode instance {inst.index} (batch "
                 f"{int(inst.batch[rank])} of {inst.max_batch}, {free} free KV blocks)")
 
@@ -578,6 +612,8 @@ class _Simulation:
             for _ in range(count):
                 rid = waiting.popleft()
                 slot = inst.free_slots.pop()
+                if slot >= inst.high:
+                    inst.high = slot + 1
                 inst.slot_rank[slot] = j
                 inst.slot_rid[slot] = rid
                 inst.slot_remaining[slot] = self.out_left[rid] - 1
@@ -589,16 +625,19 @@ class _Simulation:
                 inst.waiting_count[j] -= 1
                 inst.waiting_blocks[j] -= blocks[rid]
                 self.decode_start_s[rid] = self.now
-        active = inst.slot_active
+        high = inst.high
+        active = inst.slot_active[:high]
         if not active.any():
             inst.busy = False
             return
-        steps = int(inst.slot_remaining[active].min())
+        y, q = self.step_tokens, self.query_tokens
+        steps = max(1, math.ceil(float(inst.slot_remaining[:high][active].min()) / y - 1e-9))
         slow = self.dslow[inst.index]
-        d0 = float(self.dcm.decode_step_us(inst.batch, inst.kv_tokens)) * 1e-6 * slow
+        d0 = float(self.dcm.decode_step_us(inst.batch, inst.kv_tokens, q)) * 1e-6 * slow
         d1 = d0
         if steps > 1:
-            d1 = float(self.dcm.decode_step_us(inst.batch, inst.kv_tokens + (steps - 1) * inst.batch)) * 1e-6 * slow
+            d1 = float(self.dcm.decode_step_us(inst.batch, inst.kv_tokens + (steps - 1) * y * inst.batch, q)) \
+                * 1e-6 * slow
         inst.busy = True
         inst.cut = False
         inst.t0 = self.now
@@ -611,10 +650,11 @@ class _Simulation:
 
     def on_epoch_end(self, inst: DecodeInstance) -> None:
         s = inst.steps
-        active = np.flatnonzero(inst.slot_active)
-        inst.slot_remaining[active] -= s
-        inst.slot_context[active] += s
-        inst.kv_tokens += s * inst.batch
+        active = np.flatnonzero(inst.slot_active[:inst.high])
+        produced = s * self.step_tokens
+        inst.slot_remaining[active] -= produced
+        inst.slot_context[active] += produced
+        inst.kv_tokens += produced * inst.batch
         rids = inst.slot_rid[active]
         last_step = inst.d0 + inst.slope * (s - 1)
         self.tbt_max_s[rids] = np.maximum(self.tbt_max_s[rids], max(inst.d0, last_step))
@@ -623,6 +663,9 @@ class _Simulation:
             ranks = inst.slot_rank[done]
             inst.batch -= np.bincount(ranks, minlength=inst.ep)
             inst.kv_tokens -= np.bincount(ranks, weights=inst.slot_context[done], minlength=inst.ep)
+            # fractional MTP tokens: an emptied rank holds exactly nothing, not a rounding residue
+            inst.kv_tokens[inst.batch <= 0] = 0.0
+            np.maximum(inst.kv_tokens, 0.0, out=inst.kv_tokens)
             done_rids = inst.slot_rid[done]
             inst.blocks_used -= np.bincount(ranks, weights=self.blocks_need[done_rids], minlength=inst.ep).astype(np.int64)
             inst.slot_active[done] = False
@@ -677,16 +720,12 @@ class _Simulation:
         self.dmask = None if self.dalive.all() else np.repeat(self.dalive, self.dep)
 
     def kill_prefill(self, k: int) -> list[int]:
-        inst = self.prefill[k]
-        lost = [task.rid for queue in inst.queues for task in queue]
+        lost = self.prefill[k].clear()
+        # a chunked request's remainder lost its chunk's KV with the instance: it starts over
+        queued = set(lost)
+        lost += [rid for rid in self.remainders.drop(range(k * self.pep, (k + 1) * self.pep))
+                 if rid not in queued]
         self.pstep_ver[k] += 1  # cancels the forward in progress
-        inst.queues = [type(q)() for q in inst.queues]
-        inst.queued_tokens[:] = 0.0
-        inst.queued_requests[:] = 0.0
-        inst.running[:] = 0.0
-        inst.busy = False
-        inst.current = []
-        inst.start_pending = False
         self.caches[k] = PrefixCache(capacity_blocks=self.cluster.prefix_cache_blocks,
                                      block_tokens=self.wl.block_tokens)
         return lost
@@ -700,19 +739,12 @@ class _Simulation:
         # still needs its slot's remaining tokens less the steps of this epoch already done,
         # a waiting one had its prefill's token
         done = inst.steps_done_by(self.now - inst.t0) if inst.busy else 0
-        self.out_left[running] = np.maximum(inst.slot_remaining[active] - done, 1)
+        left = np.ceil(inst.slot_remaining[active] - done * self.step_tokens - 1e-9)
+        self.out_left[running] = np.maximum(left, 1).astype(np.int64)
         self.out_left[waiting] -= 1
         lost = running.tolist() + waiting
         self.context[lost] = self.inp[lost] + self.out[lost] - self.out_left[lost]
-        inst.version += 1  # cancels the epoch in progress
-        inst.slot_active[:] = False
-        inst.slot_rid[:] = -1
-        inst.free_slots = list(range(len(inst.slot_active) - 1, -1, -1))
-        inst.waiting = [type(w)() for w in inst.waiting]
-        for arr in (inst.batch, inst.kv_tokens, inst.blocks_used, inst.waiting_count, inst.waiting_blocks):
-            arr[:] = 0
-        inst.busy = False
-        inst.cut = False
+        inst.clear()
         return lost
 
     def on_recover(self, prefill: bool, k: int, gen: int) -> None:
@@ -756,29 +788,13 @@ class _Simulation:
         self.finished += 1
 
     def result(self, wall_s: float, *, arrived: int) -> SimResult:
-        status = self.status.copy()
-        status[(status == Status.PENDING) & (np.arange(self.n) < arrived)] = Status.IN_FLIGHT
-        status[status == Status.PENDING] = Status.NOT_ARRIVED
-        completed = int((status == Status.COMPLETED).sum())
-        rejected = int((status == Status.REJECTED).sum())
-        in_flight = int(((status == Status.IN_FLIGHT) | (status == Status.NOT_ARRIVED)).sum())
-        if completed + rejected + in_flight != self.n or self.finished != completed + rejected:
-            raise SimulationError(
-                f"requests lost: completed {completed} + rejected {rejected} + in flight {in_flight} "
-                f"!= {self.n} requests (finished counter {self.finished})"
-            )
         # Every arrived, unfinished request must sit in exactly one place.
         located = (
             len(self.buffer) + len(self.dbuffer) + self.in_transfer + len(self.parked_p) + len(self.parked_d)
+            + self.remainders.ready_count
             + sum(int(p.queued_requests.sum()) for p in self.prefill)
             + sum(int(d.waiting_count.sum()) + int(d.slot_active.sum()) for d in self.decode)
         )
-        arrived_unfinished = int((status == Status.IN_FLIGHT).sum())
-        if located != arrived_unfinished:
-            raise SimulationError(
-                f"{arrived_unfinished} requests in flight but {located} found in buffers, engine "
-                f"queues, KV transfer and decode batches"
-            )
-        if math.isinf(self.horizon_s) and in_flight:
-            raise SimulationError(f"{in_flight} requests never finished although the event queue drained")
+        status = final_status(self.status, arrived=arrived, finished=self.finished, located=located,
+                              drained=math.isinf(self.horizon_s))
         return SimResult.build(self, status, wall_s)

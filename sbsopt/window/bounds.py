@@ -15,7 +15,9 @@ Prefill (``G`` instances, ``J_g`` units in instance ``g``, ``J* = max_g J_g``):
   assigned are at least the LP optimum of the knapsack "keep the requests whose assignment
   saves the most per token", solved exactly by sorting on the ratio;
 * chunking: a request may be placed as a fraction ``a`` of itself (its first chunk, the rest
-  deferred at ``(1 - a) P_i``); the chunk costs at least ``lin_i*a + quad_i*a**2`` with
+  deferred at ``(1 - a) P_i``: a relaxation, as the objective prices the rest at that share
+  plus ``w_i*defer_factor*(beta*k*(n_i - k)/2 + gamma*k/n_i)`` for ``k = a*n_i``,
+  ``objective.remainder_price_us``, which every bound here leaves out); the chunk costs at least ``lin_i*a + quad_i*a**2`` with
   ``lin_i = gamma + alpha*n_i + beta*n_i*p_i`` and ``quad_i = beta*n_i**2/2`` (``a*gamma``
   for ``gamma``), so the averaging form minimises the convex
   ``sum_i (lin_i*a_i + quad_i*a_i**2) / J* + (1 - a_i) P_i`` subject to the token (or KV)

@@ -17,7 +17,7 @@ from sbsopt.kvblocks import chunk_kv_blocks
 from sbsopt.window import _kernels
 from sbsopt.window.bounds import analytic_bound, lp_bound, split_bound
 from sbsopt.window.host_bound import host_bound
-from sbsopt.window.objective import prefill_objective, prefill_unit_time_us
+from sbsopt.window.objective import prefill_objective, prefill_unit_time_us, remainder_price_us
 from sbsopt.window.problem import DecodeWindow, PrefillWindow
 
 __all__ = ["GreedyAnswer", "greedy_prefill", "greedy_decode", "chunk_after", "ruin_recreate",
@@ -38,11 +38,16 @@ class GreedyAnswer(NamedTuple):
     unplaced_guarded: int = 0
 
 
+def _carry(problem: PrefillWindow) -> np.ndarray:
+    """Weight on a chunk remainder's cost per request, ``w_i * defer_factor``."""
+    return problem.weight * problem.defer_factor
+
+
 def _chunk_spec(problem: PrefillWindow) -> tuple:
-    """The chunk kernels' ``spec``: ``(cached, alpha, beta, gamma, min_chunk)``."""
+    """The chunk kernels' ``spec``: ``(cached, alpha, beta, gamma, min_chunk, carry)``."""
     c = problem.coefficients
     return (problem.cached_tokens, float(c.alpha_us_per_token), float(c.beta_us_per_pair),
-            float(c.gamma_us_per_request), problem.min_chunk_tokens)
+            float(c.gamma_us_per_request), problem.min_chunk_tokens, _carry(problem))
 
 
 def _empty_state(problem: PrefillWindow) -> tuple[np.ndarray, ...]:
@@ -90,16 +95,18 @@ def _prefill_pass(problem: PrefillWindow, order: np.ndarray, local_search: int) 
     # objective from the kernels' state (same formula as objective.prefill_objective)
     value = problem.n_instances * problem.base_us + float(inst_max.sum())
     value += float(problem.penalty_us[assignment < 0].sum())
-    for i, k in chunks.items():
-        value += problem.penalty_us[i] * (problem.new_tokens[i] - k) / problem.new_tokens[i]
+    if chunks:
+        value += float(remainder_price_us(problem, np.array(list(chunks)),
+                                          np.array(list(chunks.values()))).sum())
     return GreedyAnswer(assignment, chunks, value, "", -np.inf)
 
 
 def chunk_after(problem: PrefillWindow, assignment: np.ndarray) -> tuple[np.ndarray, dict]:
     """The greedy chunk post-pass applied to a whole-request assignment (CP-SAT's answer):
     the deferred requests, guarded then oldest then largest first, place first chunks where
-    they remove more penalty than they add step time, then the step units' chunks (or
-    costliest whole requests) are trimmed (``_kernels.trim_step_chunks``). Returns a new
+    they remove more deferral price than they add step time, then the step units' chunks (or
+    costliest whole requests) are trimmed where the freed room refills
+    (``_kernels.trim_step_chunks``). Returns a new
     assignment and the chunks."""
     if not problem.allow_chunking:
         return assignment, {}
@@ -284,7 +291,7 @@ def greedy_prefill(problem: PrefillWindow, *, local_search: int = 0) -> GreedyAn
         problem.free_kv_blocks, problem.residual_us, problem.instance, problem.n_instances,
         problem.base_us, problem.allow_chunking, float(c.alpha_us_per_token),
         float(c.beta_us_per_pair), float(c.gamma_us_per_request), problem.min_chunk_tokens,
-        local_search,
+        _carry(problem), local_search,
     )
     chunks = {}
     if chunked:

@@ -6,7 +6,8 @@ import numpy as np
 
 from sbsopt.window.problem import DecodeWindow, PrefillWindow, prefill_chunk_cost_us
 
-__all__ = ["prefill_unit_time_us", "prefill_objective", "decode_objective", "objective"]
+__all__ = ["prefill_unit_time_us", "remainder_price_us", "prefill_objective", "decode_objective",
+           "objective"]
 
 
 def _per_instance_max(values: np.ndarray, instance: np.ndarray, groups: int) -> np.ndarray:
@@ -38,10 +39,44 @@ def prefill_unit_time_us(
     return time
 
 
+def remainder_price_us(problem: PrefillWindow, index: np.ndarray, sizes: np.ndarray) -> np.ndarray:
+    """Deferral price of what requests ``index`` leave after first chunks of ``sizes`` tokens.
+
+    The remainder needs at least one more forward: it is priced as a deferral of its own, its
+    cost (``n - k`` tokens after ``p + k`` cached) at the request's weight ``w * defer_factor``
+    plus its token share of the fixed price ``w * defer_cost_us``. That is the penalty's token
+    share ``P * (n - k) / n`` plus ``w * defer_factor * (beta*k*(n - k)/2 + gamma*k/n)``: the
+    remainder's tokens attend to the chunk's and it pays a second ``gamma``. So a chunk and its
+    remainder always cost more than the request placed whole, and never less than the share
+    (which the lower bounds relax it to, ``sbsopt.window.bounds`` Notes).
+
+    Examples
+    --------
+    >>> from sbsopt.costmodel import PrefillCoefficients
+    >>> c = PrefillCoefficients(base_us=0.0, alpha_us_per_token=1.0, beta_us_per_pair=0.01,
+    ...                         gamma_us_per_request=5.0)
+    >>> w = PrefillWindow.from_arrays([200], [0], [0.0], capacity_tokens=[256], coefficients=c)
+    >>> k = np.array([50])
+    >>> float(remainder_price_us(w, np.array([0]), k)[0])  # cost(150 after 50) + 1000 * 3/4
+    1092.5
+    >>> float(prefill_chunk_cost_us(50, 0, c) + remainder_price_us(w, np.array([0]), k)[0]
+    ...       - w.cost_us[0])  # more than whole by one gamma and the deferral price's share
+    755.0
+    """
+    n = problem.new_tokens[index].astype(np.float64)
+    k = np.asarray(sizes, np.float64)
+    left = n - k
+    carry = problem.weight[index] * problem.defer_factor
+    c = problem.coefficients
+    extra = carry * (c.beta_us_per_pair * k * left / 2.0 + c.gamma_us_per_request * k / n)
+    return np.where(left > 0, problem.penalty_us[index] * left / n + extra, 0.0)
+
+
 def prefill_objective(
     problem: PrefillWindow, assignment: np.ndarray, chunks: dict[int, int]
 ) -> float:
-    """Step time summed over instances plus deferral penalties (chunked: remainder's share).
+    """Step time summed over instances plus deferral penalties, a chunked request's remainder
+    at :func:`remainder_price_us`.
 
     Examples
     --------
@@ -61,8 +96,7 @@ def prefill_objective(
     if chunks:
         index = np.fromiter(chunks.keys(), np.int64, len(chunks))
         sizes = np.fromiter(chunks.values(), np.int64, len(chunks))
-        left = (problem.new_tokens[index] - sizes) / problem.new_tokens[index]
-        penalty += (problem.penalty_us[index] * left).sum()
+        penalty += remainder_price_us(problem, index, sizes).sum()
     return float(step + penalty)
 
 

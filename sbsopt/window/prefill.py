@@ -6,8 +6,9 @@ true one by less than ``N + G`` ticks and ``(cp_bound - N - G) / scale`` (+ the 
 base) is a proven bound of the true problem. ``scale`` is 100 ticks per microsecond unless
 the total would pass 2**52, where it shrinks.
 
-Chunking is not modelled: a chunk is a post-pass of the greedy kind (``_kernels.chunk_fill``)
-applied to the requests CP-SAT defers, so CP-SAT's proof covers whole-request placement only.
+Chunking is not modelled: a chunk is a post-pass of the greedy kind (``_kernels.chunk_fill``,
+priced as ``objective.remainder_price_us``) applied to the requests CP-SAT defers, so CP-SAT's
+proof covers whole-request placement only.
 
 The model is written straight into ``CpModel.proto`` from numpy arrays, a few calls per
 constraint instead of one per variable and term (:class:`_Writer`): at 128 x 16 it builds in

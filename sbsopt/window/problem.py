@@ -20,11 +20,16 @@ request never costs more than deferring it, so requests are deferred only when c
 or KV blocks) forces it, and the oldest are served first. A request whose ``deadline_s`` is at
 or before ``now_s + guard_horizon_s`` cannot be deferred. Chunking (third objective): a
 request may place its first chunk of ``k < n_i`` tokens (at most the unit's room, KV blocks
-pro rata) on a unit with spare room, its remainder staying buffered at ``(n_i - k) / n_i`` of
-its penalty; at most one chunk per unit and per request. The greedy sizes a chunk by the room
-and places it only where the penalty share it removes exceeds the step-time raise it causes,
-then trims the chunk on the step unit, or makes one of its costliest whole request
-(``_kernels.trim_step_chunks``).
+pro rata) on a unit with spare room; at most one chunk per unit and per request. The
+remainder stays buffered and needs at least one more forward, so it is priced as a deferral
+of its own: ``w_i * (defer_factor * c_i' + defer_cost_us * (n_i - k) / n_i)`` with ``c_i'``
+the cost of its ``n_i - k`` tokens after ``p_i + k`` cached ones
+(``objective.remainder_price_us``). A chunk and its remainder cost one ``gamma`` more than
+the whole request, so with ``defer_factor >= 1`` a request that fits whole is split only where
+that lowers the objective through the other requests (the step, or room for a deferred
+request), never for itself. The greedy sizes a chunk by the room, places it where the price it
+removes exceeds the step-time raise it causes, then trims the chunk on the step unit where
+the freed room refills (``_kernels.trim_step_chunks``).
 
 **Decode.** Request ``i`` brings ``k_i`` context tokens and needs ``b_i`` KV blocks; unit
 ``j`` runs ``B_j`` requests (at most ``max_batch_size[j]``) holding ``K_j`` KV tokens. The
@@ -182,6 +187,7 @@ class PrefillWindow(_ReadOnlyArrays):
     penalty_us: np.ndarray
     guarded: np.ndarray
     base_us: float
+    defer_factor: float = 1.0
 
     phase = "prefill"
 
@@ -295,10 +301,8 @@ class PrefillWindow(_ReadOnlyArrays):
                 raise InvalidInputError("len(load_us)", residual.shape[0], f"{units}")
         age_scale = check_number("age_scale_s", age_scale_s, strict_min=True)
         weight = 1.0 + np.maximum(now - arrival, 0.0) / age_scale
-        penalty = weight * (
-            check_number("defer_factor", defer_factor) * cost
-            + check_number("defer_cost_us", defer_cost_us)
-        )
+        factor = check_number("defer_factor", defer_factor)
+        penalty = weight * (factor * cost + check_number("defer_cost_us", defer_cost_us))
         guarded = deadline <= now + check_number("guard_horizon_s", guard_horizon_s)
         return cls(
             new_tokens=_frozen(new), cached_tokens=_frozen(cached), arrival_s=_frozen(arrival),
@@ -310,6 +314,7 @@ class PrefillWindow(_ReadOnlyArrays):
             cost_us=_frozen(cost), residual_us=_frozen(residual),
             room_tokens=_frozen(np.maximum(capacity - load, 0)), weight=_frozen(weight),
             penalty_us=_frozen(penalty), guarded=_frozen(guarded), base_us=base,
+            defer_factor=factor,
         )
 
 

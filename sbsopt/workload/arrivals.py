@@ -38,8 +38,23 @@ def synthetic_arrivals(
         ``poisson``: exponential gaps. ``gamma``: Gamma gaps with coefficient of variation
         ``cv`` (shape ``1/cv**2``). ``onoff``: Poisson bursts during ``on_s`` seconds
         separated by silent ``off_s`` seconds, the on-rate raised so the mean stays ``rate``.
+    cv : float, default 2.0
+        Coefficient of variation of the ``gamma`` gaps.
+    on_s, off_s : float, default 10.0
+        Lengths of the ``onoff`` periods.
     seed : int, Generator or None
         Seed of the gaps.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``n`` non-decreasing arrival times (float64), the first at 0 s for ``poisson`` and
+        ``gamma``.
+
+    Raises
+    ------
+    InvalidInputError
+        If ``process`` is unknown or a number is out of range.
 
     Examples
     --------

@@ -41,7 +41,21 @@ class PrefixCache:
         self._blocks: OrderedDict[int, None] = OrderedDict()
 
     def lookup(self, hashes: np.ndarray, *, input_tokens: int) -> int:
-        """Cached prefix tokens for a request (at most ``input_tokens - 1``: one token is recomputed)."""
+        """Cached prefix tokens for a request.
+
+        Parameters
+        ----------
+        hashes : numpy.ndarray of int
+            The request's KV-block hashes, in prompt order.
+        input_tokens : int
+            The request's prompt length.
+
+        Returns
+        -------
+        int
+            Tokens of the longest cached prefix of whole blocks, at most ``input_tokens - 1``
+            (the last prompt token is always recomputed to produce the first output token).
+        """
         matched = 0
         for h in hashes.tolist():
             if h not in self._blocks:
@@ -50,7 +64,13 @@ class PrefixCache:
         return max(0, min(matched * self.block_tokens, input_tokens - 1))
 
     def insert(self, hashes: np.ndarray) -> None:
-        """Insert (or refresh) a request's blocks, evicting least-recently used ones."""
+        """Insert (or refresh) a request's blocks, evicting least-recently used ones.
+
+        Parameters
+        ----------
+        hashes : numpy.ndarray of int
+            The request's KV-block hashes, in prompt order.
+        """
         if self.capacity_blocks == 0:
             return
         blocks = self._blocks

@@ -79,7 +79,36 @@ class Workload:
         block_hashes=None,
         name: str = "workload",
     ) -> Workload:
-        """Validated constructor (sorts by arrival, stable); lengths must be >= 1."""
+        """Validated constructor: sorts by arrival (stable) and shifts the first arrival to 0.
+
+        Parameters
+        ----------
+        arrival_s : array_like of float
+            Arrival times in seconds (finite, any order).
+        input_tokens, output_tokens : array_like of int
+            Prompt and generation lengths, each >= 1, one per arrival.
+        block_hashes : sequence of array_like of int, optional
+            Per request, the hashes of its prompt's KV blocks (for prefix caching).
+        name : str, default "workload"
+            Label carried into results.
+
+        Returns
+        -------
+        Workload
+            The requests in arrival order.
+
+        Raises
+        ------
+        InvalidInputError
+            If the arrays differ in length or are not 1-D, an arrival is not finite, or a
+            length is below 1.
+
+        Examples
+        --------
+        >>> wl = Workload.from_arrays([2.0, 1.0], [100, 200], [5, 6], name="two")
+        >>> wl.arrival_s.tolist(), wl.input_tokens.tolist()
+        ([0.0, 1.0], [200, 100])
+        """
         arrival = np.asarray(arrival_s, dtype=np.float64)
         inp = np.asarray(input_tokens, dtype=np.int64)
         out = np.asarray(output_tokens, dtype=np.int64)
@@ -105,19 +134,72 @@ class Workload:
         return len(self.arrival_s)
 
     def scaled(self, factor: float) -> Workload:
-        """Same requests at ``factor`` times the arrival rate (arrival times divided by it)."""
+        """Same requests at ``factor`` times the arrival rate (arrival times divided by it).
+
+        Parameters
+        ----------
+        factor : float
+            Rate multiplier, > 0.
+
+        Returns
+        -------
+        Workload
+            A copy with rescaled arrival times.
+
+        Raises
+        ------
+        InvalidInputError
+            If ``factor`` is not a positive number.
+        """
         factor = check_number("factor", factor, strict_min=True)
         return replace(self, arrival_s=self.arrival_s / factor)
 
     def with_rate(self, rate_req_s: float) -> Workload:
-        """Same requests rescaled to a mean rate of ``rate_req_s`` requests/s."""
+        """Same requests rescaled to a mean rate of ``rate_req_s`` requests/s.
+
+        Parameters
+        ----------
+        rate_req_s : float
+            Target mean rate, > 0. Requests that all arrive at once are spread evenly instead.
+
+        Returns
+        -------
+        Workload
+            A copy with rescaled arrival times.
+
+        Raises
+        ------
+        InvalidInputError
+            If ``rate_req_s`` is not a positive number.
+
+        Examples
+        --------
+        >>> Workload.from_arrays([0.0, 1.0, 2.0], [1, 1, 1], [1, 1, 1]).with_rate(4.0).rate_req_s
+        4.0
+        """
         rate = check_number("rate", rate_req_s, strict_min=True)
         if len(self) < 2 or self.arrival_s[-1] <= 0.0:
             return replace(self, arrival_s=np.arange(len(self), dtype=np.float64) / rate)
         return self.scaled(rate / self.rate_req_s)
 
     def head(self, limit: int) -> Workload:
-        """The first ``limit`` requests."""
+        """The first ``limit`` requests.
+
+        Parameters
+        ----------
+        limit : int
+            How many to keep, >= 1 (all of them when there are fewer).
+
+        Returns
+        -------
+        Workload
+            A copy holding the first ``limit`` requests.
+
+        Raises
+        ------
+        InvalidInputError
+            If ``limit`` is not an integer >= 1.
+        """
         limit = check_int("limit", limit, minimum=1)
         hashes = None if self.block_hashes is None else self.block_hashes[:limit]
         return replace(
@@ -167,10 +249,17 @@ def load_trace(
     prefix_cache : bool, optional
         Keep block hashes (default: only when the trace has them); ``False`` drops them.
 
+    Returns
+    -------
+    Workload
+        The requests in arrival order, the first arriving at 0 s.
+
     Raises
     ------
     TraceFormatError
         A bad line: names the file, line number, field and value.
+    InvalidInputError
+        An unknown trace name or a bad option value.
 
     Examples
     --------
@@ -235,7 +324,9 @@ def _int_field(path: Path, line: int, fieldname: str, text: str, minimum: int) -
 
 
 def _load_azure(path: Path, name: str, limit: int | None) -> Workload:
-    times, inputs, outputs = [], [], []
+    times: list[float] = []
+    inputs: list[int] = []
+    outputs: list[int] = []
     with path.open("r", encoding="utf-8", newline="") as handle:
         reader = csv.reader(handle)
         next(reader)
@@ -260,7 +351,10 @@ def _load_azure(path: Path, name: str, limit: int | None) -> Workload:
 def _load_mooncake(
     path: Path, name: str, limit: int | None, rng: np.random.Generator, jitter_s: float
 ) -> Workload:
-    times, inputs, outputs, hashes = [], [], [], []
+    times: list[float] = []
+    inputs: list[int] = []
+    outputs: list[int] = []
+    hashes: list[list[int]] = []
     with path.open("r", encoding="utf-8") as handle:
         for line, text in enumerate(handle, start=1):
             if limit is not None and len(times) >= limit:
@@ -299,7 +393,8 @@ def _load_lengths(
     arrival: str,
     cv: float,
 ) -> Workload:
-    inputs, outputs = [], []
+    inputs: list[int] = []
+    outputs: list[int] = []
     with path.open("r", encoding="utf-8", newline="") as handle:
         reader = csv.reader(handle)
         next(reader)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from sbsopt._resources import models_dir
 from sbsopt.costmodel.cards import load_hardware_card, load_model_card
 from sbsopt.errors import InvalidInputError, ModelCardError
 
@@ -69,3 +70,25 @@ def test_bad_coefficients_file_names_field(tmp_path) -> None:
     path.write_text("{not json")
     with pytest.raises(ModelCardError, match="valid JSON"):
         load_coefficients(path)
+
+
+@pytest.mark.parametrize("name", ["h100", "h200"])
+def test_bundled_hopper_cards_load(name: str) -> None:
+    card = load_hardware_card(name)
+    assert card.sms == 132 and card.nvlink_Bps > load_hardware_card("h800").nvlink_Bps
+
+
+def test_card_missing_a_field_names_file_and_field(tmp_path) -> None:
+    text = (models_dir() / "h200.toml").read_text()
+    bad = tmp_path / "my_gpu.toml"
+    bad.write_text("\n".join(line for line in text.splitlines() if not line.startswith("hbm_bw_Bps")))
+    with pytest.raises(ModelCardError, match=r"my_gpu.toml.*hardware.hbm_bw_Bps"):
+        load_hardware_card(bad)
+
+
+def test_cli_rejects_a_bad_hardware_card(tmp_path) -> None:
+    from sbsopt.cli import main
+
+    bad = tmp_path / "broken.toml"
+    bad.write_text('name = "broken"\n[hardware]\nsms = 132\n')
+    assert main(["cost", "--hardware", str(bad)]) == 2

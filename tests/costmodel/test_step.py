@@ -63,8 +63,8 @@ def test_numba_kernel_matches_numpy_reference(cm) -> None:
     pairs = load * rng.uniform(0, 8000, size=load.shape)
     reqs = np.ceil(load / 4096)
     t = cm._prefill
-    fast = _kernels.step_many(load, pairs, reqs, t.own, t.routed, t.dense, t.constants)
-    ref = _kernels.step_many_reference(load, pairs, reqs, t.own, t.routed, t.dense, t.constants)
+    fast = _kernels.step_many(load, pairs, reqs, t.a0, t.a1, t.shared, t.routed, t.dense, t.constants)
+    ref = _kernels.step_many_reference(load, pairs, reqs, t.a0, t.a1, t.shared, t.routed, t.dense, t.constants)
     np.testing.assert_allclose(fast, ref, rtol=1e-10)
 
 
@@ -155,6 +155,24 @@ def test_linearisations_track_the_model(cm) -> None:
     assert np.median(errors) < 0.10
     d = cm.decode_coefficients()
     assert d.us_per_kv_token > 0 and d.base_us > 0
+
+
+def test_decode_linearisation_counts_the_mtp_layer(cm) -> None:
+    # where core attention is not hidden behind the combine, the step is exactly linear in the
+    # KV tokens read: the slope of the MTP step is every layer's, the MTP module's included
+    d = cm.decode_coefficients(mtp_acceptance=0.85)
+    assert d == cm.decode_coefficients(query_tokens=2)
+    assert cm.decode_coefficients(mtp_acceptance=0.0) == cm.decode_coefficients()
+    batch = np.full(EP, 64.0)
+    low, high = 64 * 4096.0, 64 * 8192.0
+    slope = (cm.decode_step_us(batch, np.full(EP, high), 2) - cm.decode_step_us(batch, np.full(EP, low), 2)) / (
+        high - low)
+    assert d.us_per_kv_token == pytest.approx(slope, rel=1e-6)
+    plain = cm.decode_coefficients()
+    plain_slope = (cm.decode_step_us(batch, np.full(EP, high)) - cm.decode_step_us(batch, np.full(EP, low))) / (
+        high - low)
+    assert plain.us_per_kv_token == pytest.approx(plain_slope, rel=1e-6)
+    assert d.base_us > plain.base_us and d.us_per_request > plain.us_per_request
 
 
 @pytest.mark.parametrize(

@@ -21,8 +21,9 @@ def _json(capsys, argv):
 
 def test_plan_capacity_json_and_out(capsys, tmp_path):
     out = tmp_path / "runs.csv"
-    # 1 s TTFT: at the 2 s default, 600 requests stay within the SLO even as one burst.
-    d = _json(capsys, ["plan", "capacity", *COMMON, "--ttft-slo-ms", "1000", "--tolerance", "10", "--rate-min", "2",
+    # 1 s TTFT and 2.5 s of arrivals: a steady window (a 1.5 s one is refused as a burst)
+    d = _json(capsys, ["plan", "capacity", *COMMON, "--duration-s", "2.5", "--ttft-slo-ms", "1000", "--tolerance",
+                       "10", "--rate-min", "2",
                        "--rate-max", "200", "--json", "--out", str(out)])
     assert {"max_rate_req_s", "tolerance_req_s", "confirm", "gpus"} <= set(d)
     assert d["tolerance_req_s"] == 10 and d["gpus"] == 176
@@ -42,7 +43,8 @@ def test_plan_instances_json_and_parquet(capsys, tmp_path):
 
 
 def test_plan_capacity_table_output(capsys):
-    assert main(["plan", "capacity", *COMMON, "--tolerance", "20", "--rate-min", "2", "--rate-max", "200"]) == 0
+    assert main(["plan", "capacity", *COMMON, "--duration-s", "2.5", "--ttft-slo-ms", "1000", "--tolerance", "20",
+                 "--rate-min", "2", "--rate-max", "200"]) == 0
     text = capsys.readouterr().out
     assert "max rate req/s" in text and "tolerance" in text
 

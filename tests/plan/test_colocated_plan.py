@@ -9,7 +9,7 @@ import pytest
 from sbsopt.cli import main
 from sbsopt.plan import SLO, Policy, max_rate, run_one, sweep
 from sbsopt.sim import ClusterConfig, simulate
-from sbsopt.sim.batching import make_policy
+from sbsopt.sim.batching import make_iteration_policy
 from sbsopt.sim.colocated import default_colocated_ep
 from sbsopt.workload import load_trace
 
@@ -37,11 +37,15 @@ def _rerun(trace, rate):
 
 def test_colocated_fairbatching_max_rate_is_confirmed_and_bracketed(trace, one_engine):
     s = one_engine.search
-    assert s.feasible and s.bounded and s.fail_rate_req_s - s.rate_req_s <= s.tolerance_req_s
+    assert s.feasible and s.rate_req_s <= one_engine.saturation_req_s
     assert one_engine.gpus == EP and s.confirm["gpus"] == EP
-    passing, failing = _rerun(trace, s.rate_req_s), _rerun(trace, s.fail_rate_req_s)
-    assert SLO_2S.meets(passing) and not SLO_2S.meets(failing)
-    assert passing["slo_attainment"] == s.confirm["slo_attainment"]
+    passing = _rerun(trace, s.rate_req_s)
+    assert SLO_2S.meets(passing) and passing["slo_attainment"] == s.confirm["slo_attainment"]
+    if s.bounded:
+        assert s.fail_rate_req_s - s.rate_req_s <= s.tolerance_req_s
+        assert not SLO_2S.meets(_rerun(trace, s.fail_rate_req_s))
+    else:  # the SLO held up to saturation: the answer is capped there, never above it
+        assert one_engine.capped and not one_engine.bounded
 
 
 def test_colocated_more_engines_do_not_lower_the_rate(trace, one_engine):
@@ -52,10 +56,10 @@ def test_colocated_more_engines_do_not_lower_the_rate(trace, one_engine):
 def test_run_one_passes_mode_and_policy_to_the_simulator(trace):
     row = _rerun(trace, 100.0)
     direct = simulate(trace.head(201), cluster=ClusterConfig(prefill_instances=1, prefill_ep=EP), router="fair_load",
-                      rate=100.0, mode="colocated", batching=make_policy("fairbatching", tpot_slo_s=0.1))
+                      rate=100.0, mode="colocated", batching=make_iteration_policy("fairbatching", tpot_slo_s=0.1))
     summary = direct.summary(ttft_slo_ms=2000, tpot_slo_ms=100)
     assert row["ttft_p90_ms"] == summary["ttft_ms"]["p90"] and row["completed"] == summary["completed"]
-    assert row["slo_attainment"] == summary["slo_attainment"]["both"]
+    assert row["slo_attainment"] == summary["slo_attainment"]
 
 
 def test_colocated_sweep_over_batching_policies():
@@ -70,7 +74,8 @@ def test_colocated_sweep_over_batching_policies():
 
 
 def test_plan_cli_colocated_fairbatching(capsys):
-    argv = ["--trace", "azure-conv", "--limit", "600", "--duration-s", "2", "--router", "fair_load",
+    # 2 s TTFT: the window must span 4 s of arrivals to be a steady state, not a burst
+    argv = ["--trace", "azure-conv", "--limit", "600", "--duration-s", "4", "--router", "fair_load",
             "--mode", "colocated", "--batching", "fairbatching", "--backend", "serial", "--json"]
     assert main(["plan", "capacity", *argv, "--instances", "1", "--ep", str(EP), "--tolerance", "25",
                  "--rate-min", "1", "--rate-max", "1000"]) == 0

@@ -8,7 +8,6 @@ also run with one and with two pool workers: its results must not depend on the 
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import subprocess
 import sys
@@ -48,6 +47,7 @@ _PRELUDE = textwrap.dedent(
 
 _SOLVER = textwrap.dedent(
     """
+    from sbsopt.kvblocks import request_kv_blocks
     from sbsopt.window import DecodeWindow, PrefillWindow, solve
 
     def result_json(r):
@@ -67,9 +67,9 @@ _SOLVER = textwrap.dedent(
             load_tokens=rng.integers(0, 4_000, j), now_s=0.25)
         context = rng.integers(100, 60_000, n)
         decode = DecodeWindow.from_arrays(
-            context, (context + 63) // 64, batch_size=rng.integers(0, 32, j),
+            context, request_kv_blocks(context), batch_size=rng.integers(0, 32, j),
             max_batch_size=np.full(j, 64), kv_blocks_used=rng.integers(0, 5_000, j),
-            free_kv_blocks=np.full(j, int(((context + 63) // 64).sum())))
+            free_kv_blocks=np.full(j, int(request_kv_blocks(context).sum())))
         methods = ("greedy", "cpsat", "auto") if n <= 16 else ("greedy",)
         for problem in (prefill, decode):
             for method in methods:
@@ -128,40 +128,28 @@ def _run(script: str, hash_seed: str, *args: str) -> str:
     return result.stdout
 
 
-def _needs(module: str, attribute: str) -> None:
-    if importlib.util.find_spec(module) is None or not hasattr(
-        __import__(module, fromlist=[attribute]), attribute
-    ):
-        pytest.skip(f"{module}.{attribute} is not written yet")
-
-
 def _first_difference(a: str, b: str) -> str:
     k = next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
     return f"first difference at byte {k}: {a[max(0, k - 80):k + 80]!r} vs {b[max(0, k - 80):k + 80]!r}"
 
 
 def test_solver_is_byte_identical_across_processes() -> None:
-    _needs("sbsopt.window", "solve")
     first, second = _run(_SOLVER, "0"), _run(_SOLVER, "4242")
     assert first == second, _first_difference(first, second)
 
 
 def test_simulator_is_byte_identical_across_processes() -> None:
-    _needs("sbsopt.sim", "simulate")
-    _needs("sbsopt.workload", "load_trace")
     first, second = _run(_SIMULATOR, "0"), _run(_SIMULATOR, "4242")
     assert first == second, _first_difference(first, second)
 
 
 def test_sweep_is_byte_identical_across_processes_and_worker_counts() -> None:
-    _needs("sbsopt.plan", "sweep")
     serial, pooled = _run(_PLANNER, "0", "1", "sweep"), _run(_PLANNER, "4242", "2", "sweep")
     assert serial == pooled, _first_difference(serial, pooled)
 
 
 @pytest.mark.slow
 def test_max_rate_is_byte_identical_across_processes_and_worker_counts() -> None:
-    _needs("sbsopt.plan", "max_rate")
     serial, pooled = _run(_PLANNER, "0", "1", "max_rate"), _run(_PLANNER, "4242", "2", "max_rate")
     assert serial == pooled, _first_difference(serial, pooled)
     again = _run(_PLANNER, "7", "2", "max_rate")

@@ -10,7 +10,6 @@ stream; the 100,000-line run is marked ``slow``, a shorter one runs by default.
 from __future__ import annotations
 
 import copy
-import importlib.util
 import json
 import math
 import os
@@ -22,9 +21,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
-if importlib.util.find_spec("sbsopt.cli.oracle") is None:  # pragma: no cover - until it lands
-    pytest.skip("sbsopt.cli.oracle is not written yet", allow_module_level=True)
 
 # The console script, run by this interpreter (``python -m sbsopt.cli`` has no __main__).
 _ENTRY = "import sys; from sbsopt.cli import main; sys.exit(main())"

@@ -8,13 +8,13 @@ calibrated step times.
 from __future__ import annotations
 
 import json
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from sbsopt.costmodel import DecodeCoefficients, PrefillCoefficients
 from sbsopt.sim import ClusterConfig, FaultSpec, SchedulerConfig, simulate
 from sbsopt.workload import Workload, synthetic_arrivals
 
@@ -31,11 +31,11 @@ class _FixedModel:
         return 5_000.0
 
     def prefill_coefficients(self):
-        return SimpleNamespace(base_us=20_000.0, alpha_us_per_token=10.0, beta_us_per_pair=0.0,
-                               gamma_us_per_request=0.0)
+        return PrefillCoefficients(base_us=20_000.0, alpha_us_per_token=10.0, beta_us_per_pair=0.0,
+                                   gamma_us_per_request=0.0)
 
-    def decode_coefficients(self):
-        return SimpleNamespace(base_us=5_000.0, us_per_request=0.0, us_per_kv_token=0.0)
+    def decode_coefficients(self, query_tokens=1):
+        return DecodeCoefficients(base_us=5_000.0, us_per_request=0.0, us_per_kv_token=0.0)
 
     def kv_transfer_us(self, tokens):
         return 2_000.0

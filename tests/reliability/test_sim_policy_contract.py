@@ -1,4 +1,4 @@
-"""A batching policy is user code: the simulator refuses answers outside its protocol.
+"""A prefill chunking is user code: the simulator refuses answers outside its protocol.
 
 ``form_prefill`` must give each queued request at most one chunk of ``0 < n <= remaining``
 tokens and stay within the unit's budget; ``admit_decode`` must admit at most the waiting
@@ -12,7 +12,7 @@ import pytest
 
 from sbsopt.errors import SimulationError
 from sbsopt.sim import ClusterConfig, simulate
-from sbsopt.sim.engine import ChunkedPrefill
+from sbsopt.sim.chunking import ChunkedPrefill
 from sbsopt.workload import load_trace
 
 

@@ -12,12 +12,8 @@ from __future__ import annotations
 
 import pytest
 
-sim = pytest.importorskip("sbsopt.sim")
-if not hasattr(sim, "simulate"):  # pragma: no cover - until the simulator lands
-    pytest.skip("sbsopt.sim.simulate is not written yet", allow_module_level=True)
-
-from sbsopt.sim import ClusterConfig, SchedulerConfig, simulate  # noqa: E402
-from sbsopt.workload import load_trace  # noqa: E402
+from sbsopt.sim import ClusterConfig, SchedulerConfig, simulate
+from sbsopt.workload import load_trace
 
 
 def _account(summary: dict, n: int) -> None:

@@ -13,13 +13,11 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-window = pytest.importorskip("sbsopt.window")
-if not hasattr(window, "solve"):  # pragma: no cover - until the window package lands
-    pytest.skip("sbsopt.window.solve is not written yet", allow_module_level=True)
+from sbsopt import window
+from sbsopt.kvblocks import chunk_kv_blocks, request_kv_blocks
 
 _SETTINGS = {
     "deadline": None,
@@ -89,7 +87,7 @@ def decode_windows(draw: st.DrawFn, *, max_requests: int = 24, max_units: int = 
     else:
         context = draw(st.lists(st.integers(1, ctx_hi), min_size=n, max_size=n))
     context = np.array(context, np.int64)
-    kv = (context + 63) // 64
+    kv = request_kv_blocks(context)
     max_batch = np.array(draw(st.lists(st.integers(1, 256), min_size=j, max_size=j)), np.int64)
     batch = np.array([draw(st.integers(0, int(m))) for m in max_batch], np.int64)
     used = np.array(draw(st.lists(st.integers(0, 50_000), min_size=j, max_size=j)), np.int64)
@@ -127,15 +125,15 @@ def validate_prefill(spec: dict, result: object) -> None:
     chunk_units = [int(assignment[i]) for i in chunks]
     assert len(set(chunk_units)) == len(chunk_units), "more than one chunk on a unit"
     if kv is None:  # the documented default: new tokens only, cached prefix blocks are resident
-        kv = -(-new // 64)
+        kv = request_kv_blocks(new)
     for unit in range(j):
         mine = np.flatnonzero(assignment == unit)
         placed = sum(chunks.get(int(i), int(new[i])) for i in mine)
         assert placed <= room[unit], f"unit {unit}: {placed} tokens > room {room[unit]}"
         if free is not None:
             # A chunk holds its KV pro rata (rounded up), as documented in the README.
-            blocks = sum(-(-chunks[int(i)] * int(kv[i]) // int(new[i])) if int(i) in chunks
-                         else int(kv[i]) for i in mine)
+            blocks = sum(chunk_kv_blocks(chunks[int(i)], int(kv[i]), int(new[i]))
+                         if int(i) in chunks else int(kv[i]) for i in mine)
             assert blocks <= free[unit], f"unit {unit}: KV over-admitted ({blocks} > {free[unit]})"
     deadline = kw.get("deadline_s")
     if deadline is not None and result.status in _SOLVED:

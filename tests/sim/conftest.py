@@ -31,7 +31,7 @@ class FakeModel:
         return SimpleNamespace(base_us=self.base_us, alpha_us_per_token=self.per_token_us,
                                beta_us_per_pair=0.0, gamma_us_per_request=0.0)
 
-    def decode_coefficients(self):
+    def decode_coefficients(self, query_tokens=1):
         return SimpleNamespace(base_us=self.dbase_us, us_per_request=0.0, us_per_kv_token=self.per_kv_us)
 
     def kv_transfer_us(self, tokens):

@@ -14,7 +14,7 @@ from sbsopt.sim.batching import (
     SarathiPolicy,
     fairbatching_plan,
     load_estimate_us,
-    make_policy,
+    make_iteration_policy,
     sarathi_plan,
 )
 
@@ -226,8 +226,10 @@ def test_policies_do_not_mutate_the_snapshot() -> None:
 
 
 def test_bad_inputs_raise_typed_errors() -> None:
-    with pytest.raises(InvalidInputError, match="batching = 'fifo'"):
-        make_policy("fifo")
+    with pytest.raises(InvalidInputError, match="batching = 'fifo'.*default, sarathi, fairbatching in colocated mode"):
+        make_iteration_policy("fifo")
+    with pytest.raises(InvalidInputError, match="sarathi option = 'max_tokens'"):
+        make_iteration_policy("sarathi", max_tokens=1024)
     with pytest.raises(InvalidInputError, match="decode_rank"):
         EngineSnapshot.from_arrays(decode_deadline_s=[0.1], decode_context_tokens=[1], decode_rank=[2])
     with pytest.raises(InvalidInputError, match=r"prefill_remaining_tokens\[0\]"):

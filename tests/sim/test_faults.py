@@ -20,7 +20,8 @@ from sbsopt.workload import Workload, synthetic_arrivals
 
 def _cluster(**kwargs):
     base = dict(prefill_instances=2, decode_instances=2, prefill_ep=2, decode_ep=2,
-                chunk_tokens=1024, max_decode_batch=8, idle_stepping=False)
+                chunk_tokens=1024, max_decode_batch=8, idle_stepping=False,
+                mtp_acceptance=0.0)  # one token per step: the step-by-step references
     base.update(kwargs)
     return ClusterConfig(**base)
 

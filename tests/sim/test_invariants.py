@@ -4,7 +4,8 @@ import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sbsopt.sim import ROUTERS, ClusterConfig, SchedulerConfig, simulate
+from sbsopt.kvblocks import request_kv_blocks
+from sbsopt.sim import ClusterConfig, SchedulerConfig, routers_for, simulate
 from sbsopt.sim.config import INTERVALS
 from sbsopt.workload import Workload
 
@@ -21,7 +22,7 @@ def _workloads(draw):
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     wl=_workloads(),
-    router=st.sampled_from(ROUTERS),
+    router=st.sampled_from(routers_for("disaggregated")),
     interval=st.sampled_from(INTERVALS),
     horizon=st.one_of(st.none(), st.floats(0.01, 2.0)),
     report=st.sampled_from([0.0, 0.01, 0.2]),
@@ -48,7 +49,23 @@ def test_requests_are_conserved(fake_model, wl, router, interval, horizon, repor
     if horizon is None:
         assert s["in_flight"] == 0
         kv_too_large = (wl.output_tokens > 1) & (
-            -(-(wl.input_tokens + wl.output_tokens) // 64) > kv_tokens // 64
+            request_kv_blocks(wl.input_tokens + wl.output_tokens, cluster.kv_block_tokens)
+            > kv_tokens // cluster.kv_block_tokens
         )  # a single-token answer comes from prefill and never needs decode KV
         too_long = (wl.input_tokens > 5000) | kv_too_large
         assert s["rejected"] == int(too_long.sum())
+
+
+def test_mtp_acceptance_shortens_decode_per_token() -> None:
+    """With MTP a decode step yields 1 + acceptance tokens: TPOT falls though each step is longer."""
+    from sbsopt.sim import ClusterConfig, simulate
+    from sbsopt.workload import load_trace
+
+    wl = load_trace("azure-conv", limit=40).with_rate(20.0)
+    tpot = {}
+    for rate in (0.0, 0.9):
+        cluster = ClusterConfig(prefill_instances=1, decode_instances=1, mtp_acceptance=rate)
+        summary = simulate(wl, cluster=cluster, router="round_robin", seed=0).summary()
+        assert summary["completed"] == 40
+        tpot[rate] = summary["tpot_ms"]["mean"]
+    assert tpot[0.9] < tpot[0.0]

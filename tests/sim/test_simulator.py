@@ -10,7 +10,8 @@ IMMEDIATE = ["round_robin", "least_requests", "least_tokens", "vllm_score", "sho
 
 def _small_cluster(**kwargs):
     base = dict(prefill_instances=2, decode_instances=1, prefill_ep=2, decode_ep=2,
-                chunk_tokens=1024, max_decode_batch=8)
+                chunk_tokens=1024, max_decode_batch=8,
+                mtp_acceptance=0.0)  # one token per step: the step-by-step references
     base.update(kwargs)
     return ClusterConfig(**base)
 

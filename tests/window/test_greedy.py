@@ -38,7 +38,8 @@ def _assert_kernel_matches_reference(problem, order):
     expected = _kernels.prefill_greedy_py(
         *_prefill_args(problem, order), chunking=problem.allow_chunking,
         cached=problem.cached_tokens, alpha=c.alpha_us_per_token, beta=c.beta_us_per_pair,
-        gamma=c.gamma_us_per_request, min_chunk=problem.min_chunk_tokens)
+        gamma=c.gamma_us_per_request, min_chunk=problem.min_chunk_tokens,
+        carry=problem.weight * problem.defer_factor)
     np.testing.assert_array_equal(assignment, expected[0])
     np.testing.assert_array_equal(chunk_tokens, expected[1])
 
@@ -88,7 +89,8 @@ def test_chunk_fill_matches_reference(cat, seed: int) -> None:
                                   problem.kv_blocks, problem.penalty_us, problem.room_tokens,
                                   problem.free_kv_blocks, problem.residual_us, problem.instance,
                                   c.alpha_us_per_token, c.beta_us_per_pair,
-                                  c.gamma_us_per_request, 1, used=np.flatnonzero(used).tolist())
+                                  c.gamma_us_per_request, 1, used=np.flatnonzero(used).tolist(),
+                                  carry=problem.weight * problem.defer_factor)
     np.testing.assert_array_equal(fast[0], slow[0])
     np.testing.assert_array_equal(fast[1], slow[1])
 
@@ -180,7 +182,8 @@ def test_best_of_kernel_matches_the_python_passes(cat, seed: int) -> None:
         problem.kv_blocks, problem.penalty_us, problem.guarded, problem.room_tokens,
         problem.free_kv_blocks, problem.residual_us, problem.instance, problem.n_instances,
         problem.base_us, problem.allow_chunking, c.alpha_us_per_token, c.beta_us_per_pair,
-        c.gamma_us_per_request, problem.min_chunk_tokens, 5)
+        c.gamma_us_per_request, problem.min_chunk_tokens, problem.weight * problem.defer_factor,
+        5)
     assert value == pytest.approx(passes[best][2], rel=1e-12)
     np.testing.assert_array_equal(assignment, passes[best][0])
     assert {int(i): int(k) for i, k in enumerate(chunk_tokens) if k} == passes[best][1]
@@ -227,20 +230,26 @@ def test_priority_order_is_lexsort(seed: int) -> None:
                                   np.lexsort((tie, key, ~guarded)))
 
 
-def test_step_chunk_is_trimmed_to_where_its_marginal_cost_meets_its_penalty() -> None:
-    """A 5000-token prompt chunked on its own unit: a chunk of k tokens takes k + k**2/200
-    there and removes 26.2 per token of deferral, so the best chunk is k = 2520 (objective
-    99248, which the bound proves), not the 4000 tokens of room (110200)."""
+def test_a_chunk_takes_its_whole_room_when_the_request_fits_no_unit() -> None:
+    """A 5000-token prompt on units of 4000 tokens: shrinking its chunk would move tokens to
+    the remainder, priced above the step time they save, so the chunk fills the room, which
+    the objective over every chunk size confirms."""
     from types import SimpleNamespace
+
+    from sbsopt.window import objective
 
     c = SimpleNamespace(base_us=0.0, alpha_us_per_token=1.0, beta_us_per_pair=0.01,
                         gamma_us_per_request=0.0)
     w = PrefillWindow.from_arrays([5000, 500, 500, 500], [0] * 4, [0.0] * 4,
                                   capacity_tokens=[4000, 4000], coefficients=c, now_s=0.0)
     result = solve(w, method="greedy")
-    assert result.chunks == {0: 2520}
-    assert result.objective == pytest.approx(99248.0)
-    assert result.status.name == "OPTIMAL"
+    assert set(result.chunks) == {0}
+    k = result.chunks[0]
+    room = 4000 - int(w.new_tokens[result.assignment == result.assignment[0]].sum()) + 5000
+    assert k == room
+    sizes = range(100, k + 1, 100)
+    assert result.objective == pytest.approx(
+        min(objective(w, result.assignment, {0: size}) for size in sizes))
 
 
 @pytest.mark.parametrize("seed", range(40))
@@ -528,10 +537,10 @@ def test_exchange_search_stops_at_its_work() -> None:
 
 
 @pytest.mark.parametrize("guarded", [False, True])
-def test_a_prompt_that_alone_sets_the_step_is_trimmed_to_a_chunk(cat, guarded: bool) -> None:
-    """A 14,000-token prompt fits its unit whole but alone sets the step: its last tokens add
-    more step time than the deferral they remove, so the greedy places a chunk of the size
-    found by trying every size (a guarded prompt stays whole)."""
+def test_a_prompt_that_alone_sets_the_step_stays_whole(cat, guarded: bool) -> None:
+    """A 14,000-token prompt fits its unit whole and alone sets the step. A chunk would lower
+    the step, but its remainder needs another forward, priced at more than the step time it
+    saves: no chunk size beats the prompt whole, and the greedy keeps it whole."""
     from sbsopt.window import objective
 
     rng = np.random.default_rng(3)
@@ -541,12 +550,6 @@ def test_a_prompt_that_alone_sets_the_step_is_trimmed_to_a_chunk(cat, guarded: b
                                   capacity_tokens=np.full(4, 16_384), coefficients=cat.PREFILL,
                                   allow_chunking=True, now_s=0.1, deadline_s=deadline)
     result = solve(w, method="greedy")
-    others = {i: k for i, k in result.chunks.items() if i != 0}
-    whole = objective(w, result.assignment, others)
-    best = min(objective(w, result.assignment, {**others, 0: k}) for k in range(100, 14_000, 100))
-    if guarded:
-        assert 0 not in result.chunks and result.objective == pytest.approx(whole)
-    else:
-        assert 0 in result.chunks
-        assert result.objective <= best * (1 + 1e-6) < whole * 0.95
-        assert solve(w, method="cpsat", time_limit_s=0.2).objective <= result.objective
+    assert result.chunks == {} and (result.assignment >= 0).all()
+    best = min(objective(w, result.assignment, {0: k}) for k in range(100, 14_000, 100))
+    assert result.objective < best

@@ -62,10 +62,13 @@ def test_auto_stops_after_an_optimal_greedy(cat) -> None:
 
 
 def test_chunking_places_the_head_of_an_oversized_request(cat) -> None:
+    """A prompt no unit holds whole places a chunk that fills a unit. It has waited 10 ms:
+    fresh, a split's second gamma (600 us in this catalogue) would cost more than the share of
+    the fixed deferral price (1000 us) its chunk removes, so one window's deferral would win."""
     from sbsopt.window import PrefillWindow, validate_assignment
 
     w = PrefillWindow.from_arrays([20_000], [0], [0.0], capacity_tokens=[8192, 8192],
-                                  coefficients=cat.PREFILL)
+                                  coefficients=cat.PREFILL, now_s=0.01)
     for method in ("greedy", "cpsat", "auto"):
         result = solve(w, method=method, time_limit_s=0.5)
         validate_assignment(w, result)
@@ -257,3 +260,18 @@ def test_options_as_a_mapping_or_a_solve_options_give_the_same_answer(cat, rng) 
         assert as_mapping.stats["exchange_work"] == typed.stats["exchange_work"] > 0
     # integral floats (as JSON may carry them) are counts
     assert SolveOptions(local_search=50.0).local_search == 50
+
+
+@pytest.mark.parametrize("method", ["greedy", "cpsat", "auto"])
+def test_a_prompt_left_without_its_room_chunks_into_what_is_left(method: str) -> None:
+    """One unit of 10,000 tokens: a request waiting for 2 s (3,000 tokens) takes its room
+    first, and a fresh 9,000-token prompt chunks into the 7,000 tokens left (bundled cost
+    model), below both whole answers."""
+    from sbsopt.window import PrefillWindow, objective
+
+    w = PrefillWindow.from_arrays([9000, 3000], [0, 0], [2.0, 0.0], capacity_tokens=[10_000],
+                                  now_s=2.0)
+    result = solve(w, method=method)
+    assert result.assignment.tolist() == [0, 0] and result.chunks == {0: 7000}
+    assert result.objective < min(objective(w, np.array([-1, 0])),
+                                  objective(w, np.array([0, -1])))

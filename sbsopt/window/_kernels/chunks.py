@@ -2,8 +2,13 @@
 and the trim of the chunks on the instances' step units.
 
 A chunk is the first ``k < n`` tokens of a request, at most one per unit and per request,
-with KV blocks pro rata (``sbsopt.kvblocks``); its remainder stays deferred at
-``(n - k) / n`` of the request's penalty. ``spec = (cached, alpha, beta, gamma, min_chunk)``.
+with KV blocks pro rata (``sbsopt.kvblocks``). Its remainder needs at least one more forward,
+so it is priced as a deferral of its own (:func:`remainder_price`): its cost after the chunk's
+tokens, at the request's deferral weight, plus its share of the fixed deferral price. A chunk
+and its remainder then cost more than the whole request (a second ``gamma`` and that share,
+at least), so a request that fits whole is split only where the room it frees pays for it.
+``spec = (cached, alpha, beta, gamma, min_chunk, carry)``, ``carry`` the weight on a
+remainder's cost (age weight times ``defer_factor``).
 """
 
 from __future__ import annotations
@@ -16,7 +21,8 @@ from sbsopt._jit import njit
 from sbsopt.window._kernels.steps import top_three
 from sbsopt.window.kv_blocks import chunk_kv_blocks_nb, chunk_tokens_within_nb
 
-__all__ = ["chunk_cost", "chunkable_units", "chunk_now", "chunk_fill", "trim_step_chunks"]
+__all__ = ["chunk_cost", "remainder_price", "chunkable_units", "chunk_now", "chunk_fill",
+           "trim_step_chunks"]
 
 
 @njit(nogil=True)
@@ -26,16 +32,33 @@ def chunk_cost(k, cached, alpha, beta, gamma):  # pragma: no cover - compiled
     return alpha * k + beta * k * (cached + k / 2.0) + gamma
 
 
+@njit(nogil=True, inline="always")
+def remainder_price(k, n, penalty, carry, beta, gamma):  # pragma: no cover - compiled
+    """Deferral price of a request's tokens after its first ``k`` (``k = 0``: its penalty,
+    ``k = n``: 0), ``sbsopt.window.objective.remainder_price_us``.
+
+    For ``0 < k < n`` it is ``carry * cost(n - k after cached + k) + w * D * (n - k) / n``
+    (``penalty = w * (defer_factor * c + D)``), written as the penalty's token share plus
+    what the share misses: the remainder's tokens attend to the chunk's, and it pays its own
+    ``gamma`` in the next forward."""
+    if k >= n:
+        return 0.0
+    left = n - k
+    return penalty * left / n + carry * (beta * k * left / 2.0 + gamma * k / n)
+
+
 @njit(nogil=True)
 def _best_chunk(i, tokens, blocks, penalty, room, free, unit_time, inst, inst_max, used,
                 spec):  # pragma: no cover - compiled
     """Where the first chunk of request ``i`` lowers the objective most: ``(unit, tokens,
-    unit time after)``, unit -1 if nowhere. ``spec = (cached, alpha, beta, gamma, min_chunk)``.
+    unit time after)``, unit -1 if nowhere (``spec``: module docstring).
 
     A unit takes at most one chunk (``used``), of at most ``tokens - 1`` tokens and its room,
-    KV blocks pro rata (rounded up); the change is the step raise minus the share of the
-    deferral penalty removed (``penalty * k / tokens``), and it must be negative."""
-    cached, alpha, beta, gamma, min_chunk = spec
+    KV blocks pro rata (rounded up); the change is the step raise minus the deferral price
+    removed (the penalty less :func:`remainder_price`), and it must be negative. A larger
+    chunk removes more than it adds to the step when ``carry >= 1``, so each unit offers its
+    largest."""
+    cached, alpha, beta, gamma, min_chunk, carry = spec
     best = -1
     best_delta = 0.0
     best_k = 0
@@ -51,7 +74,8 @@ def _best_chunk(i, tokens, blocks, penalty, room, free, unit_time, inst, inst_ma
         if k < min_chunk or k <= 0:
             continue
         t = unit_time[j] + chunk_cost(k, cached[i], alpha, beta, gamma)
-        delta = max(0.0, t - inst_max[inst[j]]) - penalty[i] * k / tokens[i]
+        removed = penalty[i] - remainder_price(k, tokens[i], penalty[i], carry[i], beta, gamma)
+        delta = max(0.0, t - inst_max[inst[j]]) - removed
         if delta < best_delta:
             best, best_delta, best_k, best_time = j, delta, k, t
     return best, best_k, best_time
@@ -114,16 +138,16 @@ def chunk_fill(order, tokens, blocks, penalty, room, free, unit_time, inst, inst
 
 
 @njit(nogil=True)
-def _trimmed_size(k, t_without, target, cached, dens, alpha, beta, gamma,
+def _trimmed_size(k, n, t_without, target, cached, fixed, carry, alpha, beta, gamma,
                   min_chunk):  # pragma: no cover - compiled
-    """Chunk size below ``k`` for a step unit: the larger of the size whose marginal step
-    cost ``alpha + beta*(cached + k)`` equals its penalty per token ``dens`` and the size that
-    brings the unit's time down to ``target`` (0: no chunk; ``min_chunk`` at least). Sizes
-    are worked out as floats and clipped to ``[0, k]`` before they become integers."""
-    if beta > 0.0:
-        marginal = (dens - alpha) / beta - cached
-    else:
-        marginal = k if dens > alpha else 0.0
+    """Chunk size below ``k`` for a step unit of a request of ``n`` tokens (0: no chunk;
+    ``min_chunk`` at least). Shrinking it by a token saves its step cost ``alpha +
+    beta*(cached + k)`` and adds ``carry`` times that plus ``fixed / n`` to its remainder's
+    price (:func:`remainder_price`, ``fixed = w * D``), so with ``carry >= 1`` no size below
+    ``k`` pays for itself; the size tried is then the one that brings the unit's time down to
+    ``target``, kept only if the room it frees refills well. With ``carry < 1`` the larger of
+    that and the size where the two margins meet. Sizes are worked out as floats and clipped
+    to ``[0, k]`` before they become integers."""
     room = target - t_without - gamma  # time the chunk may take, gamma included
     if room <= 0.0:
         level = 0.0
@@ -132,7 +156,17 @@ def _trimmed_size(k, t_without, target, cached, dens, alpha, beta, gamma,
         level = (-b + math.sqrt(b * b + 2.0 * beta * room)) / beta
     else:
         level = room / alpha if alpha > 0.0 else k
-    size = int(math.floor(min(max(marginal, level, 0.0), k)))
+    size = level
+    if carry < 1.0:
+        # the step margin (1 - carry) * (alpha + beta*(cached + s)) meets fixed / n
+        dens = fixed / n / (1.0 - carry)
+        if beta > 0.0:
+            marginal = (dens - alpha) / beta - cached
+        else:
+            marginal = k if dens > alpha else 0.0
+        if marginal < k:
+            size = max(marginal, level)
+    size = int(math.floor(min(max(size, 0.0), k)))
     if 0 < size < min_chunk:
         size = min(min_chunk, k)
     return size
@@ -144,17 +178,16 @@ def trim_step_chunks(order, assignment, chunk_tokens, cost, tokens, blocks, pena
                      spec):  # pragma: no cover - compiled
     """Shrink the chunk on each instance's step unit, then refill the room it frees.
 
-    A chunk is sized by its room when it is placed, so on the unit that sets the step its last
-    tokens can raise the step by more than the penalty share they remove. The chunk shrinks to
-    the larger of the size where its marginal step cost meets its penalty per token and the
-    size that brings the unit down to the next unit of the instance; deferred whole requests
-    (in ``order``) then fill the freed room where their step raise is below their penalty.
-    A step unit without a chunk tries the same on its costliest whole request that is not
-    guarded, which then becomes its chunk (a 14,050-token prompt alone on the step unit of a
-    256 x 32 window: 5.7% off the objective as a 9,000-token chunk). The change is kept when
-    the objective drops, and repeated on the new step unit (at most once per unit); a guarded
-    request keeps a chunk. State is updated in place; returns the objective change (<= 0)."""
-    cached, alpha, beta, gamma, min_chunk = spec
+    Shrinking a chunk moves its tokens to the remainder, priced at least at what they save of
+    the step (:func:`_trimmed_size`), so a trim pays only through the room it frees or by
+    dropping a chunk whose step time is worth more than the deferral it removes. The chunk
+    shrinks to the size that brings the unit down to the next unit of the instance; deferred
+    whole requests (in ``order``) then fill the freed room where their step raise is below
+    their penalty. A step unit without a chunk tries the same on its costliest whole request
+    that is not guarded, which then becomes its chunk. The change is kept when the objective
+    drops, and repeated on the new step unit (at most once per unit); a guarded request keeps
+    a chunk. State is updated in place; returns the objective change (<= 0)."""
+    cached, alpha, beta, gamma, min_chunk, carry = spec
     n = tokens.shape[0]
     units = room.shape[0]
     refill = np.empty(n, np.int64)
@@ -184,15 +217,18 @@ def trim_step_chunks(order, assignment, chunk_tokens, cost, tokens, blocks, pena
             step = unit_time[top]
             t_without = step - (chunk_cost(k, cached[h], alpha, beta, gamma) if has_chunk
                                 else cost[h])
-            size = _trimmed_size(k, t_without, second, cached[h], penalty[h] / tokens[h],
-                                 alpha, beta, gamma, max(min_chunk, 1))
+            size = _trimmed_size(k, tokens[h], t_without, second, cached[h],
+                                 penalty[h] - carry[h] * cost[h], carry[h], alpha, beta, gamma,
+                                 max(min_chunk, 1))
             if size == 0 and guarded[h]:
                 size = min(max(min_chunk, 1), k)
             if size >= k:
                 break
             t = t_without + (chunk_cost(size, cached[h], alpha, beta, gamma) if size else 0.0)
             new_step = max(second, t)
-            delta = new_step - step + penalty[h] * (k - size) / tokens[h]
+            delta = (new_step - step
+                     + remainder_price(size, tokens[h], penalty[h], carry[h], beta, gamma)
+                     - remainder_price(k, tokens[h], penalty[h], carry[h], beta, gamma))
             room_left = room[top] + k - size
             free_left = (free[top] + chunk_kv_blocks_nb(k, blocks[h], tokens[h])
                          - chunk_kv_blocks_nb(size, blocks[h], tokens[h]))

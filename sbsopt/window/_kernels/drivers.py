@@ -7,7 +7,7 @@ import numpy as np
 
 from sbsopt._jit import njit
 from sbsopt.window._kernels.bounds import decode_analytic_bound, prefill_analytic_bound
-from sbsopt.window._kernels.chunks import chunk_fill, trim_step_chunks
+from sbsopt.window._kernels.chunks import chunk_fill, remainder_price, trim_step_chunks
 from sbsopt.window._kernels.decode import decode_iqr_lex, decode_min_step, decode_value
 from sbsopt.window._kernels.orders import prefill_orders
 from sbsopt.window._kernels.prefill import prefill_greedy
@@ -37,13 +37,14 @@ def decode_best_of(context, blocks, batch, max_batch, kv, free, inst, n_inst, ba
 @njit(nogil=True)
 def prefill_best_of(orders, cost, tokens, cached, blocks, penalty, guarded, room, free,
                     residual, inst, n_inst, base, chunking, alpha, beta, gamma, min_chunk,
-                    local_search):  # pragma: no cover - compiled
+                    carry, local_search):  # pragma: no cover - compiled
     """Run :func:`prefill_greedy` (+ local search, + :func:`chunk_fill` of what is left) once
     per row of ``orders`` on fresh copies of the unit state; return the best
-    ``(row, assignment, chunk_tokens, objective)`` (``chunk_tokens[i] > 0`` marks a chunk)."""
+    ``(row, assignment, chunk_tokens, objective)`` (``chunk_tokens[i] > 0`` marks a chunk;
+    ``carry``: the weight on a chunk remainder's cost, ``chunks`` module docstring)."""
     n = cost.shape[0]
     units = room.shape[0]
-    spec = (cached, alpha, beta, gamma, min_chunk)
+    spec = (cached, alpha, beta, gamma, min_chunk, carry)
     best_row = -1
     best_value = np.inf
     best_assignment = np.full(n, -1, np.int64)
@@ -89,7 +90,8 @@ def prefill_best_of(orders, cost, tokens, cached, blocks, penalty, guarded, room
             if assignment[i] < 0:
                 value += penalty[i]
             elif chunk_tokens[i] > 0:
-                value += penalty[i] * (tokens[i] - chunk_tokens[i]) / tokens[i]
+                value += remainder_price(chunk_tokens[i], tokens[i], penalty[i], carry[i], beta,
+                                         gamma)
         if value < best_value:
             best_row, best_value = r, value
             best_assignment = assignment
@@ -99,7 +101,7 @@ def prefill_best_of(orders, cost, tokens, cached, blocks, penalty, guarded, room
 
 @njit(nogil=True)
 def prefill_solve(cost, tokens, cached, blocks, penalty, guarded, arrival, room, free, residual,
-                  inst, n_inst, base, chunking, alpha, beta, gamma, min_chunk,
+                  inst, n_inst, base, chunking, alpha, beta, gamma, min_chunk, carry,
                   local_search):  # pragma: no cover - compiled
     """:func:`prefill_orders`, :func:`prefill_best_of` and :func:`prefill_analytic_bound` in
     one call (the greedy's hot path): ``(order code, assignment, chunk_tokens, chunked
@@ -109,7 +111,7 @@ def prefill_solve(cost, tokens, cached, blocks, penalty, guarded, arrival, room,
         cost, tokens, blocks, penalty, guarded, arrival, room, free, units_max, chunking)
     row, assignment, chunk_tokens, value = prefill_best_of(
         orders, cost, tokens, cached, blocks, penalty, guarded, room, free, residual, inst,
-        n_inst, base, chunking, alpha, beta, gamma, min_chunk, local_search)
+        n_inst, base, chunking, alpha, beta, gamma, min_chunk, carry, local_search)
     bound = prefill_analytic_bound(residual, inst, n_inst, base, cost, penalty, tokens, cached,
                                    blocks, room, free, chunking, alpha, beta, gamma, by_density,
                                    by_saving)

@@ -13,8 +13,22 @@ from sbsopt.kvblocks import chunk_kv_blocks, chunk_tokens_within
 __all__ = ["prefill_greedy_py", "chunk_fill_py", "decode_iqr_lex_py", "decode_min_step_py"]
 
 
+def _remainder_price_py(k, n, penalty, carry, cached, alpha, beta, gamma):
+    """Reference of ``chunks.remainder_price``, from its definition: the remainder's cost
+    after the chunk at ``carry``, plus the token share of the fixed price
+    ``penalty - carry * cost``."""
+    if k >= n:
+        return 0.0
+
+    def cost(m, p):
+        return alpha * m + beta * m * (p + m / 2.0) + gamma
+
+    fixed = penalty - carry * cost(n, cached)
+    return carry * cost(n - k, cached + k) + fixed * (n - k) / n
+
+
 def _best_chunk_py(i, tokens, cached, blocks, penalty, room, free, unit_time, inst, step, used,
-                   alpha, beta, gamma, min_chunk):
+                   alpha, beta, gamma, min_chunk, carry):
     """Reference of ``chunks._best_chunk`` on lists: ``(delta, unit, tokens, time)`` or None."""
     if tokens[i] < 2:
         return None
@@ -28,7 +42,9 @@ def _best_chunk_py(i, tokens, cached, blocks, penalty, room, free, unit_time, in
         if k < max(min_chunk, 1):
             continue
         t = unit_time[j] + alpha * k + beta * k * (cached[i] + k / 2.0) + gamma
-        delta = max(0.0, t - step[inst[j]]) - penalty[i] * k / tokens[i]
+        removed = penalty[i] - _remainder_price_py(k, tokens[i], penalty[i], carry[i], cached[i],
+                                                   alpha, beta, gamma)
+        delta = max(0.0, t - step[inst[j]]) - removed
         if delta < 0 and (best is None or delta < best[0]):
             best = (delta, j, k, t)
     return best
@@ -62,8 +78,11 @@ def _take_chunk_py(best, i, tokens, blocks, room, free, unit_time, inst, step, u
 
 
 def prefill_greedy_py(order, cost, tokens, blocks, penalty, guarded, room, free, unit_time, inst,
-                      chunking=False, cached=None, alpha=0.0, beta=0.0, gamma=0.0, min_chunk=1):
-    """Reference of ``prefill.prefill_greedy``: ``(assignment, chunk_tokens)``, inputs untouched."""
+                      chunking=False, cached=None, alpha=0.0, beta=0.0, gamma=0.0, min_chunk=1,
+                      carry=None):
+    """Reference of ``prefill.prefill_greedy``: ``(assignment, chunk_tokens)``, inputs untouched
+    (``carry``: the weight on a chunk remainder's cost per request, default 1)."""
+    carry = np.ones(len(cost)) if carry is None else carry
     room, free, unit_time = list(room), list(free), list(unit_time)
     step = _steps_py(unit_time, inst)
     placed: dict[int, tuple[int, int]] = {}
@@ -77,7 +96,7 @@ def prefill_greedy_py(order, cost, tokens, blocks, penalty, guarded, room, free,
         if not options:
             best = chunking and _best_chunk_py(i, tokens, cached, blocks, penalty, room, free,
                                                unit_time, inst, step, used, alpha, beta, gamma,
-                                               min_chunk)
+                                               min_chunk, carry)
             if best:
                 _take_chunk_py(best, i, tokens, blocks, room, free, unit_time, inst, step, used,
                                placed)
@@ -93,14 +112,16 @@ def prefill_greedy_py(order, cost, tokens, blocks, penalty, guarded, room, free,
 
 
 def chunk_fill_py(order, tokens, cached, blocks, penalty, room, free, unit_time, inst,
-                  alpha, beta, gamma, min_chunk, used=()):
-    """Reference of ``chunks.chunk_fill`` (inputs untouched; ``used``: units already chunked)."""
+                  alpha, beta, gamma, min_chunk, used=(), carry=None):
+    """Reference of ``chunks.chunk_fill`` (inputs untouched; ``used``: units already chunked;
+    ``carry`` as in :func:`prefill_greedy_py`)."""
+    carry = np.ones(len(tokens)) if carry is None else carry
     room, free, unit_time, used = list(room), list(free), list(unit_time), set(used)
     step = _steps_py(unit_time, inst)
     placed: dict[int, tuple[int, int]] = {}
     for i in order:
         best = _best_chunk_py(i, tokens, cached, blocks, penalty, room, free, unit_time, inst,
-                              step, used, alpha, beta, gamma, min_chunk)
+                              step, used, alpha, beta, gamma, min_chunk, carry)
         if best is not None:
             _take_chunk_py(best, i, tokens, blocks, room, free, unit_time, inst, step, used,
                            placed)

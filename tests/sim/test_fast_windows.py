@@ -1,0 +1,102 @@
+"""The simulator's trusted window path decides exactly as the validated ``solve`` path."""
+
+from __future__ import annotations
+
+import hashlib
+import sys
+
+import numpy as np
+import pytest
+
+from sbsopt.costmodel import load_cost_model
+from sbsopt.sim import ClusterConfig, simulate
+from sbsopt.sim.windows import trusted_decode_window, trusted_prefill_window
+from sbsopt.window import DecodeWindow, PrefillWindow, solve
+from sbsopt.workload import load_trace
+
+simulator = sys.modules.get("sbsopt.sim.simulator") or __import__("sbsopt.sim.simulator", fromlist=["x"])
+
+
+def _same(a, b):
+    for name in a.__dataclass_fields__:
+        x, y = getattr(a, name), getattr(b, name)
+        if isinstance(x, np.ndarray):
+            assert x.dtype == y.dtype and np.array_equal(x, y) and not x.flags.writeable, name
+        else:
+            assert x == y, name
+
+
+def test_trusted_windows_equal_the_validated_ones():
+    rng = np.random.default_rng(1)
+    pc = load_cost_model(ep=32).prefill_coefficients()
+    new, cached = rng.integers(1, 20000, 7), rng.integers(0, 3000, 7)
+    arrival = rng.uniform(0, 2, 7)
+    capacity, load = np.full(8, 8192, np.int64), rng.integers(0, 9000, 8)
+    load = np.minimum(load, capacity)
+    inst = np.repeat(np.arange(2), 4)
+    ref = PrefillWindow.from_arrays(new, cached, arrival, capacity_tokens=capacity, load_tokens=load,
+                                    deadline_s=arrival + 1.0, now_s=1.5, coefficients=pc, allow_chunking=True,
+                                    instance=inst)
+    _same(ref, trusted_prefill_window(new.copy(), cached.copy(), arrival.copy(), capacity=capacity.copy(),
+                                      load=load.copy(), deadline=arrival + 1.0, now_s=1.5, coefficients=pc,
+                                      instance=inst))
+    dc = load_cost_model(ep=144).decode_coefficients()
+    ctx, blocks = rng.integers(1, 9000, 5), rng.integers(1, 150, 5)
+    batch, used = rng.integers(0, 128, 144), rng.integers(0, 900, 144)
+    ref = DecodeWindow.from_arrays(ctx, blocks, batch_size=batch, max_batch_size=np.full(144, 128),
+                                   kv_blocks_used=used, free_kv_blocks=1000 - used, coefficients=dc, iqr_k=1.5,
+                                   kv_block_tokens=64)
+    _same(ref, trusted_decode_window(ctx.copy(), blocks.copy(), batch=batch.copy(), max_batch=128, used=used.copy(),
+                                     capacity_blocks=1000, block_tokens=64, coefficients=dc, iqr_k=1.5))
+
+
+def _validated_prefill(new_tokens, cached_tokens, arrival_s, *, capacity_tokens, load_tokens, now_s, guard_s,
+                       coefficients, solver, seed, instance=None, chunks=None):
+    load = np.minimum(load_tokens, capacity_tokens).astype(np.int64)
+    window = PrefillWindow.from_arrays(new_tokens, cached_tokens, arrival_s, capacity_tokens=capacity_tokens,
+                                       load_tokens=load, deadline_s=arrival_s + guard_s, now_s=now_s,
+                                       coefficients=coefficients, allow_chunking=True, instance=instance)
+    result = solve(window, method=solver, seed=seed)
+    if chunks is not None:
+        chunks.update(result.chunks)
+    assignment = np.array(result.assignment, dtype=np.int64, copy=True)
+    late = (assignment < 0) & (arrival_s + guard_s <= now_s)
+    level = load_tokens.astype(np.float64).copy()
+    for i in np.flatnonzero(assignment >= 0):
+        level[assignment[i]] += new_tokens[i]
+    for i in np.flatnonzero(late):
+        j = int(np.argmin(level))
+        assignment[i] = j
+        level[j] += new_tokens[i]
+    return assignment
+
+
+def _validated_decode(context_tokens, kv_blocks, *, batch_size, max_batch_size, kv_blocks_used, kv_capacity_blocks,
+                      kv_block_tokens, coefficients, iqr_k, solver, seed):
+    used = np.minimum(kv_blocks_used, kv_capacity_blocks).astype(np.int64)
+    window = DecodeWindow.from_arrays(
+        context_tokens, kv_blocks, batch_size=np.minimum(batch_size, max_batch_size).astype(np.int64),
+        max_batch_size=np.full(len(batch_size), max_batch_size), kv_blocks_used=used,
+        free_kv_blocks=kv_capacity_blocks - used, coefficients=coefficients, iqr_k=iqr_k,
+        kv_block_tokens=kv_block_tokens)
+    return np.asarray(solve(window, method=solver, seed=seed).assignment, dtype=np.int64)
+
+
+def _digest(res) -> str:
+    t = res.requests
+    h = hashlib.sha256()
+    for col in sorted(t.columns):
+        h.update(col.encode() + t[col].astype(str).str.cat(sep=",").encode())
+    return h.hexdigest()
+
+
+@pytest.mark.parametrize(("trace", "limit", "rate"), [("azure-conv", 600, None), ("azure-conv", 1500, 700.0),
+                                                      ("mooncake-conv", 300, 8.0), ("azure-code", 600, None)])
+def test_fast_window_path_gives_the_same_results(monkeypatch, trace, limit, rate):
+    wl = load_trace(trace, limit=limit)
+    if rate is not None:
+        wl = wl.with_rate(rate)
+    fast = _digest(simulate(wl, cluster=ClusterConfig(), router="sbs"))
+    monkeypatch.setattr(simulator, "allocate_prefill", _validated_prefill)
+    monkeypatch.setattr(simulator, "allocate_decode", _validated_decode)
+    assert _digest(simulate(wl, cluster=ClusterConfig(), router="sbs")) == fast

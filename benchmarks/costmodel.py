@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import time
 
+import _report
 import numpy as np
 
 from sbsopt.costmodel import _kernels, load_cost_model
@@ -31,6 +32,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--ep", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=30)
+    _report.add_option(parser)
     args = parser.parse_args()
     cm = load_cost_model(ep=args.ep)
     rng = np.random.default_rng(0)
@@ -65,11 +67,16 @@ def main() -> None:
     record("numpy reference (prefill)", len(load),
            _timed(lambda: _kernels.step_many_reference(load, pairs, reqs, t.a0, t.a1, t.shared, t.routed, t.dense, t.constants),
                   max(3, args.repeats // 5)))
-    print(f"cost model step-time throughput, ep={args.ep}, one core")
+    title = f"cost model step-time throughput, ep={args.ep}, one core"
+    print(title)
     print(f"{'entry point':<28} {'S':>7} {'median us':>11} {'p99 us':>11} {'evals/s':>13} {'x scalar':>9}")
+    table = _report.Table(["entry point", "S", "median us", "p99 us", "evals/s", "x scalar"], "lrrrrr")
     for name, samples, median, p99, rate in rows:
         base = decode_scalar_rate if name.startswith("decode") else scalar_rate
-        print(f"{name:<28} {samples:>7} {median:>11.1f} {p99:>11.1f} {rate:>13,.0f} {rate / base:>9.1f}")
+        cells = (name, samples, f"{median:.1f}", f"{p99:.1f}", f"{rate:,.0f}", f"{rate / base:.1f}")
+        table.add(*cells)
+        print(_report.line([str(c) for c in cells], [-28, 8, 12, 12, 14, 10]))
+    _report.write(args.markdown, [title, table])
 
 
 if __name__ == "__main__":

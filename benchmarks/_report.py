@@ -32,9 +32,11 @@ def _git(*args: str) -> str:
 
 
 def commit() -> str:
-    """``git rev-parse --short HEAD``, plus ``-dirty`` when the tree has changes."""
+    """``git rev-parse --short HEAD``, plus ``-dirty`` when the tree has changes (other than the
+    generated fragments themselves, which a run of several benchmarks writes one by one)."""
     head = _git("rev-parse", "--short", "HEAD") or "unknown"
-    return head + ("-dirty" if _git("status", "--porcelain") else "")
+    changed = _git("status", "--porcelain", "--", ".", ":!docs/results/generated", ":!README.md")
+    return head + ("-dirty" if changed else "")
 
 
 def command(argv: Sequence[str] | None = None) -> str:

@@ -23,3 +23,5 @@ run benchmarks/sbs_vs_immediate.py --traces mooncake-conv --limit 3000,3500,4000
     --markdown "$out/sbs_vs_immediate_prefixes.md"
 run benchmarks/fairbatching.py --duration-s 5 --markdown "$out/fairbatching.md"
 run benchmarks/costmodel.py --markdown "$out/costmodel.md"
+run benchmarks/main_job.py --markdown "$out/main_job.md"
+"$PY" benchmarks/sync_readme.py

@@ -48,3 +48,15 @@ def test_no_round_history_outside_the_changelog() -> None:
 
 def test_changelog_exists() -> None:
     assert (ROOT / "CHANGELOG.md").read_text().startswith("# Changelog")
+
+
+def test_readme_headline_tables_are_the_generated_fragments() -> None:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("sync_readme", ROOT / "benchmarks" / "sync_readme.py")
+    assert spec is not None and spec.loader is not None
+    sync = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sync)
+    text = (ROOT / "README.md").read_text()
+    assert sync.BLOCK.search(text), "the README's headline tables come from docs/results/generated"
+    assert sync.synced(text) == text, "run python benchmarks/sync_readme.py"

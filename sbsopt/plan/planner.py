@@ -142,10 +142,18 @@ def _cost_fields(cost: PlanCost) -> dict:
 
 
 def _cost_of(metrics: dict | None, price: float) -> PlanCost | None:
+    """The plan's cost at steady state: the tokens served over the arrival span.
+
+    A plan that meets its SLO keeps up with the arrivals; the drain after the last arrival is an
+    artefact of simulating a finite window (its length depends on the window, not the plan), so it
+    counts neither as serving time nor as idle GPU time.
+    """
     if metrics is None or not metrics.get("span_s", 0) > 0:
         return None
     tokens = metrics["tokens_per_s"] * metrics["span_s"]
-    return plan_cost(gpus=metrics["gpus"], tokens=tokens, duration_s=metrics["span_s"], gpu_hour_price=price)
+    arrivals_s = metrics.get("arrival_span_s", float("nan"))
+    duration_s = arrivals_s if arrivals_s > 0 else metrics["span_s"]
+    return plan_cost(gpus=metrics["gpus"], tokens=tokens, duration_s=duration_s, gpu_hour_price=price)
 
 
 def _base(workload, cluster, policy: Policy, slo: SLO, seed: int, duration_s: float) -> dict:

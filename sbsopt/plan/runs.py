@@ -170,7 +170,7 @@ def run_one(params: dict) -> dict:
     that a higher rate simulates proportionally more requests and overload shows up as a growing
     queue instead of one short burst.
     Metric columns: request counts, ``ttft_p50_ms`` ... ``tpot_p99_ms``, throughputs, ``gpus``,
-    ``tokens_per_s``, ``span_s``, ``slo_attainment`` (NaN when no SLO is given), ``sim_wall_s``.
+    ``tokens_per_s``, ``span_s`` (first arrival to last completion), ``arrival_span_s``, ``slo_attainment`` (NaN when no SLO is given), ``sim_wall_s``.
     """
     from sbsopt.sim import simulate
 
@@ -216,6 +216,8 @@ def _flatten(summary: dict, gpus: int) -> dict:
     out["gpus"] = gpus
     out["tokens_per_s"] = (out["input_tok_s_per_gpu"] + out["output_tok_s_per_gpu"]) * gpus
     out["span_s"] = _num(summary.get("span_s", float("nan")))
+    offered = _num(summary.get("offered_rate_req_s", float("nan")))
+    out["arrival_span_s"] = (out["requests"] - 1) / offered if offered > 0 else float("nan")
     out["goodput_req_s"] = _num(summary.get("goodput_req_s", float("nan")))
     out["bubble_fraction"] = _num(summary.get("bubble_fraction", float("nan")))
     out["chunk_utilization"] = _num(summary.get("chunk_utilization", float("nan")))

@@ -35,3 +35,15 @@ def test_cluster_gpus():
     assert cluster_gpus(prefill_instances=2, decode_instances=3, prefill_ep=32, decode_ep=144) == 64 + 432
     with pytest.raises(InvalidInputError, match="decode_ep"):
         cluster_gpus(prefill_instances=2, decode_instances=3, prefill_ep=32, decode_ep=0)
+
+
+def test_plan_cost_is_counted_over_the_arrivals_not_the_drain() -> None:
+    from sbsopt.plan.planner import _cost_of
+
+    # the same 2e6 tokens served for 20 s of arrivals, drained after 25 s or after 60 s
+    short = {"gpus": 176, "tokens_per_s": 2e6 / 45.0, "span_s": 45.0, "arrival_span_s": 20.0}
+    long = {"gpus": 176, "tokens_per_s": 2e6 / 80.0, "span_s": 80.0, "arrival_span_s": 20.0}
+    a, b = _cost_of(short, 2.0), _cost_of(long, 2.0)
+    assert a is not None and b is not None
+    assert a.cost_per_million_tokens == pytest.approx(b.cost_per_million_tokens)
+    assert a.tokens_per_gpu_s == pytest.approx(2e6 / 20.0 / 176)

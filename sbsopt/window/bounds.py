@@ -14,25 +14,32 @@ Prefill (``G`` instances, ``J_g`` units in instance ``g``, ``J* = max_g J_g``):
   total free KV blocks), so in both forms above the penalties of the requests that cannot be
   assigned are at least the LP optimum of the knapsack "keep the requests whose assignment
   saves the most per token", solved exactly by sorting on the ratio;
-* chunking: a request may be placed as a fraction ``a`` of itself (its first chunk, the rest
-  deferred at ``(1 - a) P_i``: a relaxation, as the objective prices the rest at that share
-  plus ``w_i*defer_factor*(beta*k*(n_i - k)/2 + gamma*k/n_i)`` for ``k = a*n_i``,
-  ``objective.remainder_price_us``, which every bound here leaves out); the chunk costs at least ``lin_i*a + quad_i*a**2`` with
-  ``lin_i = gamma + alpha*n_i + beta*n_i*p_i`` and ``quad_i = beta*n_i**2/2`` (``a*gamma``
-  for ``gamma``), so the averaging form minimises the convex
-  ``sum_i (lin_i*a_i + quad_i*a_i**2) / J* + (1 - a_i) P_i`` subject to the token (or KV)
-  capacity; its Lagrangian dual, at the multiplier where the relaxed fractions just fill the
-  capacity, is the bound (no chunk is assumed cheaper than it is). A request has one chunk,
-  on one unit, so ``a_i`` is at most ``min(n_i - 1, max_j room_j) / n_i`` when ``n_i`` fits
-  no unit whole, in this form and in the residual form's knapsack;
+* chunking: request ``i`` is deferred (``P_i``), whole where it fits the largest room, or a
+  first chunk of the share ``a`` (``k = a*n_i`` tokens, at most ``n_i - 1`` and that room).
+  The chunk costs ``gamma + lin'_i*a + quad_i*a**2`` (``lin'_i = alpha*n_i + beta*n_i*p_i``,
+  ``quad_i = beta*n_i**2/2``, ``lin_i = lin'_i + gamma``) and its remainder is priced as the
+  objective prices it (``objective.remainder_price_us``): ``(1 - a) P_i + e_i(a)`` with
+  ``e_i(a) = w_i*defer_factor*(quad_i*a*(1 - a) + gamma*a)``, concave, back to 0 at ``a = 1``.
+  Chunk plus remainder is then not convex in ``a``, so no bound assumes a convex shape: the
+  averaging form (cost spread over ``J*`` units) is the Lagrangian dual of the token (or KV)
+  capacity over each request's three options (``_kernels.relaxation.choice_dual``). For any
+  multiplier the sum of each request's least option, a one-dimensional quadratic on the chunk
+  interval, is a bound by weak duality whatever the options' shape; the dual is concave in
+  the multiplier, so bisection on the sign of ``used - capacity`` finds its best. The
+  residual form's knapsack gives a request that fits no unit the gain ``P_i*a - e_i(a)`` at
+  its largest share (convex in ``a``, 0 at 0: its chord from 0 is the concave envelope of
+  what the request gains per token); one that fits gains ``P_i`` whole (its chunks lie below
+  that line). Every option is priced at or above the earlier relaxation (remainder at its
+  token share, ``gamma`` as ``a*gamma``), so no bound is lower than it was;
 * largest item (one instance, no chunking): ``base + max_i min(min_{j fits} r_j + c_i,
-  max_j r_j + P_i)``; with chunking (any number of instances), request ``i`` placed as a
-  fraction ``a`` on unit ``j`` raises its instance's step to at least ``r_j + lin_i*a +
-  quad_i*a**2`` and leaves ``(1 - a) P_i`` deferred, so ``sum_g (base + max_{j in g} r_j) +
-  max_i min_a [max(0, s + lin_i*a + quad_i*a**2) + (1 - a) P_i]`` with ``s`` the least
-  ``r_j - max_{j' in g(j)} r_j'`` over units with room and ``a`` at most 1 (or the largest
-  room's share of ``n_i`` when ``n_i`` fits no unit whole) is a bound; the minimum over ``a``
-  of that convex function is in closed form.
+  max_j r_j + P_i)``; with chunking (any number of instances), request ``i`` as a chunk of
+  ``a`` on unit ``j`` raises its instance's step to at least ``r_j + gamma + lin'_i*a +
+  quad_i*a**2`` and its remainder costs ``(1 - a) P_i + e_i(a)``, so ``sum_g (base +
+  max_{j in g} r_j) + max_i min(P_i, max(0, s + c_i) where it fits, min_a [max(0, s + gamma +
+  lin'_i*a + quad_i*a**2) + (1 - a) P_i + e_i(a)])`` with ``s`` the least
+  ``r_j - max_{j' in g(j)} r_j'`` over units with room is a bound; on the chunk interval the
+  function is concave where the raise is 0 and a quadratic beyond, so its least is at the
+  interval's end, where the raise starts, or the quadratic's stationary point (closed form).
 
 Step split (one instance, :func:`split_bound`; hundreds of microseconds, so not on the
 greedy's path): for a step ``S``, request ``i`` can have at most the fraction ``cap_i(S)``
@@ -40,8 +47,9 @@ placed that one unit runs within ``S`` (``min_j r_j + lin_i*a + quad_i*a**2 <= S
 units with room), so the objective is at least ``base + max(S + least penalty with those
 caps, averaging form with those caps)``. Cutting ``[max_j r_j, ...)`` into ranges and taking,
 in each, its low end for ``S`` and the caps of its high end gives a bound; the least over the
-ranges is the bound. It sees what the averaging form cannot: one long prompt (quadratic
-attention) runs on one unit. The least penalty is also taken hosted: the request ``h`` that
+ranges is the bound (its averaging form prices remainders as above; its least penalties
+keep their token share, a lower price). It sees what the averaging form cannot: one long
+prompt (quadratic attention) runs on one unit. The least penalty is also taken hosted: the request ``h`` that
 takes longest at its cap runs as the fraction ``a`` on one unit ``j``, every other token costs
 at least ``alpha``, so with ``S <= high`` unit ``j`` holds beyond ``h`` at most
 ``(high - r_j - lin_h*a - quad_h*a**2) / alpha`` tokens and the rest of its room is lost to
@@ -65,7 +73,13 @@ from sbsopt.window import _kernels
 from sbsopt.window.fits import fits_alone, fits_any_unit
 from sbsopt.window.host_bound import host_bound
 from sbsopt.window.problem import DecodeWindow, PrefillWindow
-from sbsopt.window.relaxation import fraction_terms, knapsack_gain, largest_share, penalty_floor
+from sbsopt.window.relaxation import (
+    fraction_terms,
+    knapsack_gain,
+    largest_share,
+    penalty_floor,
+    remainder_terms,
+)
 
 __all__ = ["analytic_bound", "split_bound", "lp_bound", "lower_bound"]
 
@@ -96,35 +110,53 @@ def _chunk_overcount(problem: PrefillWindow) -> np.ndarray:
     return problem.coefficients.beta_us_per_pair * k * (n - k) / 2.0
 
 
-def _fraction_dual(problem: PrefillWindow, units_max: int, weight: np.ndarray, top: np.ndarray,
-                   capacity: float) -> float:
-    """Reference of ``_kernels.relaxation.fraction_dual`` for a window's requests (module Notes)."""
+def _choice_dual(problem: PrefillWindow, units: int, weight: np.ndarray, cap: np.ndarray,
+                 capacity: float) -> float:
+    """Reference of ``_kernels.relaxation.choice_dual`` for a window's requests, their shares
+    capped at ``cap``, the step cost spread over ``units`` (module Notes)."""
     lin, quad = fraction_terms(problem)
-    return _fraction_dual_parts(lin / units_max, quad / units_max, problem.penalty_us,
-                                weight.astype(np.float64), top, capacity)
+    gamma = float(problem.coefficients.gamma_us_per_request)
+    whole, hi, e1, e2 = remainder_terms(problem, cap)
+    return _choice_dual_parts(np.full(lin.size, gamma / units), (lin - gamma) / units,
+                              quad / units, whole, problem.penalty_us, e1, e2,
+                              weight.astype(np.float64), hi, capacity)
 
 
-def _fraction_dual_parts(lin: np.ndarray, quad: np.ndarray, pen: np.ndarray, weight: np.ndarray,
-                         top: np.ndarray, capacity: float) -> float:
-    """Lagrangian bound of ``min sum quad*a**2 + (lin - pen)*a`` over ``0 <= a <= top`` with
-    ``sum weight*a <= capacity``, by bisection on the multiplier."""
+def _choice_dual_parts(g0: np.ndarray, s1: np.ndarray, s2: np.ndarray, whole: np.ndarray,
+                       pen: np.ndarray, e1: np.ndarray, e2: np.ndarray, weight: np.ndarray,
+                       hi: np.ndarray, capacity: float) -> float:
+    """Lagrangian bound (weak duality, any options) of ``min sum_i v_i`` with
+    ``sum weight*a <= capacity``, each request deferred (0), whole where ``whole``
+    (``g0 + s1 + s2 - pen``) or a chunk ``a`` in ``(0, hi]`` (``g0 + (s1 - pen + e1)*a +
+    (s2 - e2)*a**2``), by bisection on the multiplier."""
 
     def relaxed(lam: float) -> tuple[float, float]:
-        s = lin - pen + lam * weight
+        whole_v = np.where(whole, g0 + s1 + s2 - pen + lam * weight, np.inf)
+        b = s1 - pen + e1 + lam * weight
+        q = s2 - e2
         with np.errstate(divide="ignore", invalid="ignore"):
-            interior = np.clip(-s / (2.0 * quad), 0.0, top)
-        a = np.where(quad > 0, interior, np.where(s < 0, top, 0.0))
-        return float((quad * a * a + s * a).sum()) - lam * capacity, float((weight * a).sum())
+            a = np.where(q > 0, np.clip(-b / (2.0 * q), 0.0, hi), hi)
+        chunk_v = np.where(hi > 0, g0 + b * a + q * a * a, np.inf)
+        take_whole = (whole_v < 0) & (whole_v <= chunk_v)
+        take_chunk = ~take_whole & (chunk_v < 0)
+        value = np.where(take_whole, whole_v, np.where(take_chunk, chunk_v, 0.0))
+        used = np.where(take_whole, weight, np.where(take_chunk, weight * a, 0.0))
+        return float(value.sum()) - lam * capacity, float(used.sum())
 
     value, used = relaxed(0.0)
     if capacity >= 2**61 or used <= capacity:
         return value
     positive = weight > 0
-    lo, hi = 0.0, float(((pen - lin)[positive] / weight[positive]).max())
+    need = pen - s1 - e1 - np.minimum(s2 - e2, 0.0) * hi
+    need = np.where(whole, np.maximum(need, pen - g0 - s1 - s2), need)
+    lo, hi_lam = 0.0, float(max((need[positive] / weight[positive]).max(initial=0.0), 0.0))
+    best = value
     for _ in range(200):
-        mid = (lo + hi) / 2.0
-        lo, hi = (mid, hi) if relaxed(mid)[1] > capacity else (lo, mid)
-    return max(value, relaxed(lo)[0], relaxed(hi)[0])
+        mid = (lo + hi_lam) / 2.0
+        value, used = relaxed(mid)
+        best = max(best, value)
+        lo, hi_lam = (mid, hi_lam) if used > capacity else (lo, mid)
+    return best
 
 
 def _prefill_analytic(problem: PrefillWindow) -> float:
@@ -151,12 +183,15 @@ def _prefill_analytic(problem: PrefillWindow) -> float:
     spread = penalty_floor(np.where(can, pen - work / units_max, 0.0), pen_total, *args)
     if problem.allow_chunking:
         top = largest_share(problem)
-        # residual form: at most the share `top` of a request is placed, at no step cost
-        forced = penalty_floor(pen * top, pen_total, problem.new_tokens * top, room,
+        _, _, e1, e2 = remainder_terms(problem, top)
+        # residual form: at most the share `top` of a request is placed, at no step cost, and
+        # below 1 its remainder costs e1*top - e2*top**2 beyond the share
+        gain = np.where(top < 1.0, pen * top - e1 * top + e2 * top * top, pen)
+        forced = penalty_floor(gain, pen_total, problem.new_tokens * top, room,
                                problem.kv_blocks * top, free)
         spread = pen_total + max(
-            _fraction_dual(problem, units_max, problem.new_tokens, top, room),
-            _fraction_dual(problem, units_max, problem.kv_blocks, top, free))
+            _choice_dual(problem, units_max, problem.new_tokens, top, room),
+            _choice_dual(problem, units_max, problem.kv_blocks, top, free))
     else:
         # residual form: assigning costs nothing beyond the residual max, deferring costs P_i
         forced = penalty_floor(np.where(can, pen, 0.0), pen_total, *args)
@@ -172,8 +207,9 @@ def _prefill_analytic(problem: PrefillWindow) -> float:
 
 
 def _largest_fraction(problem: PrefillWindow) -> float:
-    """Reference of ``_kernels.bounds._largest_fraction`` (module Notes), on a grid of fractions
-    refined around the best point."""
+    """Reference of ``_kernels.bounds._largest_fraction`` (module Notes): per request the least
+    of deferring, placing whole where it fits, and a chunk with its remainder's price, the
+    chunk's on a grid of shares refined around the best point."""
     inst, groups = problem.instance, problem.n_instances
     floor = np.full(groups, -np.inf)
     np.maximum.at(floor, inst, problem.residual_us)
@@ -181,17 +217,25 @@ def _largest_fraction(problem: PrefillWindow) -> float:
     if not has_room.any():
         return 0.0
     slack = float((problem.residual_us - floor[inst])[has_room].min())
+    gamma = float(problem.coefficients.gamma_us_per_request)
+    lin, quad = fraction_terms(problem)
+    whole, hi, e1, e2 = remainder_terms(problem, largest_share(problem))
     best = 0.0
-    for lin, quad, top, pen in zip(*fraction_terms(problem), largest_share(problem),
-                                   problem.penalty_us, strict=True):
+    for i, pen in enumerate(problem.penalty_us):
+        value = float(pen)
+        if whole[i]:
+            value = min(value, max(0.0, slack + lin[i] + quad[i]))
+        if hi[i] > 0:
 
-        def h(a: np.ndarray, lin: float = lin, quad: float = quad, pen: float = pen) -> np.ndarray:
-            return np.maximum(0.0, slack + lin * a + quad * a * a) + (1.0 - a) * pen
+            def h(a: np.ndarray, i: int = i, pen: float = pen) -> np.ndarray:
+                raise_ = np.maximum(0.0, slack + gamma + (lin[i] - gamma) * a + quad[i] * a * a)
+                return raise_ + pen * (1.0 - a) + e1[i] * a - e2[i] * a * a
 
-        grid = np.linspace(0.0, top, 2001)
-        k = int(np.argmin(h(grid)))
-        fine = np.linspace(grid[max(k - 1, 0)], grid[min(k + 1, grid.size - 1)], 2001)
-        best = max(best, float(h(fine).min()))
+            grid = np.linspace(0.0, hi[i], 2001)[1:]
+            k = int(np.argmin(h(grid)))
+            fine = np.linspace(grid[max(k - 1, 0)], grid[min(k + 1, grid.size - 1)], 2001)
+            value = min(value, float(h(fine).min()))
+        best = max(best, value)
     return best
 
 
@@ -229,7 +273,7 @@ def _prefill_analytic_fast(problem: PrefillWindow) -> float:
         problem.cost_us, problem.penalty_us, problem.new_tokens, problem.cached_tokens,
         problem.kv_blocks, problem.room_tokens, problem.free_kv_blocks, problem.allow_chunking,
         float(c.alpha_us_per_token), float(c.beta_us_per_pair), float(c.gamma_us_per_request),
-        _NONE, _NONE))
+        problem.weight * problem.defer_factor, _NONE, _NONE))
 
 
 def _decode_analytic_fast(problem: DecodeWindow) -> float:
@@ -286,7 +330,8 @@ def split_bound(problem: PrefillWindow | DecodeWindow) -> float:
     return problem.base_us + float(_kernels.prefill_split_bound(
         problem.residual_us, problem.room_tokens, problem.new_tokens, problem.cached_tokens,
         problem.penalty_us, float(c.alpha_us_per_token), float(c.beta_us_per_pair),
-        float(c.gamma_us_per_request), SPLIT_RANGES, SPLIT_HALVINGS, HOST_GRID))
+        float(c.gamma_us_per_request), problem.weight * problem.defer_factor, SPLIT_RANGES,
+        SPLIT_HALVINGS, HOST_GRID))
 
 
 def _split_bound(problem: PrefillWindow) -> float:
@@ -315,8 +360,7 @@ def _split_bound(problem: PrefillWindow) -> float:
         least_pen = float(pen.sum()) - knapsack_gain(pen * cap, n * cap, room)
         if high is not None:
             least_pen = max(least_pen, _hosted_penalty(problem, lin, quad, cap, high))
-        spread = float(resid.mean() + pen.sum()) + _fraction_dual_parts(
-            lin / units, quad / units, pen, n, cap, room)
+        spread = float(resid.mean() + pen.sum()) + _choice_dual(problem, units, n, cap, room)
         return max(low + least_pen, spread)
 
     edges = np.linspace(float(resid.max()), stop, SPLIT_RANGES + 1)

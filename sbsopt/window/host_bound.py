@@ -32,9 +32,12 @@ Without the count, many small fractions would run without their quadratic attent
 perspective is kept by ``CHUNK_POINTS`` columns per share, one per point ``a_k = k*h`` up to
 the largest share (``h`` the step): a column is one chunk of ``a_k``, costing ``f(a_k)``
 less the most a chord between neighbouring points rises above ``f`` (``quad*h**2/4``; from
-the origin, ``quad*h**2``: the first point costs ``lin*h``). Any mix of the columns then
-costs at most the chunks it makes, so the LP stays a relaxation, and ``z`` and ``a`` need no
-rows of their own (tangent cuts need six rows per share: measured twice as slow).
+the origin, ``quad*h**2``: the first point costs ``lin*h``). Its penalty is the remainder's
+price, ``(1 - a_k) P`` plus ``e(a_k) = w*defer_factor*(quad*a_k*(1 - a_k) + gamma*a_k)``
+(``objective.remainder_price_us``); ``e`` is concave with ``e(0) = 0``, so its chords lie
+below it. Any mix of the columns then costs at most the chunks it makes, so the LP stays a
+relaxation, and ``z`` and ``a`` need no rows of their own (tangent cuts need six rows per
+share: measured twice as slow).
 A long request also has an empty chunk: placed, but too small for its first point.
 
 The bound is ``min(U, min over cases)`` (a case with no answer better than ``U`` is
@@ -62,7 +65,12 @@ import numpy as np
 
 from sbsopt.window.fits import fits_any_unit
 from sbsopt.window.problem import DecodeWindow, PrefillWindow
-from sbsopt.window.relaxation import fraction_terms, largest_share, penalty_floor
+from sbsopt.window.relaxation import (
+    fraction_terms,
+    largest_share,
+    penalty_floor,
+    remainder_terms,
+)
 
 __all__ = ["host_bound", "long_requests", "CHUNK_POINTS", "MOST_LONG_REQUESTS"]
 
@@ -326,7 +334,11 @@ def _host_lp(problem: PrefillWindow, long: np.ndarray, upper: float) -> tuple[hi
         share = (step[:, None] * np.arange(1, CHUNK_POINTS + 1)).ravel()
         point = np.repeat(np.arange(request.size), CHUNK_POINTS)
         point_request = request[point]
-        columns.add(-problem.penalty_us[point_request] * share, 0.0, 1.0,
+        # a chunk's remainder costs e1*a - e2*a**2 beyond its token share: concave, so a
+        # mix of neighbouring points (or of the origin and the first) prices it no higher
+        _, _, e1, e2 = remainder_terms(problem, largest_share(problem))
+        extra = e1[point_request] * share - e2[point_request] * share * share
+        columns.add(-problem.penalty_us[point_request] * share + extra, 0.0, 1.0,
                     [(time_row[point],
                       _chunk_point_costs(lin[request], quad[request], step).ravel()),
                      (token_row[point], tokens[point_request] * share),

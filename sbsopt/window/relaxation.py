@@ -12,7 +12,7 @@ import numpy as np
 
 from sbsopt.window.problem import PrefillWindow
 
-__all__ = ["knapsack_gain", "penalty_floor", "fraction_terms", "largest_share"]
+__all__ = ["knapsack_gain", "penalty_floor", "fraction_terms", "largest_share", "remainder_terms"]
 
 
 def knapsack_gain(gain: np.ndarray, weight: np.ndarray, capacity: float) -> float:
@@ -68,3 +68,19 @@ def largest_share(problem: PrefillWindow) -> np.ndarray:
     with np.errstate(divide="ignore", invalid="ignore"):
         share = np.maximum(np.minimum(n - 1.0, room_max), 0.0) / n
     return np.where(n <= room_max, 1.0, share)
+
+
+def remainder_terms(problem: PrefillWindow, cap: np.ndarray) -> tuple[np.ndarray, np.ndarray,
+                                                                       np.ndarray, np.ndarray]:
+    """``(whole, hi, e1, e2)`` for placed shares capped at ``cap``: whether a request may be
+    placed whole, its largest chunk share (at most ``n_i - 1`` tokens), and the coefficients
+    of what its remainder costs beyond the penalty's token share, ``e1*a - e2*a**2`` for a
+    chunk of the share ``a < 1`` (``objective.remainder_price_us``: ``w*defer_factor*(beta*k*
+    (n - k)/2 + gamma*k/n)`` with ``k = a*n``)."""
+    c = problem.coefficients
+    n = problem.new_tokens.astype(np.float64)
+    quad = c.beta_us_per_pair * n * n / 2.0
+    carry = problem.weight * problem.defer_factor
+    with np.errstate(divide="ignore", invalid="ignore"):
+        hi = np.where(n > 1, np.maximum(np.minimum(cap, (n - 1.0) / n), 0.0), 0.0)
+    return (cap >= 1.0 - 1e-12, hi, carry * (quad + c.gamma_us_per_request), carry * quad)

@@ -163,3 +163,90 @@ def test_split_bound_sees_the_room_a_long_prompt_leaves_on_its_unit(cat, chunkin
     assert hosted > 1.02 * split_bound(w)
     answer = solve(w, method="greedy")
     assert hosted <= objective(w, answer.assignment, answer.chunks)
+
+
+def _chunked_optimum(problem: PrefillWindow, most_chunks: int | None = None) -> float:
+    """Least objective over every answer: each request deferred, whole on a unit or a chunk of
+    every size ``1..n-1`` on a unit (at most one chunk per unit, rooms and KV blocks kept)."""
+    import itertools
+
+    from sbsopt.kvblocks import chunk_kv_blocks
+    from sbsopt.window import objective
+
+    n, units = problem.n_requests, problem.n_units
+    options = []
+    for i in range(n):
+        size = int(problem.new_tokens[i])
+        options.append([(-1, 0)] + [(j, k) for j in range(units) for k in range(1, size + 1)])
+    best = np.inf
+    for combo in itertools.product(*options):
+        chunks = {i: k for i, (j, k) in enumerate(combo)
+                  if j >= 0 and k < problem.new_tokens[i]}
+        chunk_units = [combo[i][0] for i in chunks]
+        if len(set(chunk_units)) != len(chunk_units):
+            continue
+        tokens, blocks = np.zeros(units), np.zeros(units)
+        for i, (j, k) in enumerate(combo):
+            if j >= 0:
+                tokens[j] += k
+                blocks[j] += (chunk_kv_blocks(k, int(problem.kv_blocks[i]),
+                                              int(problem.new_tokens[i]))
+                              if i in chunks else problem.kv_blocks[i])
+        assignment = np.array([j for j, _ in combo], np.int64)
+        if ((tokens > problem.room_tokens).any() or (blocks > problem.free_kv_blocks).any()
+                or (problem.guarded & (assignment < 0)).any()):
+            continue
+        best = min(best, objective(problem, assignment, chunks))
+    return best
+
+
+@pytest.mark.parametrize("seed", range(24))
+def test_chunked_bounds_below_the_enumerated_chunked_optimum(seed: int) -> None:
+    # tiny windows whose every chunk size is enumerated, with a large attention term so that
+    # the remainder's own price (objective.remainder_price_us) weighs
+    from types import SimpleNamespace
+
+    from sbsopt.window import split_bound
+    from sbsopt.window.host_bound import host_bound
+
+    c = SimpleNamespace(base_us=10.0, alpha_us_per_token=1.0, beta_us_per_pair=0.3,
+                        gamma_us_per_request=4.0)
+    rng = np.random.default_rng(7000 + seed)
+    n, j = int(rng.integers(1, 4)), int(rng.integers(1, 3))
+    problem = PrefillWindow.from_arrays(
+        rng.integers(1, 8, n), rng.integers(0, 5, n), np.sort(rng.uniform(0.0, 0.4, n)),
+        capacity_tokens=rng.integers(2, 12, j), load_tokens=rng.integers(0, 3, j),
+        free_kv_blocks=rng.integers(1, 3, j) if seed % 3 == 0 else None, coefficients=c,
+        now_s=0.5, allow_chunking=True, defer_cost_us=float(rng.uniform(0.0, 30.0)),
+        defer_factor=float(rng.choice([0.5, 1.0, 2.0])))
+    best = _chunked_optimum(problem)
+    for bound in (analytic_bound(problem), split_bound(problem), lp_bound(problem),
+                  host_bound(problem, 1.3 * best)):
+        assert bound <= best * (1 + 1e-9)
+
+
+def test_chunked_bound_is_tight_on_a_lone_request_chunked_behind_an_older_one(cat) -> None:
+    # one unit: the older request takes most of the room, the newer one runs a chunk of what
+    # is left and its remainder waits, priced as a deferral of its own. The old bound (the
+    # remainder at its token share of the penalty) was 6.5% below the optimum
+    from sbsopt.window import objective, split_bound
+
+    w = PrefillWindow.from_arrays([12000, 8000], [0, 2048], [0.0, 0.06],
+                                  capacity_tokens=[16384], coefficients=cat.PREFILL, now_s=0.1,
+                                  allow_chunking=True)
+    n, room = w.new_tokens, int(w.room_tokens[0])
+    best = np.inf
+    for chunked in (0, 1):  # one unit: at most one chunk; every size of it, every other state
+        other = 1 - chunked
+        for other_state in (-1, int(n[other])):
+            for k in range(0, int(n[chunked]) + 1):
+                used = k + max(other_state, 0)
+                if used > room:
+                    continue
+                assignment = np.full(2, -1, np.int64)
+                assignment[chunked] = 0 if k else -1
+                assignment[other] = 0 if other_state > 0 else -1
+                chunks = {chunked: k} if 0 < k < n[chunked] else {}
+                best = min(best, objective(w, assignment, chunks))
+    bound = max(analytic_bound(w), split_bound(w))
+    assert best * 0.99 <= bound <= best * (1 + 1e-9)

@@ -135,9 +135,10 @@ def test_chunked_bound_counts_one_chunk_per_unit(cat) -> None:
 
 def _chunked_optimum(problem: PrefillWindow) -> float:
     """Optimum with chunking on two units by enumeration: whole placements, then at most one
-    chunk per unit (of a deferred request, every size)."""
+    chunk per unit (of a deferred request, every size, its remainder at its own price)."""
     n, units = problem.n_requests, problem.n_units
     assert units == 2
+    from sbsopt.window.objective import remainder_price_us
     from sbsopt.window.problem import prefill_chunk_cost_us
 
     best = np.inf
@@ -161,7 +162,9 @@ def _chunked_optimum(problem: PrefillWindow) -> float:
                 cost = prefill_chunk_cost_us(k, np.full(k.size, problem.cached_tokens[i]),
                                              problem.coefficients)
                 extra += list(cost)
-                saved += list(problem.penalty_us[i] * k / problem.new_tokens[i])
+                # the remainder is priced as a deferral of its own (objective.remainder_price_us)
+                saved += list(problem.penalty_us[i]
+                              - remainder_price_us(problem, np.full(k.size, i), k))
                 who += [int(i)] * k.size
             options.append((np.array(extra), np.array(saved), np.array(who)))
         (e0, s0, w0), (e1, s1, w1) = options

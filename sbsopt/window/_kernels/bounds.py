@@ -9,7 +9,12 @@ import math
 import numpy as np
 
 from sbsopt._jit import njit
-from sbsopt.window._kernels.relaxation import fraction_dual, fraction_terms, knapsack_gain_nb
+from sbsopt.window._kernels.relaxation import (
+    choice_dual,
+    fraction_terms,
+    knapsack_gain_nb,
+    remainder_terms,
+)
 
 __all__ = ["prefill_analytic_bound", "decode_analytic_bound"]
 
@@ -69,10 +74,11 @@ def decode_analytic_bound(batch, max_batch, kv, free, instance, n_inst, base, a,
 
 @njit(nogil=True)
 def prefill_analytic_bound(residual, instance, n_inst, base, cost, pen, tokens, cached, blocks,
-                           room, free, chunking, alpha, beta, gamma, by_density,
+                           room, free, chunking, alpha, beta, gamma, carry, by_density,
                            by_saving):  # pragma: no cover - compiled
     """The analytic prefill bound of ``sbsopt.window.bounds`` in one compiled pass.
 
+    ``carry``: per request ``w * defer_factor``, the weight on a chunk remainder's cost.
     ``by_density`` / ``by_saving``: the requests by decreasing ``pen / tokens`` and
     ``(pen - cost / units_max) / tokens`` when the caller has them (the greedy's orders), else
     empty (the token knapsacks then sort for themselves)."""
@@ -114,21 +120,30 @@ def prefill_analytic_bound(residual, instance, n_inst, base, cost, pen, tokens, 
     blk = blocks.astype(np.float64)
     if chunking:
         lin, quad, top = fraction_terms(tokens, cached, room, alpha, beta, gamma)
+        whole, hi, e1, e2 = remainder_terms(tokens, quad, top, carry, gamma)
         if (top < 1.0).any():
+            # a request that fits no unit: its largest chunk, less the remainder's extra price
+            # (the chord of the convex gain ``pen*a - e1*a + e2*a**2``), so no known order
+            gain_r = gain_a.copy()
+            for i in range(n):
+                if top[i] < 1.0:
+                    gain_r[i] = pen[i] * top[i] - e1[i] * top[i] + e2[i] * top[i] * top[i]
             floor_a = pen_total - min(
-                knapsack_gain_nb(gain_a * top, tok * top, room_total, by_density),
-                knapsack_gain_nb(gain_a * top, blk * top, free_total, none))
+                knapsack_gain_nb(gain_r, tok * top, room_total, none),
+                knapsack_gain_nb(gain_r, blk * top, free_total, none))
         else:
             floor_a = pen_total - min(knapsack_gain_nb(gain_a, tok, room_total, by_density),
                                       knapsack_gain_nb(gain_a, blk, free_total, none))
-        # averaging form: the fraction's cost spread over the instance's units; a capacity the
-        # fractions cannot fill leaves the dual at its value at 0, which the other one reaches
-        lin_u = lin / units_max
+        # averaging form: the chunk's cost spread over the instance's units; a capacity the
+        # options cannot fill leaves the dual at its value at 0, which the other one reaches
+        g0 = np.full(n, gamma / units_max)
+        lin_u = (lin - gamma) / units_max
         quad_u = quad / units_max
         kv_binds = free_total < 2.0**61 and (blk * top).sum() > free_total
-        dual = fraction_dual(lin_u, quad_u, pen, tok, top, room_total)
+        dual = choice_dual(g0, lin_u, quad_u, whole, pen, e1, e2, tok, hi, room_total)
         if kv_binds:
-            dual = max(dual, fraction_dual(lin_u, quad_u, pen, blk, top, free_total))
+            dual = max(dual, choice_dual(g0, lin_u, quad_u, whole, pen, e1, e2, blk, hi,
+                                         free_total))
         floor_b = pen_total + dual
     else:
         gain_b = np.where(can, pen - cost / units_max, 0.0)
@@ -153,16 +168,50 @@ def prefill_analytic_bound(residual, instance, n_inst, base, cost, pen, tokens, 
             bound = max(bound, total_base + largest + forced)
     if chunking:
         bound = max(bound, total_base + resid_max + _largest_fraction(
-            residual, instance, n_inst, room, lin, quad, top, pen))
+            residual, instance, n_inst, room, lin, quad, pen, gamma, whole, hi, e1, e2))
     return bound
 
 
 @njit(nogil=True)
-def _largest_fraction(residual, instance, n_inst, room, lin, quad, top,
-                      pen):  # pragma: no cover - compiled
+def _chunk_least(slack, gamma, b1, q, pen, e1, e2, hi):  # pragma: no cover - compiled
+    """Least over chunks ``a`` in ``(0, hi]`` of ``max(0, r(a)) + pen*(1 - a) + e1*a - e2*a**2``
+    with ``r(a) = slack + gamma + b1*a + q*a**2`` (increasing): concave where ``r <= 0``, a
+    quadratic beyond, so the least is at ``hi``, where ``r`` turns positive, or the stationary
+    point of the quadratic beyond (``a -> 0`` costs at least ``pen``: deferral's value)."""
+    c0 = slack + gamma
+    if c0 >= 0.0:
+        start = 0.0
+    elif q > 0.0:
+        start = (-b1 + math.sqrt(b1 * b1 - 4.0 * q * c0)) / (2.0 * q)
+    elif b1 > 0.0:
+        start = -c0 / b1
+    else:
+        start = np.inf
+    best = np.inf
+    for k in range(3):
+        if k == 0:
+            a = hi
+        elif k == 1:
+            a = min(start, hi)
+        else:
+            curve = q - e2
+            if curve <= 0.0:
+                continue
+            a = min(max(-(b1 + e1 - pen) / (2.0 * curve), start), hi)
+        if a <= 0.0:
+            continue
+        value = max(0.0, c0 + b1 * a + q * a * a) + pen * (1.0 - a) + e1 * a - e2 * a * a
+        best = min(best, value)
+    return best
+
+
+@njit(nogil=True)
+def _largest_fraction(residual, instance, n_inst, room, lin, quad, pen, gamma, whole, hi, e1,
+                      e2):  # pragma: no cover - compiled
     """Largest-item form with chunking: the least step raise plus deferral that request ``i``
-    alone forces, maximised over ``i`` (``sbsopt.window.bounds`` Notes; ``lin``, ``quad``,
-    ``top`` from :func:`fraction_terms`)."""
+    alone forces, maximised over ``i`` (``sbsopt.window.bounds`` Notes; ``lin``, ``quad`` from
+    :func:`fraction_terms`, the rest from :func:`remainder_terms`): deferred, whole where it
+    fits, or a chunk with its remainder's price (:func:`_chunk_least`)."""
     units = residual.shape[0]
     gmax = np.full(n_inst, -np.inf)
     for j in range(units):
@@ -175,16 +224,11 @@ def _largest_fraction(residual, instance, n_inst, room, lin, quad, top,
     if slack == np.inf:
         return best
     for i in range(lin.shape[0]):
-        # h(a) = max(0, slack + lin*a + quad*a**2) + (1 - a)*pen: convex, least at the larger
-        # of the point where the raise starts and the stationary point of the raised part
-        b, q = lin[i], quad[i]
-        if q > 0.0:
-            start = (-b + math.sqrt(b * b - 4.0 * q * slack)) / (2.0 * q)
-            stationary = (pen[i] - b) / (2.0 * q)
-        else:
-            start = -slack / b if b > 0.0 else np.inf
-            stationary = top[i] if pen[i] > b else 0.0
-        a = min(max(max(start, stationary), 0.0), top[i])
-        value = max(0.0, slack + b * a + q * a * a) + (1.0 - a) * pen[i]
+        value = pen[i]
+        if whole[i]:
+            value = min(value, max(0.0, slack + lin[i] + quad[i]))
+        if hi[i] > 0.0:
+            value = min(value, _chunk_least(slack, gamma, lin[i] - gamma, quad[i], pen[i], e1[i],
+                                            e2[i], hi[i]))
         best = max(best, value)
     return best

@@ -113,8 +113,8 @@ def prefill_solve(cost, tokens, cached, blocks, penalty, guarded, arrival, room,
         orders, cost, tokens, cached, blocks, penalty, guarded, room, free, residual, inst,
         n_inst, base, chunking, alpha, beta, gamma, min_chunk, carry, local_search)
     bound = prefill_analytic_bound(residual, inst, n_inst, base, cost, penalty, tokens, cached,
-                                   blocks, room, free, chunking, alpha, beta, gamma, by_density,
-                                   by_saving)
+                                   blocks, room, free, chunking, alpha, beta, gamma, carry,
+                                   by_density, by_saving)
     chunked = 0
     unplaced_guarded = 0
     for i in range(cost.shape[0]):

@@ -1,6 +1,6 @@
 """Relaxations the compiled bounds share: the fractional knapsack, and the Lagrangian bound
-of placing fractions (first chunks) of the requests (``sbsopt.window.bounds`` Notes;
-``sbsopt.window.relaxation`` holds the numpy forms)."""
+of deferring, placing whole or placing first chunks of the requests
+(``sbsopt.window.bounds`` Notes; ``sbsopt.window.relaxation`` holds the numpy forms)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 
 from sbsopt._jit import njit
 
-__all__ = ["knapsack_gain_nb", "fraction_dual", "fraction_terms"]
+__all__ = ["knapsack_gain_nb", "fraction_terms", "remainder_terms", "choice_dual"]
 
 
 @njit(nogil=True)
@@ -44,70 +44,6 @@ def knapsack_gain_nb(gain, weight, capacity, order):  # pragma: no cover - compi
 
 
 @njit(nogil=True)
-def _fraction_value(lin, half_inv_quad, quad, pen, weight, top,
-                    lam):  # pragma: no cover - compiled
-    """``(sum_i min_a q_i(a), sum_i weight_i * argmin_a, -sum of slopes)`` over ``a`` in
-    ``[0, top_i]`` of ``q_i(a) = quad_i*a**2 + (lin_i - pen_i + lam*weight_i)*a``
-    (``half_inv_quad = 1 / (2*quad)``, 0 where ``quad`` is 0: no division in the loop)."""
-    value = 0.0
-    used = 0.0
-    slope = 0.0
-    for i in range(lin.shape[0]):
-        s = lin[i] - pen[i] + lam * weight[i]
-        if quad[i] > 0.0:
-            a = -s * half_inv_quad[i]
-            if a <= 0.0:
-                a = 0.0
-            elif a >= top[i]:
-                a = top[i]
-            else:
-                slope += weight[i] * weight[i] * half_inv_quad[i]
-        else:
-            a = top[i] if s < 0.0 else 0.0
-        value += quad[i] * a * a + s * a
-        used += weight[i] * a
-    return value, used, slope
-
-
-@njit(nogil=True)
-def fraction_dual(lin, quad, pen, weight, top, capacity):  # pragma: no cover - compiled
-    """Lagrangian lower bound of ``min sum_i quad_i a_i**2 + (lin_i - pen_i) a_i`` over
-    ``0 <= a_i <= top_i`` with ``sum_i weight_i a_i <= capacity``: the dual function at the
-    multiplier where the relaxed answer just fills the capacity (safeguarded Newton steps on
-    the piecewise-linear fill, from the step at 0; any multiplier gives a valid bound).
-    ``capacity >= 2**61`` means unlimited."""
-    n = lin.shape[0]
-    half_inv_quad = np.zeros(n, np.float64)
-    for i in range(n):
-        if quad[i] > 0.0:
-            half_inv_quad[i] = 0.5 / quad[i]
-    value, used, slope = _fraction_value(lin, half_inv_quad, quad, pen, weight, top, 0.0)
-    if capacity >= 2.0**61 or used <= capacity:
-        return value
-    lo = 0.0
-    hi = 0.0
-    for i in range(n):
-        if weight[i] > 0:
-            hi = max(hi, (pen[i] - lin[i]) / weight[i])
-    lam = (used - capacity) / slope if slope > 0.0 else -1.0
-    if not lo < lam < hi:
-        lam = hi / 2.0
-    best = value
-    for _ in range(60):
-        value, used, slope = _fraction_value(lin, half_inv_quad, quad, pen, weight, top, lam)
-        best = max(best, value - lam * capacity)
-        if abs(used - capacity) <= 1e-9 * capacity or hi - lo <= 1e-12 * hi:
-            break
-        if used > capacity:
-            lo = lam
-        else:
-            hi = lam
-        step = lam + (used - capacity) / slope if slope > 0.0 else -1.0
-        lam = step if lo < step < hi else (lo + hi) / 2.0
-    return best
-
-
-@njit(nogil=True)
 def fraction_terms(tokens, cached, room, alpha, beta, gamma):  # pragma: no cover - compiled
     """Per request, for the chunked bounds: ``lin`` and ``quad`` (a fraction ``a`` of the
     request costs at least ``lin*a + quad*a**2``) and ``top``, the largest fraction one window
@@ -126,3 +62,88 @@ def fraction_terms(tokens, cached, room, alpha, beta, gamma):  # pragma: no cove
         if tokens[i] > room_max:
             top[i] = max(min(tokens[i] - 1, room_max), 0) / tokens[i]
     return lin, quad, top
+
+
+@njit(nogil=True)
+def remainder_terms(tokens, quad, cap, carry, gamma):  # pragma: no cover - compiled
+    """Per request, what a chunk's remainder adds to its token share of the penalty
+    (``sbsopt.window.bounds`` Notes, chunking): ``(whole, hi, e1, e2)``, ``whole`` whether the
+    request may be placed whole (``cap`` 1), ``hi`` the largest chunk share (``cap``, at most
+    ``n - 1`` tokens), and the remainder's extra price ``e1*a - e2*a**2`` for a chunk of the
+    share ``a`` (``e1 = carry*(quad + gamma)``, ``e2 = carry*quad``, ``carry = w*defer_factor``)."""
+    n = tokens.shape[0]
+    whole = np.zeros(n, np.bool_)
+    hi = np.zeros(n, np.float64)
+    e1 = np.empty(n, np.float64)
+    e2 = np.empty(n, np.float64)
+    for i in range(n):
+        whole[i] = cap[i] >= 1.0 - 1e-12
+        if tokens[i] > 1:
+            hi[i] = max(min(cap[i], (tokens[i] - 1.0) / tokens[i]), 0.0)
+        e1[i] = carry[i] * (quad[i] + gamma)
+        e2[i] = carry[i] * quad[i]
+    return whole, hi, e1, e2
+
+
+@njit(nogil=True)
+def _choice_value(g0, s1, s2, whole, pen, e1, e2, weight, hi, lam):  # pragma: no cover - compiled
+    """``(sum_i least option value, sum_i weight used by it)`` at the multiplier ``lam``
+    (:func:`choice_dual`)."""
+    value = 0.0
+    used = 0.0
+    for i in range(g0.shape[0]):
+        best = 0.0  # deferred whole
+        take = 0.0
+        if whole[i]:
+            v = g0[i] + s1[i] + s2[i] - pen[i] + lam * weight[i]
+            if v < best:
+                best, take = v, weight[i]
+        if hi[i] > 0.0:
+            b = s1[i] - pen[i] + e1[i] + lam * weight[i]
+            q = s2[i] - e2[i]
+            a = hi[i]
+            if q > 0.0:
+                a = min(max(-b / (2.0 * q), 0.0), hi[i])
+            v = g0[i] + b * a + q * a * a
+            if v < best:
+                best, take = v, weight[i] * a
+        value += best
+        used += take
+    return value, used
+
+
+@njit(nogil=True)
+def choice_dual(g0, s1, s2, whole, pen, e1, e2, weight, hi,
+                capacity):  # pragma: no cover - compiled
+    """Lagrangian lower bound of ``min sum_i v_i`` under ``sum_i weight_i a_i <= capacity``
+    (``sbsopt.window.bounds`` Notes, chunking), each request ``i`` deferred (``a = 0``,
+    ``v = 0``), whole where ``whole_i`` (``a = 1``, ``v = g0 + s1 + s2 - pen``) or a chunk of
+    ``a`` in ``(0, hi_i]`` (``v = g0 + s1*a + s2*a**2 - pen*a + e1*a - e2*a**2``: its step
+    cost and the remainder's price beyond the penalty). The options need not be convex: for
+    every multiplier ``lam >= 0`` the least ``sum_i min_option (v_i + lam*weight_i*a_i) -
+    lam*capacity`` is a bound (weak duality); the dual is concave in ``lam`` with supergradient
+    ``used - capacity``, so bisection on its sign finds the best, and the best value met is
+    returned. ``capacity >= 2**61`` means unlimited."""
+    value, used = _choice_value(g0, s1, s2, whole, pen, e1, e2, weight, hi, 0.0)
+    if capacity >= 2.0**61 or used <= capacity:
+        return value
+    lo = 0.0
+    top = 0.0  # a multiplier at which every request with weight is deferred
+    for i in range(g0.shape[0]):
+        if weight[i] > 0:
+            need = pen[i] - s1[i] - e1[i] - min(s2[i] - e2[i], 0.0) * hi[i]
+            if whole[i]:
+                need = max(need, pen[i] - g0[i] - s1[i] - s2[i])
+            top = max(top, need / weight[i])
+    best = value
+    for _ in range(64):
+        lam = (lo + top) / 2.0
+        value, used = _choice_value(g0, s1, s2, whole, pen, e1, e2, weight, hi, lam)
+        best = max(best, value - lam * capacity)
+        if used > capacity:
+            lo = lam
+        else:
+            top = lam
+        if top - lo <= 1e-10 * top:
+            break
+    return best

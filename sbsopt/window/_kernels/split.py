@@ -8,7 +8,12 @@ import math
 import numpy as np
 
 from sbsopt._jit import njit
-from sbsopt.window._kernels.relaxation import fraction_dual, fraction_terms, knapsack_gain_nb
+from sbsopt.window._kernels.relaxation import (
+    choice_dual,
+    fraction_terms,
+    knapsack_gain_nb,
+    remainder_terms,
+)
 
 __all__ = ["prefill_split_bound"]
 
@@ -60,12 +65,13 @@ def _hosted_penalty(lin, quad, pen, tok, cap, residual, room, alpha, high, order
 
 @njit(nogil=True)
 def _split_range_value(low, high, last, lowest, lin, quad, pen, tok, top, cap, room_total,
-                       resid_mean, units, residual, room, alpha, order,
-                       host_grid):  # pragma: no cover - compiled
+                       resid_mean, units, residual, room, alpha, order, host_grid, tokens,
+                       carry, gamma):  # pragma: no cover - compiled
     """Lower bound (without the base cost) over the steps ``S`` in ``[low, high]`` (``last``:
     ``[low, inf)``): ``max(low + least penalty, averaging form)`` with each request's placed
     fraction capped by what one unit runs within ``high``, the least penalty also as
-    :func:`_hosted_penalty` gives it."""
+    :func:`_hosted_penalty` gives it. The averaging form prices a chunk's remainder as the
+    objective does (``choice_dual``); the least penalties keep its token share only."""
     n = lin.shape[0]
     for i in range(n):
         if last:
@@ -83,13 +89,15 @@ def _split_range_value(low, high, last, lowest, lin, quad, pen, tok, top, cap, r
     if not last:
         least_pen = max(least_pen, _hosted_penalty(lin, quad, pen, tok, cap, residual, room,
                                                    alpha, high, order, host_grid))
-    spread = resid_mean + pen_total + fraction_dual(lin / units, quad / units, pen, tok, cap,
-                                                    room_total)
+    whole, hi, e1, e2 = remainder_terms(tokens, quad, cap, carry, gamma)
+    spread = resid_mean + pen_total + choice_dual(np.full(n, gamma / units), (lin - gamma) / units,
+                                                  quad / units, whole, pen, e1, e2, tok, hi,
+                                                  room_total)
     return max(low + least_pen, spread)
 
 
 @njit(nogil=True)
-def prefill_split_bound(residual, room, tokens, cached, pen, alpha, beta, gamma, ranges,
+def prefill_split_bound(residual, room, tokens, cached, pen, alpha, beta, gamma, carry, ranges,
                         splits, host_grid):  # pragma: no cover - compiled
     """Step-split bound of a one-instance prefill window without its base cost
     (``sbsopt.window.bounds`` Notes): ``ranges`` equal ranges of the step from the largest
@@ -128,7 +136,7 @@ def prefill_split_bound(residual, room, tokens, cached, pen, alpha, beta, gamma,
         highs[k] = resid_max + (stop - resid_max) * (k + 1) / ranges
         values[k] = _split_range_value(lows[k], highs[k], k == ranges, lowest, lin, quad, pen,
                                        tok, top, cap, room_total, resid_mean, units, residual,
-                                       room, alpha, order, host_grid)
+                                       room, alpha, order, host_grid, tokens, carry, gamma)
     count = ranges + 1
     for _ in range(splits):
         k = -1
@@ -141,10 +149,10 @@ def prefill_split_bound(residual, room, tokens, cached, pen, alpha, beta, gamma,
         lows[count], highs[count] = mid, highs[k]
         values[count] = _split_range_value(mid, highs[k], False, lowest, lin, quad, pen, tok,
                                            top, cap, room_total, resid_mean, units, residual,
-                                           room, alpha, order, host_grid)
+                                           room, alpha, order, host_grid, tokens, carry, gamma)
         highs[k] = mid
         values[k] = _split_range_value(lows[k], mid, False, lowest, lin, quad, pen, tok, top,
                                        cap, room_total, resid_mean, units, residual, room,
-                                       alpha, order, host_grid)
+                                       alpha, order, host_grid, tokens, carry, gamma)
         count += 1
     return values[:count].min()

@@ -23,11 +23,9 @@ def test_notebook_is_saved_executed_with_a_plot(path: Path) -> None:
     nbformat = pytest.importorskip("nbformat")
     notebook = nbformat.read(path, as_version=4)
     code = [cell for cell in notebook.cells if cell.cell_type == "code"]
-    assert all(cell.get("outputs") or not cell.source.strip() for cell in code), (
-        f"{path.name} has code cells without outputs: run `python notebooks/execute.py {path.stem}`"
-    )
     assert [cell.execution_count for cell in code] == list(range(1, len(code) + 1)), (
-        f"{path.name} was not executed top to bottom in one kernel"
+        f"{path.name} was not saved executed top to bottom in one kernel: "
+        f"run `python notebooks/execute.py {path.stem}`"
     )
     assert not any(
         output.get("output_type") == "error" for cell in code for output in cell.outputs

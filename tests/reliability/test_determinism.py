@@ -48,7 +48,11 @@ _PRELUDE = textwrap.dedent(
 _SOLVER = textwrap.dedent(
     """
     from sbsopt.kvblocks import request_kv_blocks
-    from sbsopt.window import DecodeWindow, PrefillWindow, solve
+    from sbsopt.window import DecodeWindow, PrefillWindow, solve, warm_up
+
+    # Compile (or load) the kernels outside the budgets: on a cold cache the first solve would
+    # spend its CP-SAT time compiling, and the two processes would not solve the same problem.
+    warm_up()
 
     def result_json(r):
         return {"assignment": r.assignment, "deferred": r.deferred,

@@ -27,9 +27,10 @@ import aiohttp
 import msgspec
 import numpy as np
 
+from sbsopt._stats import percentiles
 from sbsopt._validate import check_number
 
-__all__ = ["RequestRecord", "ReplayResult", "replay", "percentiles", "COLUMNS"]
+__all__ = ["RequestRecord", "ReplayResult", "replay", "COLUMNS"]
 
 COLUMNS = ("id", "arrival_s", "input_tokens", "output_tokens", "status", "reject_reason", "ttft_s", "tpot_s",
            "e2e_s", "tokens_received", "worker", "dp_rank")
@@ -52,21 +53,6 @@ class RequestRecord:
     tokens_received: int = 0
     worker: str = ""
     dp_rank: int = -1
-
-
-def percentiles(values: np.ndarray, scale: float = 1000.0) -> dict[str, float | None]:
-    """``p50``, ``p90``, ``p99`` and ``mean`` of the finite values, times ``scale`` (None if none).
-
-    Examples
-    --------
-    >>> round(percentiles(np.array([0.1, 0.2, np.nan]))["mean"], 6)
-    150.0
-    """
-    values = values[np.isfinite(values)]
-    if not len(values):
-        return {"p50": None, "p90": None, "p99": None, "mean": None}
-    p50, p90, p99 = np.percentile(values, [50, 90, 99]) * scale
-    return {"p50": float(p50), "p90": float(p90), "p99": float(p99), "mean": float(values.mean() * scale)}
 
 
 @dataclass(frozen=True)

@@ -32,6 +32,7 @@ from enum import IntEnum
 import numpy as np
 import pandas as pd
 
+from sbsopt._stats import percentiles
 from sbsopt._validate import check_number
 from sbsopt.errors import SimulationError
 
@@ -146,14 +147,6 @@ def _empty_iterations() -> pd.DataFrame:
     return pd.DataFrame({name: np.zeros(0) for name in ITERATION_COLUMNS})
 
 
-def _pct(values: np.ndarray, scale: float = 1000.0) -> dict:
-    values = values[np.isfinite(values)]
-    if not len(values):
-        return {"p50": None, "p90": None, "p99": None, "mean": None}
-    p50, p90, p99 = np.percentile(values, [50, 90, 99]) * scale
-    return {"p50": float(p50), "p90": float(p90), "p99": float(p99), "mean": float(values.mean() * scale)}
-
-
 @dataclass(frozen=True)
 class SimResult:
     """One simulation run.
@@ -263,15 +256,15 @@ class SimResult:
             "batching": self.config["batching"],
             "gpus": gpus_in if colocated else gpus_in + gpus_out,
             "offered_rate_req_s": (len(t) - 1) / offered if offered > 0 else 0.0,
-            "ttft_ms": _pct(t["ttft_s"].to_numpy()),
+            "ttft_ms": percentiles(t["ttft_s"].to_numpy()),
             "ttft_split_ms": {
-                "sched_wait": _pct(t["sched_wait_s"].to_numpy())["mean"],
-                "engine_wait": _pct(t["engine_wait_s"].to_numpy())["mean"],
-                "exec": _pct(t["exec_s"].to_numpy())["mean"],
+                "sched_wait": percentiles(t["sched_wait_s"].to_numpy())["mean"],
+                "engine_wait": percentiles(t["engine_wait_s"].to_numpy())["mean"],
+                "exec": percentiles(t["exec_s"].to_numpy())["mean"],
             },
-            "tpot_ms": _pct(t["tpot_s"].to_numpy()),
-            "tbt_max_ms": _pct(t["tbt_max_s"].to_numpy()),
-            "e2e_ms": _pct(t["e2e_s"].to_numpy()),
+            "tpot_ms": percentiles(t["tpot_s"].to_numpy()),
+            "tbt_max_ms": percentiles(t["tbt_max_s"].to_numpy()),
+            "e2e_ms": percentiles(t["e2e_s"].to_numpy()),
             "throughput_tok_s_per_gpu": {"input": in_gpu, "output": out_gpu},
             "throughput_tok_s_per_node": {
                 "input": in_gpu * cluster.gpus_per_node, "output": out_gpu * cluster.gpus_per_node,
@@ -324,12 +317,12 @@ class SimResult:
         return {
             "bubble_fraction": None, "chunk_utilization": None, "prefill_forwards": None,
             "iterations": len(it),
-            "iteration_ms": _pct(it["predicted_us"].to_numpy() / 1e3, 1.0),
-            "batch_tokens": _pct(it["tokens"].to_numpy(), 1.0),
+            "iteration_ms": percentiles(it["predicted_us"].to_numpy() / 1e3, 1.0),
+            "batch_tokens": percentiles(it["tokens"].to_numpy(), 1.0),
             "decode_skips": int(it["skipped"].sum()),
             "forced_decodes": int(it["forced"].sum()),
-            "budget_ms": _pct(budget / 1e3, 1.0) if timed else None,
-            "budget_tokens": _pct(it["token_budget"].to_numpy(), 1.0) if timed else None,
+            "budget_ms": percentiles(budget / 1e3, 1.0) if timed else None,
+            "budget_tokens": percentiles(it["token_budget"].to_numpy(), 1.0) if timed else None,
             "unbounded_budget_iterations": int(np.isinf(budget).sum()) if timed else None,
         }
 

@@ -27,6 +27,25 @@ __all__ = ["MockRequest", "MockEngine"]
 _QUEUED, _DECODING, _DONE, _CANCELLED = 1, 2, 3, 4
 
 
+class ModelClock:
+    """Model time: real time since the first reading, times ``speed``.
+
+    ``clock`` (seconds) defaults to the running event loop's clock.
+    """
+
+    def __init__(self, speed: float, clock: Callable[[], float] | None = None) -> None:
+        self.speed = speed
+        self._clock = clock
+        self._t0: float | None = None
+
+    def now(self) -> float:
+        """Model time in seconds."""
+        real = self._clock() if self._clock is not None else asyncio.get_running_loop().time()
+        if self._t0 is None:
+            self._t0 = real
+        return (real - self._t0) * self.speed
+
+
 class MockRequest:
     """One request inside the mock engine; ``tokens`` yields ``(index, model_time_s)`` then ``None``."""
 
@@ -107,8 +126,7 @@ class MockEngine:
         self.tpot_slo_s = tpot_slo_s
         self.max_prompt_tokens = max_prompt_tokens
         self.kv_block_tokens = check_int("kv_block_tokens", kv_block_tokens, minimum=1)
-        self._clock = clock
-        self._t0: float | None = None
+        self._model_clock = ModelClock(self.speed, clock)
         self.kv_free = np.full(ep, kv_capacity_tokens, dtype=np.int64)
         self.outstanding = np.zeros(ep, dtype=np.int64)
         self.received = np.zeros(ep, dtype=np.int64)
@@ -129,10 +147,7 @@ class MockEngine:
 
     def now(self) -> float:
         """Model time in seconds (real time since the first call times ``speed``)."""
-        real = self._clock() if self._clock is not None else asyncio.get_running_loop().time()
-        if self._t0 is None:
-            self._t0 = real
-        return (real - self._t0) * self.speed
+        return self._model_clock.now()
 
     # ------------------------------------------------------------------ requests
     def submit(self, prompt_tokens: int, max_tokens: int, rank: int | None = None) -> MockRequest:

@@ -28,7 +28,7 @@ import numpy as np
 
 from sbsopt._validate import check_int, check_number
 from sbsopt.errors import InvalidInputError
-from sbsopt.serve.mock.engine import MockRequest
+from sbsopt.serve.mock.engine import MockRequest, ModelClock
 from sbsopt.sim.chunking import PrefillTask, get_chunking
 from sbsopt.sim.engine import PrefillInstance
 
@@ -90,8 +90,7 @@ class PrefillEngine:
         self.max_prompt_tokens = check_int("max_prompt_tokens", max_prompt_tokens, minimum=1)
         self.gather_s = check_number("gather_s", gather_s)
         self.instance = PrefillInstance(0, ep, chunk_tokens, get_chunking("default"))
-        self._clock = clock
-        self._t0: float | None = None
+        self._model_clock = ModelClock(self.speed, clock)
         self._requests: dict[int, MockRequest] = {}
         self._tasks: dict[int, PrefillTask] = {}
         self._forward: list[tuple[int, PrefillTask, int]] = []
@@ -114,10 +113,7 @@ class PrefillEngine:
 
     def now(self) -> float:
         """Model time in seconds (real time since the first call times ``speed``)."""
-        real = self._clock() if self._clock is not None else asyncio.get_running_loop().time()
-        if self._t0 is None:
-            self._t0 = real
-        return (real - self._t0) * self.speed
+        return self._model_clock.now()
 
     # ------------------------------------------------------------------ requests
     def submit(self, prompt_tokens: int, max_tokens: int, rank: int | None = None) -> MockRequest:

@@ -55,6 +55,10 @@ __all__ = ["PrefillWindow", "DecodeWindow", "WindowProblem", "prefill_chunk_cost
 
 #: Free KV blocks assumed when ``free_kv_blocks`` is omitted (no KV limit).
 _NO_KV_LIMIT = 2**62
+# Deferral weights' defaults (module docstring): choices of ours, the papers are silent.
+_AGE_SCALE_S = 1.0
+_DEFER_FACTOR = 1.0
+_DEFER_COST_US = 1000.0
 
 
 class _PrefillCoefficients(Protocol):
@@ -91,7 +95,11 @@ def _check_coefficients(coefficients: Any, names: tuple[str, ...]) -> tuple[floa
 
 
 def _frozen(array: np.ndarray) -> np.ndarray:
-    array = np.array(array, copy=True)
+    return _read_only(np.array(array, copy=True))
+
+
+def _read_only(array: np.ndarray) -> np.ndarray:
+    # the kernels are compiled for read-only arrays; a writeable one would compile a second variant
     array.setflags(write=False)
     return array
 
@@ -187,7 +195,7 @@ class PrefillWindow(_ReadOnlyArrays):
     penalty_us: np.ndarray
     guarded: np.ndarray
     base_us: float
-    defer_factor: float = 1.0
+    defer_factor: float = _DEFER_FACTOR
 
     phase = "prefill"
 
@@ -220,9 +228,9 @@ class PrefillWindow(_ReadOnlyArrays):
         load_us: Any = None,
         kv_block_tokens: int = KV_BLOCK_TOKENS,
         min_chunk_tokens: int = 1,
-        age_scale_s: float = 1.0,
-        defer_factor: float = 1.0,
-        defer_cost_us: float = 1000.0,
+        age_scale_s: float = _AGE_SCALE_S,
+        defer_factor: float = _DEFER_FACTOR,
+        defer_cost_us: float = _DEFER_COST_US,
         guard_horizon_s: float = 0.0,
     ) -> PrefillWindow:
         """Validate and build a prefill window.
@@ -289,32 +297,53 @@ class PrefillWindow(_ReadOnlyArrays):
         now = check_number("now_s", now_s)
         inst, groups = _instances(instance, units)
         coeffs = _default_coefficients("prefill") if coefficients is None else coefficients
-        base, alpha, beta, gamma = _check_coefficients(
+        _check_coefficients(
             coeffs, ("base_us", "alpha_us_per_token", "beta_us_per_pair", "gamma_us_per_request")
         )
-        cost = prefill_chunk_cost_us(new, cached, coeffs)
-        if load_us is None:
-            residual = prefill_chunk_cost_us(load, 0.0, coeffs)
-        else:
+        residual = None
+        if load_us is not None:
             residual = check_array("load_us", load_us)
             if residual.shape != (units,):
                 raise InvalidInputError("len(load_us)", residual.shape[0], f"{units}")
-        age_scale = check_number("age_scale_s", age_scale_s, strict_min=True)
-        weight = 1.0 + np.maximum(now - arrival, 0.0) / age_scale
-        factor = check_number("defer_factor", defer_factor)
-        penalty = weight * (factor * cost + check_number("defer_cost_us", defer_cost_us))
-        guarded = deadline <= now + check_number("guard_horizon_s", guard_horizon_s)
+        return cls._assemble(
+            new, cached, arrival, deadline, blocks, capacity, load, free, inst, groups, now_s=now,
+            coefficients=coeffs, allow_chunking=bool(allow_chunking), residual_us=residual,
+            age_scale_s=check_number("age_scale_s", age_scale_s, strict_min=True),
+            defer_factor=check_number("defer_factor", defer_factor),
+            defer_cost_us=check_number("defer_cost_us", defer_cost_us),
+            guard_horizon_s=check_number("guard_horizon_s", guard_horizon_s),
+            min_chunk_tokens=check_int("min_chunk_tokens", min_chunk_tokens, minimum=1), copy=True,
+        )
+
+    @classmethod
+    def _assemble(cls, new: np.ndarray, cached: np.ndarray, arrival: np.ndarray, deadline: np.ndarray,
+                  blocks: np.ndarray, capacity: np.ndarray, load: np.ndarray, free: np.ndarray,
+                  inst: np.ndarray, groups: int, *, now_s: float, coefficients: Any,
+                  allow_chunking: bool = True, residual_us: np.ndarray | None = None,
+                  age_scale_s: float = _AGE_SCALE_S, defer_factor: float = _DEFER_FACTOR,
+                  defer_cost_us: float = _DEFER_COST_US, guard_horizon_s: float = 0.0,
+                  min_chunk_tokens: int = 1, copy: bool) -> PrefillWindow:
+        """The window of already-checked arrays: the derived fields are computed here only.
+
+        :meth:`from_arrays` validates and copies (``copy=True``); the simulator, whose arrays
+        are well formed by construction, passes arrays it owns (``copy=False``: made read-only).
+        """
+        freeze = _frozen if copy else _read_only
+        cost = prefill_chunk_cost_us(new, cached, coefficients)
+        residual = prefill_chunk_cost_us(load, 0.0, coefficients) if residual_us is None else residual_us
+        weight = 1.0 + np.maximum(now_s - arrival, 0.0) / age_scale_s
+        penalty = weight * (defer_factor * cost + defer_cost_us)
+        guarded = deadline <= now_s + guard_horizon_s
         return cls(
-            new_tokens=_frozen(new), cached_tokens=_frozen(cached), arrival_s=_frozen(arrival),
-            deadline_s=_frozen(deadline), kv_blocks=_frozen(blocks),
-            capacity_tokens=_frozen(capacity), load_tokens=_frozen(load),
-            free_kv_blocks=_frozen(free), instance=_frozen(inst), n_instances=groups,
-            now_s=now, coefficients=coeffs, allow_chunking=bool(allow_chunking),
-            min_chunk_tokens=check_int("min_chunk_tokens", min_chunk_tokens, minimum=1),
-            cost_us=_frozen(cost), residual_us=_frozen(residual),
-            room_tokens=_frozen(np.maximum(capacity - load, 0)), weight=_frozen(weight),
-            penalty_us=_frozen(penalty), guarded=_frozen(guarded), base_us=base,
-            defer_factor=factor,
+            new_tokens=freeze(new), cached_tokens=freeze(cached), arrival_s=freeze(arrival),
+            deadline_s=freeze(deadline), kv_blocks=freeze(blocks),
+            capacity_tokens=freeze(capacity), load_tokens=freeze(load),
+            free_kv_blocks=freeze(free), instance=freeze(inst), n_instances=groups,
+            now_s=float(now_s), coefficients=coefficients, allow_chunking=allow_chunking,
+            min_chunk_tokens=min_chunk_tokens, cost_us=freeze(cost), residual_us=freeze(residual),
+            room_tokens=freeze(np.maximum(capacity - load, 0)), weight=freeze(weight),
+            penalty_us=freeze(penalty), guarded=freeze(guarded),
+            base_us=float(coefficients.base_us), defer_factor=defer_factor,
         )
 
 
@@ -368,7 +397,7 @@ class DecodeWindow(_ReadOnlyArrays):
         iqr_k: float = 1.5,
         instance: Any = None,
         kv_block_tokens: int = KV_BLOCK_TOKENS,
-        defer_cost_us: float = 1000.0,
+        defer_cost_us: float = _DEFER_COST_US,
     ) -> DecodeWindow:
         """Validate and build a decode window.
 
@@ -414,19 +443,32 @@ class DecodeWindow(_ReadOnlyArrays):
         kv = used * block_tokens if kv_tokens is None else _unit_array("kv_tokens", kv_tokens, units, 0)
         inst, groups = _instances(instance, units)
         coeffs = _default_coefficients("decode") if coefficients is None else coefficients
-        base, per_request, per_token = _check_coefficients(
+        _check_coefficients(
             coeffs, ("base_us", "us_per_request", "us_per_kv_token")
         )
-        penalty = per_request + per_token * context.astype(np.float64) + check_number(
-            "defer_cost_us", defer_cost_us
+        return cls._assemble(
+            context, blocks, batch, max_batch, used, free, kv, inst, groups, coefficients=coeffs,
+            iqr_k=check_number("iqr_k", iqr_k), defer_cost_us=check_number("defer_cost_us", defer_cost_us),
+            copy=True,
         )
+
+    @classmethod
+    def _assemble(cls, context: np.ndarray, blocks: np.ndarray, batch: np.ndarray, max_batch: np.ndarray,
+                  used: np.ndarray, free: np.ndarray, kv: np.ndarray, inst: np.ndarray, groups: int, *,
+                  coefficients: Any, iqr_k: float, defer_cost_us: float = _DEFER_COST_US,
+                  copy: bool) -> DecodeWindow:
+        """The window of already-checked arrays (see :meth:`PrefillWindow._assemble`)."""
+        freeze = _frozen if copy else _read_only
+        per_request = float(coefficients.us_per_request)
+        per_token = float(coefficients.us_per_kv_token)
+        penalty = per_request + per_token * context.astype(np.float64) + defer_cost_us
         return cls(
-            context_tokens=_frozen(context), kv_blocks=_frozen(blocks), batch_size=_frozen(batch),
-            max_batch_size=_frozen(max_batch), kv_blocks_used=_frozen(used),
-            free_kv_blocks=_frozen(free), kv_tokens=_frozen(kv), instance=_frozen(inst),
-            n_instances=groups, coefficients=coeffs,
-            iqr_k=check_number("iqr_k", iqr_k), penalty_us=_frozen(penalty),
-            base_us=base, us_per_request=per_request, us_per_kv_token=per_token,
+            context_tokens=freeze(context), kv_blocks=freeze(blocks), batch_size=freeze(batch),
+            max_batch_size=freeze(max_batch), kv_blocks_used=freeze(used),
+            free_kv_blocks=freeze(free), kv_tokens=freeze(kv), instance=freeze(inst),
+            n_instances=groups, coefficients=coefficients, iqr_k=float(iqr_k),
+            penalty_us=freeze(penalty), base_us=float(coefficients.base_us),
+            us_per_request=per_request, us_per_kv_token=per_token,
         )
 
 

@@ -49,6 +49,12 @@ class PrefillInstance:
     def has_work(self) -> bool:
         return bool(self.queued_requests.sum() > 0)
 
+    def remove(self, unit: int, task: PrefillTask) -> None:
+        """Take a queued task off ``unit`` (the reverse of :meth:`enqueue`)."""
+        self.queues[unit].remove(task)
+        self.queued_tokens[unit] -= task.remaining
+        self.queued_requests[unit] -= 1
+
     def clear(self) -> list[int]:
         """Empty the instance as a failure does; return the ids of the requests it queued."""
         lost = [task.rid for queue in self.queues for task in queue]

@@ -46,6 +46,23 @@ class ModelClock:
         return (real - self._t0) * self.speed
 
 
+def check_submission(prompt_tokens: int, max_tokens: int, rank: int | None, *, ep: int,
+                     max_prompt_tokens: int) -> None:
+    """What both mock engines refuse of a request: bad counts, a prompt over the limit, a bad rank.
+
+    Raises
+    ------
+    InvalidInputError
+        Naming ``prompt_tokens``, ``max_tokens``, ``prompt`` or ``data_parallel_rank``.
+    """
+    check_int("prompt_tokens", prompt_tokens, minimum=1)
+    check_int("max_tokens", max_tokens, minimum=1)
+    if prompt_tokens > max_prompt_tokens:
+        raise InvalidInputError("prompt", prompt_tokens, f"at most {max_prompt_tokens} prompt tokens")
+    if rank is not None and not 0 <= rank < ep:
+        raise InvalidInputError("data_parallel_rank", rank, f"a rank in [0, {ep - 1}]")
+
+
 class MockRequest:
     """One request inside the mock engine; ``tokens`` yields ``(index, model_time_s)`` then ``None``."""
 
@@ -158,17 +175,12 @@ class MockEngine:
         InvalidInputError
             Bad rank, prompt over ``max_prompt_tokens``, or prompt + output over one rank's KV.
         """
-        check_int("prompt_tokens", prompt_tokens, minimum=1)
-        check_int("max_tokens", max_tokens, minimum=1)
-        if prompt_tokens > self.max_prompt_tokens:
-            raise InvalidInputError("prompt", prompt_tokens, f"at most {self.max_prompt_tokens} prompt tokens")
+        check_submission(prompt_tokens, max_tokens, rank, ep=self.ep, max_prompt_tokens=self.max_prompt_tokens)
         if prompt_tokens + max_tokens > self.kv_capacity:
             raise InvalidInputError("max_tokens", max_tokens, f"prompt + max_tokens within one rank's KV capacity "
                                     f"({self.kv_capacity} tokens; prompt has {prompt_tokens})")
         if rank is None:
             rank = int(np.argmin(self.outstanding))
-        elif not 0 <= rank < self.ep:
-            raise InvalidInputError("data_parallel_rank", rank, f"a rank in [0, {self.ep - 1}]")
         req = MockRequest(next(self._ids), prompt_tokens, max_tokens, rank, self.now())
         self.outstanding[rank] += prompt_tokens + max_tokens
         self.received[rank] += 1

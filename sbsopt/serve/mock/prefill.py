@@ -28,7 +28,7 @@ import numpy as np
 
 from sbsopt._validate import check_int, check_number
 from sbsopt.errors import InvalidInputError
-from sbsopt.serve.mock.engine import MockRequest, ModelClock
+from sbsopt.serve.mock.engine import MockRequest, ModelClock, check_submission
 from sbsopt.sim.chunking import PrefillTask, get_chunking
 from sbsopt.sim.engine import PrefillInstance
 
@@ -124,15 +124,10 @@ class PrefillEngine:
         InvalidInputError
             Bad rank or a prompt over ``max_prompt_tokens``.
         """
-        check_int("prompt_tokens", prompt_tokens, minimum=1)
-        check_int("max_tokens", max_tokens, minimum=1)
-        if prompt_tokens > self.max_prompt_tokens:
-            raise InvalidInputError("prompt", prompt_tokens, f"at most {self.max_prompt_tokens} prompt tokens")
+        check_submission(prompt_tokens, max_tokens, rank, ep=self.ep, max_prompt_tokens=self.max_prompt_tokens)
         inst = self.instance
         if rank is None:
             rank = int(np.argmin(inst.queued_tokens))
-        elif not 0 <= rank < self.ep:
-            raise InvalidInputError("data_parallel_rank", rank, f"a rank in [0, {self.ep - 1}]")
         rid = self._next_id
         self._next_id += 1
         req = MockRequest(rid, prompt_tokens, max_tokens, rank, self.now())
@@ -158,11 +153,8 @@ class PrefillEngine:
     def _remove(self, rid: int) -> None:
         task = self._tasks.pop(rid)
         req = self._requests.pop(rid)
-        inst = self.instance
         if task.remaining > 0:
-            inst.queues[req.rank].remove(task)
-            inst.queued_tokens[req.rank] -= task.remaining
-            inst.queued_requests[req.rank] -= 1
+            self.instance.remove(req.rank, task)
 
     def load(self) -> dict[str, Any]:
         """Per-rank state for the sidecar (``GET /v1/load``), the simulator's engine report.

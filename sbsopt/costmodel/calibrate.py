@@ -63,7 +63,7 @@ LINK_VERSION = "2025-02 initial"
 # Linear coefficients of the fit (link efficiencies and the LL latency are not among them).
 _LINEAR = (
     "launch_us", "gemm_flop_scale", "gemm_byte_scale",
-    "grouped_flop_scale", "overlap_byte_scale",
+    "grouped_flop_scale", "overlap_byte_scale", "epilogue_byte_scale",
     "bf16_gemm_flop_scale", "attn_flop_scale",
     "mem_byte_scale", "route_row_ns", "layout_ns_per_token",
 )
@@ -427,7 +427,7 @@ def _profile_layer_row(rows) -> tuple[str, float, float, float] | None:
 
 _STAGE_OF = {
     "qkv_a_proj": "attn0", "q_b_proj": "attn0", "kv_b_proj": "attn0", "rope_kvcache": "attn0",
-    "combine_reduce": "attn0", "core_attention": "attn1", "o_proj": "attn1", "router_gemm": "attn1",
+    "combine_reduce": "routed", "core_attention": "attn1", "o_proj": "attn1", "router_gemm": "attn1",
     "topk_gate": "attn1", "clean_and_count": "routed", "fused_mapping": "routed", "expand_to_fused": "routed",
     "scale_transpose": "routed", "routed_gate_up": "routed", "routed_down": "routed",
     "shared_gate_up": "shared", "shared_down": "shared",

@@ -44,8 +44,13 @@ class KernelCoefficients:
     # FP8 DeepGEMM, grouped layouts (contiguous for prefill, masked for decode): own compute
     # efficiency; bytes and launch overhead shared with the dense kernels (same machinery)
     grouped_flop_scale: float = 1.3
+    # FP8 DeepGEMM epilogue: after each output tile's k-loop the math warpgroups write the BF16
+    # tile through shared memory and wait for its TMA store (``tma_store_wait<0>``) before the
+    # next tile starts, so every wave pays one tile's store, not overlapped with MMA:
+    # ``scale * waves * BM*BN*2 / (hbm / SMs)`` (1 = each SM at its share of HBM bandwidth)
+    epilogue_byte_scale: float = 0.5
     # extra byte-term multiplier of GEMMs that run beside the other micro-batch's comm
-    # (prefill overlap, fewer SMs): their BF16 epilogue writes stall longer
+    # (prefill overlap, fewer SMs), whose kernels share HBM and L2 with them
     overlap_byte_scale: float = 1.0
     # BF16 GEMMs (cuBLAS router logits, CUTLASS batched absorbed W_UK/W_UV)
     bf16_gemm_flop_scale: float = 1.5
@@ -58,7 +63,8 @@ class KernelCoefficients:
     # memory-bound kernels (norms, casts, residual adds, RoPE + KV write, SwiGLU, permute, reduce,
     # FlashMLA KV read and split-KV combine, DeepEP low-latency send/recv hooks)
     mem_byte_scale: float = 1.3
-    # routing bookkeeping kernels (gating, counting, mapping): per routed row
+    # routing bookkeeping kernels (gating, counting, mapping): per top-k index entry written
+    # or scanned (a scan of the received tokens' top-k indices counts each pass)
     route_row_ns: float = 1.0
     # DeepEP normal kernels: bottleneck-link efficiency (achieved / link bandwidth), from DeepEP's
     # benchmark converted to physical link bytes (see sbsopt.costmodel.deepep)

@@ -3,8 +3,9 @@
 Each kernel is described by its physics (FLOPs, bytes, routed rows) and a kernel class; its
 time is ``scale * ideal + fixed`` with the class coefficients of
 :class:`~sbsopt.costmodel.coefficients.KernelCoefficients`.  GEMMs follow DeepGEMM's tiling:
-a kernel runs ``waves = ceil(tiles / SMs)`` waves of ``BM x 128`` output tiles, so small
-batches pay for whole tiles (monotone in M, and the reason a 64-row GEMM is memory-bound).
+a kernel runs ``waves = ceil(tiles / SMs)`` waves of ``BM x BN`` output tiles, so small
+batches pay for whole tiles (monotone in M, and the reason a 64-row GEMM is memory-bound), and
+every wave ends with its tiles' BF16 store, which the next tile waits for.
 
 All functions take numpy arrays (or scalars) of per-micro-batch token counts and return
 microseconds; nothing here knows about ranks or lock-step (see :mod:`sbsopt.costmodel.step`).
@@ -14,12 +15,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import TypeAlias
 
 import numpy as np
 
 from sbsopt.costmodel.cards import HardwareCard, ModelCard
 from sbsopt.costmodel.coefficients import KernelCoefficients
+from sbsopt.costmodel.topology import hit_probability
 from sbsopt.errors import InvalidInputError
 
 __all__ = [
@@ -32,6 +35,7 @@ __all__ = [
     "kernel_us",
     "expected_max_rows",
     "max_normal_z",
+    "rows_per_received_token",
     "STAGES",
 ]
 
@@ -52,7 +56,7 @@ class Kernel:
 
     ``kind`` is ``"gemm"``, ``"grouped"``, ``"bf16_gemm"``, ``"attn"``, ``"mem"`` or
     ``"route"``; GEMM kinds use ``m, n, k, groups``; ``"attn"`` uses ``flops``; ``"mem"`` uses
-    ``bytes``; ``"route"`` uses ``rows``.  Array-valued fields broadcast.  ``stage`` is the
+    ``bytes``; ``"route"`` uses ``rows`` (top-k index entries the kernel writes or scans).  Array-valued fields broadcast.  ``stage`` is the
     compute stage of DeepSeek's overlap schedule the kernel runs in (see
     :mod:`sbsopt.costmodel.overlap`): ``"attn0"`` (norms and MLA projections before core
     attention, and the previous layer's combine reduce), ``"attn1"`` (core attention, output
@@ -76,7 +80,7 @@ class Kernel:
 
 def gemm_us(
     m: Scalars | list[float], n: int, k: int, *, groups: Scalars, flop_scale: float, byte_scale: float, fixed_us: float,
-    hw: HardwareCard, sm_fraction: float,
+    hw: HardwareCard, sm_fraction: float, epilogue_scale: float = 0.0,
 ) -> np.ndarray:
     """Time of an FP8 GEMM ``[m, k] x [k, n]`` (per group) on ``sm_fraction`` of the SMs.
 
@@ -96,11 +100,24 @@ def gemm_us(
         Peak FP8 FLOP/s, HBM bandwidth and SM count.
     sm_fraction : float
         Share of the SMs the GEMM runs on (below 1 when communication kernels hold some).
+    epilogue_scale : float, default 0.0
+        Coefficient of the per-wave output-tile store (see Notes).
 
     Returns
     -------
     numpy.ndarray
         Microseconds, shaped like ``m``.
+
+    Notes
+    -----
+    DeepGEMM's persistent kernel ends every output tile by converting the FP32 accumulators to
+    BF16, staging them in shared memory and issuing a TMA store that thread 0 waits for
+    (``tma_store_wait<0>()``) before the math warpgroups start the next tile
+    (``deep_gemm/include/deep_gemm/fp8_gemm.cuh`` at DeepGEMM 55ab91f, the version of the
+    bundled benchmark).  The store is therefore serial with the MMA: each wave adds one
+    ``BM x BN`` BF16 tile per SM, written while every SM writes its own, priced as
+    ``epilogue_scale * waves * BM * BN * 2 / (hbm_bw / SMs)``.  It weighs most where a tile
+    has little reduction work per output (small ``k``: ``kv_b``, ``q_b``, the down projections).
 
     Examples
     --------
@@ -117,14 +134,20 @@ def gemm_us(
     sm_peak = hw.fp8_peak_flops / hw.sms
     # DeepGEMM picks the output tile width that needs the fewest waves; a wave costs one tile
     compute_s = np.full(np.shape(m), np.inf)
+    epilogue_s = np.zeros(np.shape(m))
     for block_n in _BLOCK_N:
         tiles = groups * np.ceil(m / block_m) * np.ceil(n / block_n)
         waves = np.ceil(tiles / sms)
-        compute_s = np.minimum(compute_s, waves * (2.0 * block_m * block_n * k) / sm_peak)
+        tile_s = waves * (2.0 * block_m * block_n * k) / sm_peak
+        fewer = tile_s < compute_s
+        compute_s = np.where(fewer, tile_s, compute_s)
+        # each wave's BF16 output tiles leave before the next tile starts (see Notes)
+        epilogue_s = np.where(fewer, waves * block_m * block_n * 2.0 / (hw.hbm_bw_Bps / hw.sms), epilogue_s)
     data = groups * (n * k + m * k + 2.0 * m * n)
     memory_s = data / hw.hbm_bw_Bps
     active = m > 0
-    return np.where(active, (flop_scale * compute_s + byte_scale * memory_s) * 1e6 + fixed_us, 0.0)
+    return np.where(active, (flop_scale * compute_s + epilogue_scale * epilogue_s + byte_scale * memory_s) * 1e6
+                    + fixed_us, 0.0)
 
 
 def kernel_us(kernel: Kernel, coef: KernelCoefficients, hw: HardwareCard, *, sm_fraction: float) -> np.ndarray:
@@ -166,6 +189,7 @@ def kernel_us(kernel: Kernel, coef: KernelCoefficients, hw: HardwareCard, *, sm_
         return gemm_us(
             kernel.m, kernel.n, kernel.k, groups=kernel.groups, flop_scale=flop_scale,
             byte_scale=byte_scale, fixed_us=coef.launch_us, hw=hw, sm_fraction=sm_fraction,
+            epilogue_scale=coef.epilogue_byte_scale,
         )
     if kernel.kind == "bf16_gemm":
         m = np.asarray(kernel.m, dtype=np.float64)
@@ -372,6 +396,13 @@ def moe_kernels(model: ModelCard, tokens, mean_tokens, *, experts_per_rank: int,
     (FP8 cast and issue) and receive (unpack into the per-expert layout), the combine send and
     receive (the top-k weighted reduce).
 
+    Prefill follows the contract of DeepEP's normal kernels: dispatch delivers each token once
+    per destination rank (``recv_x`` is ``[num_recv_tokens, hidden]``) and combine takes one
+    vector per received token back, so the rank expands the received tokens into one row per
+    (token, local expert) for the grouped GEMMs (``expand_to_fused``) and reduces the rows back
+    to one weighted sum per received token before the combine (``combine_reduce``, routed
+    stage).  A received token carries :func:`rows_per_received_token` rows.
+
     Parameters
     ----------
     model : ModelCard
@@ -413,11 +444,16 @@ def moe_kernels(model: ModelCard, tokens, mean_tokens, *, experts_per_rank: int,
         Kernel("router_gemm", "other", "bf16_gemm", stage="attn1", m=tokens, n=model.routed_experts, k=h),
         Kernel("topk_gate", "other", "route", stage="attn1", rows=tokens * topk),
     ]
+    received = rows / rows_per_received_token(model, experts_per_rank)
     if phase == "prefill":
+        # the bookkeeping scans the received tokens' top-k expert indices (DeepEP's
+        # ``recv_topk_idx``, -1 for other ranks' experts): counting once, the mapping twice
+        # (count per expert, grid-wide barrier, then place every row)
         kernels += [
-            Kernel("clean_and_count", "other", "route", stage="routed", rows=rows),
-            Kernel("fused_mapping", "other", "route", stage="routed", rows=rows),
-            Kernel("expand_to_fused", "other", "mem", stage="routed", bytes=rows * dispatch_bytes * 2),
+            Kernel("clean_and_count", "other", "route", stage="routed", rows=received * topk),
+            Kernel("fused_mapping", "other", "route", stage="routed", rows=2 * received * topk),
+            # read every received FP8 token (+ scales) once, write one copy per local expert
+            Kernel("expand_to_fused", "other", "mem", stage="routed", bytes=(received + rows) * dispatch_bytes),
             Kernel("scale_transpose", "other", "mem", stage="routed", bytes=rows * (h // 128) * 4 * 2),
         ]
     else:
@@ -442,14 +478,63 @@ def moe_kernels(model: ModelCard, tokens, mean_tokens, *, experts_per_rank: int,
                    bytes=tokens * shared * (2 * inter * 2 + inter + inter // 32)),
             Kernel("shared_down", "shared_expert", "gemm", stage="shared", m=tokens, n=h, k=inter * shared),
         ]
-    if phase == "decode":
-        # combine send: read the BF16 expert outputs into the send buffer
-        kernels.append(Kernel("ll_combine_send", "combine", "mem", stage="routed", bytes=rows * h * act * 2))
-    # top-k weighted reduce of the combined rows + shared output, and the residual add (the
-    # low-latency combine's receive half in decode); it opens the next layer's attention stage
-    name, term = ("combine_reduce", "other") if phase == "prefill" else ("ll_combine_recv", "combine")
-    kernels.append(Kernel(name, term, "mem", stage="attn0", bytes=tokens * (topk + 3) * h * act))
+    if phase == "prefill":
+        # weighted sum of each received token's expert rows (BF16 rows, FP32 weights and int32
+        # positions in, one BF16 vector out), the combine's input; after the combine, the add of
+        # the combined and shared outputs into the residual stream opens the next layer's
+        # attention stage
+        reduce_bytes = rows * h * act + received * (h * act + topk * 8)
+        kernels += [
+            Kernel("combine_reduce", "other", "mem", stage="routed", bytes=reduce_bytes),
+            Kernel("moe_residual", "other", "mem", stage="attn0", bytes=tokens * 4 * h * act),
+        ]
+    else:
+        # combine send: read the BF16 expert outputs into the send buffer; the low-latency combine's
+        # receive half reduces the top-k rows of each token and adds the shared output and residual
+        kernels += [
+            Kernel("ll_combine_send", "combine", "mem", stage="routed", bytes=rows * h * act * 2),
+            Kernel("ll_combine_recv", "combine", "mem", stage="attn0", bytes=tokens * (topk + 3) * h * act),
+        ]
     return kernels
+
+
+def rows_per_received_token(model: ModelCard, experts_per_rank: int) -> float:
+    """Expected local experts a token reaching a rank picks there (its rows on that rank).
+
+    DeepEP's normal dispatch sends a token to a rank once however many of the rank's experts
+    it picks; the rank then holds ``rows / rows_per_received_token`` distinct tokens.  Under the
+    card's group-limited routing (see :func:`~sbsopt.costmodel.topology.hit_probability`) a
+    rank's ``e`` experts receive ``top_k * e / experts`` rows per token sent anywhere, and
+    a token reaches the rank with the probability of hitting at least one of them.
+
+    Parameters
+    ----------
+    model : ModelCard
+        Routing (experts, groups, top-k).
+    experts_per_rank : int
+        Routed experts hosted on a rank (the first ``experts_per_rank`` experts stand for any).
+
+    Returns
+    -------
+    float
+        Rows per received token, at least 1.
+
+    Examples
+    --------
+    >>> from sbsopt.costmodel import load_model_card
+    >>> round(rows_per_received_token(load_model_card(), 8), 3)
+    1.213
+    """
+    return _rows_per_received_token(model.routed_experts, model.expert_groups, model.groups_per_token,
+                                    model.experts_per_token, experts_per_rank)
+
+
+@lru_cache(maxsize=64)
+def _rows_per_received_token(experts: int, groups: int, groups_per_token: int, top_k: int, local: int) -> float:
+    local = min(local, experts)
+    hit = hit_probability(((0.0, float(local)),), routed_experts=experts, expert_groups=groups,
+                          groups_per_token=groups_per_token, experts_per_token=top_k)
+    return max(1.0, top_k * local / experts / hit) if hit > 0 else 1.0
 
 
 def dense_ffn_kernels(model: ModelCard, tokens) -> list[Kernel]:
@@ -479,8 +564,14 @@ def dense_ffn_kernels(model: ModelCard, tokens) -> list[Kernel]:
     ]
 
 
-def head_kernels(model: ModelCard, rows) -> list[Kernel]:
-    """Final norm and LM head on the ``rows`` positions that produce logits.
+def head_kernels(model: ModelCard, rows, *, mtp: bool = False) -> list[Kernel]:
+    """Final norm and LM head on the ``rows`` positions that produce logits (and the MTP module's).
+
+    With ``mtp`` the decode step also runs DeepSeek's multi-token-prediction module outside its
+    transformer block (which the caller counts as one more MoE layer): the RMSNorms of the
+    hidden state and of the next token's embedding, the projection ``eh_proj`` of their
+    concatenation (``[rows, 2h] x [2h, h]``; a plain BF16 ``nn.Linear`` in vLLM's
+    ``deepseek_mtp.py``), and the module's own final norm and LM head (shared weights).
 
     Parameters
     ----------
@@ -488,14 +579,39 @@ def head_kernels(model: ModelCard, rows) -> list[Kernel]:
         Hidden and vocabulary sizes.
     rows : float or array_like
         Positions that produce logits (one per request in prefill, per query in decode).
+    mtp : bool, default False
+        Add the MTP module's norms, projection and head.
 
     Returns
     -------
     list of Kernel
-        The final norm and the LM-head GEMM.
+        The final norm and the LM-head GEMM, then (``mtp``) the MTP module's kernels.
+
+    References
+    ----------
+    DeepSeek-AI, "DeepSeek-V3 Technical Report", arXiv:2412.19437, section 2.2 (eq. 21: the
+    MTP module combines ``RMSNorm(h)`` and ``RMSNorm(Emb(t))`` through ``M_k`` of size
+    ``d x 2d``).
+
+    Examples
+    --------
+    >>> from sbsopt.costmodel import load_model_card
+    >>> [k.name for k in head_kernels(load_model_card(), 2.0, mtp=True)]
+    ['final_norm', 'lm_head', 'mtp_norms', 'mtp_eh_proj', 'mtp_final_norm', 'mtp_lm_head']
     """
     rows = np.asarray(rows, dtype=np.float64)
-    return [
-        Kernel("final_norm", "other", "mem", bytes=rows * model.hidden_size * 4.0),
-        Kernel("lm_head", "other", "bf16_gemm", m=rows, n=model.vocab_size, k=model.hidden_size),
+    h, act = model.hidden_size, model.activation_bytes
+    kernels = [
+        Kernel("final_norm", "other", "mem", bytes=rows * h * 4.0),
+        Kernel("lm_head", "other", "bf16_gemm", m=rows, n=model.vocab_size, k=h),
     ]
+    if mtp:
+        kernels += [
+            # hnorm and enorm (one fused launch): read the hidden state and the embedding row,
+            # write both normed halves of the concatenated input
+            Kernel("mtp_norms", "other", "mem", bytes=rows * 2 * h * act * 2),
+            Kernel("mtp_eh_proj", "other", "bf16_gemm", m=rows, n=h, k=2 * h),
+            Kernel("mtp_final_norm", "other", "mem", bytes=rows * h * 4.0),
+            Kernel("mtp_lm_head", "other", "bf16_gemm", m=rows, n=model.vocab_size, k=h),
+        ]
+    return kernels

@@ -14,8 +14,9 @@ Per MoE layer and micro-batch (``n_j / m`` tokens on rank ``j``):
   stage it runs beside; the last combine of the forward is exposed once.
 
 Every kernel also pays the inter-kernel gap of its stream (``kernel_gap_us``).  Decode with
-``query_tokens >= 2`` is DeepSeek's multi-token prediction: the MTP module adds one MoE layer
-and the head, and a step yields ``1 + mtp_acceptance`` tokens per request.
+``query_tokens >= 2`` is DeepSeek's multi-token prediction: the MTP module adds one MoE layer,
+its input norms and ``eh_proj``, and the head, and a step yields ``1 + mtp_acceptance``
+tokens per request.
 
 Idle ranks run a dummy batch (one token) and still join the all-to-all, so zero load costs
 the fixed overheads of every kernel.  Per-micro-batch layer times are tabulated on a uniform
@@ -674,9 +675,9 @@ def _build_tables(cm: CostModel, phase: str, q: int) -> _Tables:
     dense = _sum_kernels(_dense_kernels(cm, phase, dummy, q), cm, frac)
     xd0, xc0 = _transfers(_comm_us(cm, phase, 0.0))
     xd1, xc1 = _transfers(_comm_us(cm, phase, 1.0))
-    head0 = float(_sum_kernels(head_kernels(cm.model, 1.0), cm, frac))
-    head_slope = float(_sum_kernels(head_kernels(cm.model, 2.0), cm, frac)) - head0
     mtp = phase == "decode" and q >= 2
+    head0 = float(_sum_kernels(head_kernels(cm.model, 1.0, mtp=mtp), cm, frac))
+    head_slope = float(_sum_kernels(head_kernels(cm.model, 2.0, mtp=mtp), cm, frac)) - head0
     constants = np.zeros(_kernels.N_CONSTANTS)
     constants[_kernels.C_STEP] = step
     constants[_kernels.C_MB] = cm.micro_batches
@@ -685,11 +686,10 @@ def _build_tables(cm: CostModel, phase: str, q: int) -> _Tables:
     constants[_kernels.C_XD0], constants[_kernels.C_XD1] = float(xd0), float(xd1 - xd0)
     constants[_kernels.C_XC0], constants[_kernels.C_XC1] = float(xc0), float(xc1 - xc0)
     # head rows: one per request in prefill, one per query token in decode; the 1-row head
-    # is paid even by an idle instance (dummy batch); the MTP module runs its own head
-    heads = 2.0 if mtp else 1.0
-    per_row = head_slope * (q if phase == "decode" else 1)
-    constants[_kernels.C_HEAD0] = heads * (head0 - head_slope)
-    constants[_kernels.C_HEAD1] = heads * per_row
+    # is paid even by an idle instance (dummy batch); with MTP it includes the MTP module's
+    # norms, ``eh_proj`` and head
+    constants[_kernels.C_HEAD0] = head0 - head_slope
+    constants[_kernels.C_HEAD1] = head_slope * (q if phase == "decode" else 1)
     constants[_kernels.C_MOE_LAYERS] = cm.model.moe_layers + (1 if mtp else 0)
     constants[_kernels.C_DENSE_LAYERS] = cm.model.dense_layers
     constants[_kernels.C_DECODE] = 1.0 if phase == "decode" else 0.0
@@ -737,7 +737,7 @@ def _breakdown(cm: CostModel, phase: str, tokens: float, context: float, q: int,
     dense_layer = float(m * dense)
     mtp = phase == "decode" and q >= 2
     rows = max(reqs * (q if phase == "decode" else 1), 1.0)
-    head = float(_sum_kernels(head_kernels(cm.model, rows), cm, frac)) * (2.0 if mtp else 1.0)
+    head = float(_sum_kernels(head_kernels(cm.model, rows, mtp=mtp), cm, frac))
     layers = cm.model.moe_layers + (1 if mtp else 0)
     step = layers * moe_layer + cm.model.dense_layers * dense_layer + fill + head
     stage_us.update({"dispatch": xd, "combine": xc})

@@ -28,6 +28,8 @@ from sbsopt.costmodel.coefficients import KernelCoefficients
 __all__ = ["ValidationRow", "validation_table", "leave_one_group_out", "throughput_rows", "summary", "THROUGHPUT_FILE"]
 
 THROUGHPUT_FILE = "production_throughput.csv"
+# group prefixes whose in-sample rows are single kernel durations
+_KERNEL_GROUPS = ("profile kernels", "profile comm", "deepgemm")
 
 
 @dataclass(frozen=True)
@@ -182,8 +184,10 @@ def summary(rows: list[ValidationRow]) -> dict[str, dict[str, float]]:
     Returns
     -------
     dict
-        ``{"in_sample": {...}, "out_of_sample": {...}, "leave_one_group_out": {...}}`` with
-        ``median_abs_err``, ``max_abs_err`` and ``rows``.
+        ``{"in_sample": {...}, "per_kernel": {...}, "out_of_sample": {...},
+        "leave_one_group_out": {...}}`` with ``median_abs_err``, ``max_abs_err`` and ``rows``;
+        ``per_kernel`` is the in-sample kernel durations alone (the profile's kernels and
+        DeepGEMM's dense and contiguous GEMMs; no link bandwidths, layers or FlashMLA).
     """
     def stats(chosen: list[ValidationRow]) -> dict[str, float]:
         errors = np.abs([r.error for r in chosen]) if chosen else np.zeros(1)
@@ -191,6 +195,7 @@ def summary(rows: list[ValidationRow]) -> dict[str, dict[str, float]]:
 
     return {
         "in_sample": stats([r for r in rows if r.in_fit]),
+        "per_kernel": stats([r for r in rows if r.in_fit and r.group.startswith(_KERNEL_GROUPS)]),
         "out_of_sample": stats([r for r in rows if not r.in_fit and not r.group.startswith("logo")]),
         "leave_one_group_out": stats([r for r in rows if r.group.startswith("logo")]),
     }

@@ -34,10 +34,9 @@ def test_calibration_error_table(report) -> None:
 def test_coefficients_are_non_negative_and_physical(report) -> None:
     c = report.coefficients
     assert all(value >= 0 for value in asdict(c).values())
-    # nothing runs faster than its peak: FLOP scales >= ~1 (0.9 leaves room for the BF16 spec); the
-    # router GEMM (one row, whose memory term carries the memory-kernel scale) gets 0.8
-    assert min(c.gemm_flop_scale, c.grouped_flop_scale, c.attn_flop_scale, c.mla_flop_scale) > 0.9
-    assert c.bf16_gemm_flop_scale > 0.8
+    # nothing runs faster than its peak: FLOP scales >= ~1 (0.9 leaves room for the BF16 spec)
+    assert min(c.gemm_flop_scale, c.grouped_flop_scale, c.attn_flop_scale, c.mla_flop_scale,
+               c.bf16_gemm_flop_scale) > 0.9
     assert 0 < c.dispatch_link_eff <= 1 and 0 < c.combine_link_eff <= 1
 
 

@@ -7,7 +7,14 @@ import pytest
 
 from sbsopt.costmodel.cards import load_hardware_card, load_model_card
 from sbsopt.costmodel.coefficients import load_coefficients
-from sbsopt.costmodel.layers import attention_kernels, gemm_us, kernel_us, moe_kernels
+from sbsopt.costmodel.layers import (
+    attention_kernels,
+    gemm_us,
+    head_kernels,
+    kernel_us,
+    moe_kernels,
+    rows_per_received_token,
+)
 
 MODEL, HW, COEF = load_model_card(), load_hardware_card(), load_coefficients()
 
@@ -52,3 +59,41 @@ def test_small_decode_batches_read_only_the_experts_they_route_to() -> None:
     gate_up = next(k for k in kernels if k.name == "routed_gate_up")
     assert gate_up.groups[0] == pytest.approx(8, abs=1)  # 8 rows reach <= 8 experts
     assert gate_up.groups[1] == pytest.approx(32, abs=0.01)
+
+
+def test_every_wave_pays_one_output_tile_store() -> None:
+    kw = dict(groups=1, flop_scale=0.0, byte_scale=0.0, fixed_us=0.0, hw=HW, sm_fraction=1.0)
+    plain = gemm_us([64.0, 8192.0], 7168, 2048, **kw)
+    stored = gemm_us([64.0, 8192.0], 7168, 2048, epilogue_scale=1.0, **kw)
+    assert np.all(plain == 0.0)
+    # one wave of 64-row tiles stores one 64 x BN BF16 tile per SM at its share of HBM bandwidth
+    sm_share = HW.hbm_bw_Bps / HW.sms
+    assert any(stored[0] * 1e-6 * sm_share == pytest.approx(64 * bn * 2.0) for bn in (64, 128, 256))
+    assert stored[1] > 10 * stored[0]
+
+
+def test_prefill_expand_and_reduce_follow_deepep_received_tokens() -> None:
+    # EP32: 8 local experts, a received token carries ~1.21 rows (group-limited top-8 of 256)
+    ratio = rows_per_received_token(MODEL, 8)
+    assert 1.1 < ratio < 1.3
+    assert rows_per_received_token(MODEL, 1) == pytest.approx(1.0)
+    rows = 8192.0 * MODEL.experts_per_token
+    kernels = {k.name: k for k in moe_kernels(MODEL, 8192.0, 8192.0, experts_per_rank=8, phase="prefill")}
+    fp8 = MODEL.dispatch_bytes_per_token
+    assert float(kernels["expand_to_fused"].bytes) == pytest.approx((rows / ratio + rows) * fp8)
+    # the weighted reduce feeds DeepEP's combine: it belongs to the routed stage
+    reduce = kernels["combine_reduce"]
+    assert reduce.stage == "routed"
+    assert float(reduce.bytes) > rows * MODEL.hidden_size * MODEL.activation_bytes
+    assert float(kernels["fused_mapping"].rows) == pytest.approx(2 * float(kernels["clean_and_count"].rows))
+
+
+def test_mtp_head_adds_the_module_projection_and_norms() -> None:
+    plain = {k.name for k in head_kernels(MODEL, 180.0)}
+    mtp = {k.name: k for k in head_kernels(MODEL, 180.0, mtp=True)}
+    assert plain < set(mtp)
+    eh = mtp["mtp_eh_proj"]
+    assert (eh.kind, eh.n, eh.k) == ("bf16_gemm", MODEL.hidden_size, 2 * MODEL.hidden_size)
+    total = sum(float(kernel_us(k, COEF, HW, sm_fraction=1.0)) for k in mtp.values())
+    base = sum(float(kernel_us(k, COEF, HW, sm_fraction=1.0)) for k in head_kernels(MODEL, 180.0))
+    assert total > 2 * base

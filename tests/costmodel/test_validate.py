@@ -32,3 +32,10 @@ def test_cli_json(capsys) -> None:
     assert main(["validate", "--json"]) == 0
     payload = json.loads(capsys.readouterr().out)
     assert payload["summary"]["leave_one_group_out"]["rows"] > 0
+
+
+def test_per_kernel_median_within_target() -> None:
+    # the in-sample kernel durations (profile kernels, DeepGEMM dense and contiguous)
+    stats = summary(validation_table())["per_kernel"]
+    assert stats["rows"] == 40
+    assert stats["median_abs_err"] <= 0.046

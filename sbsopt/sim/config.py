@@ -217,8 +217,10 @@ class SchedulerConfig:
         Fraction of one instance forward's capacity (ep x chunk) a window aims to collect;
         the window is released early once the buffer holds that many tokens.
     ttft_guard_s : float
-        A buffered prefill request older than this is released on the next window even if the
-        allocation would defer it (to the least-loaded unit).
+        A buffered prefill request older than this is guarded: every window places it ahead of
+        the requests that are not, and defers it only when the units have no room left for it
+        (whole or its first chunk); it is never queued past the room
+        (:func:`sbsopt.sim.router.allocate_prefill`).
     window_forwards : float
         An SBS prefill window fills each DP unit up to this many forwards of tokens
         (``chunk_tokens * window_forwards``, less what the unit already holds). 1 = the next

@@ -59,16 +59,7 @@ def _validated_prefill(new_tokens, cached_tokens, arrival_s, *, capacity_tokens,
     result = solve(window, method=solver, seed=seed)
     if chunks is not None:
         chunks.update(result.chunks)
-    assignment = np.array(result.assignment, dtype=np.int64, copy=True)
-    late = (assignment < 0) & (arrival_s + guard_s <= now_s)
-    level = load_tokens.astype(np.float64).copy()
-    for i in np.flatnonzero(assignment >= 0):
-        level[assignment[i]] += new_tokens[i]
-    for i in np.flatnonzero(late):
-        j = int(np.argmin(level))
-        assignment[i] = j
-        level[j] += new_tokens[i]
-    return assignment
+    return np.array(result.assignment, dtype=np.int64, copy=True)
 
 
 def _validated_decode(context_tokens, kv_blocks, *, batch_size, max_batch_size, kv_blocks_used, kv_capacity_blocks,

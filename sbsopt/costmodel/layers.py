@@ -264,17 +264,20 @@ def attention_kernels(model: ModelCard, tokens, *, phase: str, pairs=0.0, kv_tok
         # RMSNorm of the residual stream + FP8 cast: read BF16, write BF16 normed and FP8
         Kernel("attn_norm_quant", "attention", "mem", bytes=tokens * h * (2 * act + 1) * 2),
         Kernel("qkv_a_proj", "attention", "gemm", m=tokens, n=q_lora + latent, k=h),
-        # q_a and kv_a RMSNorms; the q_a output is cast to FP8 for q_b
-        Kernel("qkv_a_norm", "attention", "mem", bytes=tokens * (q_lora * (2 * act + 1) + kv_lora * 2 * act)),
+        # q_a RMSNorm, its output cast to FP8 for q_b (the kv_a norm runs inside rope_kvcache)
+        Kernel("q_a_norm", "attention", "mem", bytes=tokens * q_lora * (2 * act + 1)),
         Kernel("q_b_proj", "attention", "gemm", m=tokens, n=heads * (nope + rope), k=q_lora),
     ]
+    # the fused rotary_embedding_with_kv_cache op: read the kv_a output (latent + k_pe) and the
+    # token's FP32 cos/sin row, RMSNorm the latent, RoPE q_pe in place (read and write every
+    # head's rope dims) and k_pe, write the normed latent + k_pe to the cache
+    rope_bytes = tokens * (2 * heads * rope * act + 2 * latent * act + rope * 4)
     if phase == "prefill":
         kernels += [
+            # prefill also writes the normed latent (kv_b's input) and k_pe broadcast to every
+            # head (MHA-mode attention reads a full per-head key)
+            Kernel("rope_kvcache", "attention", "mem", bytes=rope_bytes + tokens * (kv_lora + heads * rope) * act),
             Kernel("kv_b_proj", "attention", "gemm", m=tokens, n=heads * (nope + v), k=kv_lora),
-            # RoPE on q (in place) and k_pe, the latent KV write, and k_pe broadcast to every head
-            # (MHA-mode attention reads a full per-head key)
-            Kernel("rope_kvcache", "attention", "mem",
-                   bytes=tokens * (3 * heads * rope * act + 2 * latent * act)),
             Kernel("core_attention", "attention", "attn", stage="attn1",
                    flops=np.asarray(pairs, dtype=np.float64) * heads * 2.0 * (nope + rope + v)),
         ]
@@ -288,8 +291,7 @@ def attention_kernels(model: ModelCard, tokens, *, phase: str, pairs=0.0, kv_tok
         kernels += [
             # absorbed W_UK: per head [tokens, 128] x [128, 512], BF16 CUTLASS batched GEMM
             Kernel("w_uk_absorb", "attention", "bf16_gemm", m=tokens, n=kv_lora, k=nope, groups=heads),
-            Kernel("rope_kvcache", "attention", "mem",
-                   bytes=tokens * (2 * heads * rope * act + latent * act + rope * act)),
+            Kernel("rope_kvcache", "attention", "mem", bytes=rope_bytes),
             # FlashMLA: every query reads the request's KV (576 dims) and writes 512-dim values
             Kernel("flash_mla", "attention", "attn", stage="attn1",
                    flops=kv * query_tokens * heads * 2.0 * (latent + kv_lora),
@@ -442,6 +444,8 @@ def moe_kernels(model: ModelCard, tokens, mean_tokens, *, experts_per_rank: int,
     kernels = [
         Kernel("ffn_norm_quant", "other", "mem", stage="attn1", bytes=tokens * h * (2 * act + 1) * 2),
         Kernel("router_gemm", "other", "bf16_gemm", stage="attn1", m=tokens, n=model.routed_experts, k=h),
+        # priced per top-k entry it writes: by its 256 scores per token or by its bytes it fits
+        # worse (see the cost-model guide, "Tried and dropped")
         Kernel("topk_gate", "other", "route", stage="attn1", rows=tokens * topk),
     ]
     received = rows / rows_per_received_token(model, experts_per_rank)

@@ -97,3 +97,19 @@ def test_mtp_head_adds_the_module_projection_and_norms() -> None:
     total = sum(float(kernel_us(k, COEF, HW, sm_fraction=1.0)) for k in mtp.values())
     base = sum(float(kernel_us(k, COEF, HW, sm_fraction=1.0)) for k in head_kernels(MODEL, 180.0))
     assert total > 2 * base
+
+
+def test_rope_kvcache_runs_the_kv_a_norm_and_writes_the_cache_once() -> None:
+    # rotary_embedding_with_kv_cache takes the kv_a RMSNorm weight: the q_a norm runs alone
+    names = [k.name for k in attention_kernels(MODEL, 1.0, phase="prefill", pairs=1.0)]
+    assert "q_a_norm" in names and names.index("rope_kvcache") < names.index("kv_b_proj")
+    act, heads, rope = MODEL.activation_bytes, MODEL.attention_heads, MODEL.qk_rope_head_dim
+    latent = MODEL.kv_lora_rank + rope
+    per_token = {}
+    for phase in ("prefill", "decode"):
+        kernels = attention_kernels(MODEL, 1.0, phase=phase, pairs=1.0, kv_tokens=1.0)
+        per_token[phase] = float(next(k for k in kernels if k.name == "rope_kvcache").bytes)
+    # decode: q_pe read and written in place, the kv_a output read, the cache row written, cos/sin
+    assert per_token["decode"] == pytest.approx(2 * heads * rope * act + 2 * latent * act + rope * 4)
+    # prefill adds the normed latent for kv_b and k_pe broadcast to every head
+    assert per_token["prefill"] - per_token["decode"] == pytest.approx((MODEL.kv_lora_rank + heads * rope) * act)

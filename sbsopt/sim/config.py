@@ -17,7 +17,7 @@ from sbsopt.kvblocks import KV_BLOCK_TOKENS
 
 __all__ = ["ClusterConfig", "SchedulerConfig", "MODES", "ROUTER_MODES", "ROUTERS", "IMMEDIATE_ROUTERS",
            "DEFAULT_ROUTER", "INTERVALS", "parse_interval", "DEFAULT_INTERVAL", "DEFAULT_SOLVER", "DEFAULT_TTFT_SLO_MS", "DEFAULT_TPOT_SLO_MS", "check_mode",
-           "check_router", "routers_for"]
+           "check_router", "routers_for", "DP_PINNINGS"]
 
 MODES = ("disaggregated", "colocated")
 # Every cluster router and the modes it runs in (implementations: sbsopt.sim.router).
@@ -42,6 +42,8 @@ DEFAULT_SOLVER = "greedy"
 # 40-100 ms: neither the SBS nor the FairBatching paper states SLOs for this deployment.
 DEFAULT_TTFT_SLO_MS = 2000.0
 DEFAULT_TPOT_SLO_MS = 100.0
+# Who picks the DP rank of an immediate router's request (SchedulerConfig.dp_pinning).
+DP_PINNINGS = ("router", "engine", "bootstrap_room")
 
 
 def parse_interval(interval: str) -> tuple[str, float | None]:
@@ -238,6 +240,38 @@ class SchedulerConfig:
     fault_max_retries : int
         Fault injection: a request whose prefill or decode instance died is re-dispatched at
         most this many times; the next loss rejects it (``fault_retry_limit``).
+    router_replicas : int
+        Immediate routers run as this many replicas behind a load balancer that sends each
+        request to a uniformly random replica (seeded), which routes both its prefill and its
+        decode, as Kubernetes' kube-proxy in iptables mode picks a Service backend at random
+        (kubernetes.io, "Virtual IPs and Service Proxies"). Every replica
+        receives every engine report but keeps only its own virtual updates, so between reports
+        it does not see what the others dispatched. Production deployments run several:
+        the vLLM production-stack Helm chart sets the router Deployment's ``replicas`` from
+        ``routerSpec.replicaCount`` and can autoscale it (``routerSpec.autoscaling``,
+        ``helm/values.yaml``, ``helm/templates/deployment-router.yaml``, ``hpa-router.yaml``),
+        each replica scraping engine stats on its own (``--engine-stats-interval``). SBS is one
+        central scheduler process (the paper's design) and ignores this field, as does colocated
+        mode (its router reads the engines at every decision).
+    dp_pinning : str
+        Who picks the DP rank (attention-DP unit) of an immediate router's request:
+
+        - ``"router"``: the router picks the unit from per-unit state, as SGLang's router does
+          with ``dp_aware`` set (``sgl-router``) and NVIDIA Dynamo's DP-rank routing does
+          (docs.nvidia.com/dynamo, "DP Rank Routing");
+        - ``"engine"``: the router sees whole instances (per-instance sums of the report) and
+          picks one; the instance's DP controller sends the request to its ranks in turn. This
+          is SGLang's ``--load-balance-method round_robin``, the default of a non-PD server and
+          of a PD decode server (``python/sglang/srt/server_args.py``,
+          ``_handle_load_balance_method``; ``round_robin_scheduler`` in
+          ``python/sglang/srt/managers/data_parallel_controller.py``);
+        - ``"bootstrap_room"``: SGLang's PD defaults: the prefill instance sends the request to
+          rank ``bootstrap_room % dp_size`` (``follow_bootstrap_room``, the default of a PD
+          prefill server), the room a uniform random 63-bit number drawn by the router per
+          request (``generate_room_id`` in ``sgl-router/src/routers/http/pd_types.rs``), here
+          from the simulation's seed; decode instances round-robin as under ``"engine"``.
+
+        SBS windows pin ranks themselves and ignore this field, as does colocated mode.
     """
 
     report_period_s: float = 0.05
@@ -252,9 +286,14 @@ class SchedulerConfig:
     iqr_k: float = 1.5
     dispatch_latency_s: float = 0.0
     fault_max_retries: int = 3
+    router_replicas: int = 1
+    dp_pinning: str = "router"
 
     def __post_init__(self) -> None:
         check_int("fault_max_retries", self.fault_max_retries)
+        check_int("router_replicas", self.router_replicas, minimum=1)
+        if self.dp_pinning not in DP_PINNINGS:
+            raise InvalidInputError("dp_pinning", self.dp_pinning, f"one of {', '.join(DP_PINNINGS)}")
         for name in ("report_period_s", "ttft_guard_s", "dispatch_latency_s", "iqr_k"):
             check_number(name, getattr(self, name))
         for name in ("fixed_interval_s", "adaptive_min_s", "adaptive_max_s", "decode_interval_s"):

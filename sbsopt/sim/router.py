@@ -18,6 +18,11 @@ Immediate policies pick one unit per request on arrival (ties to the lowest inde
 - ``fair_load``: the smallest predicted load ``load_us`` (colocated engines report
   :func:`sbsopt.sim.batching.load_estimate_us` plus the request's own prefill time).
 
+In disaggregated mode immediate routers go through a :class:`RouterPool` per pool, which
+models production routing (``SchedulerConfig.router_replicas`` and ``dp_pinning``): several
+router replicas with views of their own, and DP ranks picked by the engine instead of the
+router. The defaults (one replica, router pinning) are exactly :func:`pick_unit` on one view.
+
 SBS allocates a whole window through :func:`sbsopt.window.solve`: PBAA for prefill, IQR-lex
 for decode.
 """
@@ -27,9 +32,9 @@ from __future__ import annotations
 import numpy as np
 
 from sbsopt.errors import InvalidInputError
-from sbsopt.sim.config import ROUTERS
+from sbsopt.sim.config import ROUTERS, SchedulerConfig
 
-__all__ = ["RouterView", "pick_unit", "allocate_prefill", "allocate_decode"]
+__all__ = ["RouterView", "RouterPool", "router_pools", "pick_unit", "allocate_prefill", "allocate_decode"]
 
 
 class RouterView:
@@ -100,6 +105,82 @@ def pick_unit(view: RouterView, policy: str, tokens: float, *, alive: np.ndarray
         raise InvalidInputError("router", policy, f"an immediate router among {', '.join(r for r in ROUTERS if r != 'sbs')}")
     view.add(unit, tokens)
     return unit
+
+
+class RouterPool:
+    """The immediate routing of one pool (prefill or decode units) of a disaggregated cluster.
+
+    Parameters
+    ----------
+    instances, ep : int
+        Instances of the pool and DP units per instance.
+    replicas : int
+        Router replicas, each with its own :class:`RouterView` (``views``). Every replica
+        receives every report; a virtual update stays in the replica that made it.
+    pinning : str
+        ``"router"``: a replica picks the unit. ``"engine"``: a replica's view holds whole
+        instances (per-instance sums of each report) and it picks an instance, whose DP
+        controller sends requests to its ranks in turn. ``"bootstrap_room"``: likewise, but the
+        instance sends each request to a uniform random rank (SGLang's
+        ``bootstrap_room % dp_size``) drawn from ``seed``.
+    seed : int
+        Seed of the ``bootstrap_room`` draws.
+    replica_of : numpy.ndarray, optional
+        The replica of each request id (the load balancer's choice); default ``rid % replicas``.
+
+    Examples
+    --------
+    >>> pool = RouterPool(2, 2, replicas=2, pinning="engine")
+    >>> [pool.pick(rid, "round_robin", 10.0) for rid in range(4)]
+    [0, 1, 2, 3]
+    """
+
+    def __init__(self, instances: int, ep: int, *, replicas: int = 1, pinning: str = "router",
+                 seed: int = 0, replica_of: np.ndarray | None = None) -> None:
+        self.ep = ep
+        self.pinning = pinning
+        self.replica_of = replica_of
+        self.views = [RouterView(instances, ep if pinning == "router" else 1) for _ in range(int(replicas))]
+        self.next_rank = np.zeros(instances, dtype=np.int64)  # each engine's round-robin counter
+        self.rooms = np.random.default_rng(seed) if pinning == "bootstrap_room" else None
+
+    def report(self, tokens: np.ndarray, waiting: np.ndarray, running: np.ndarray) -> None:
+        """Give every replica the engine report (per unit; summed per instance unless router pinning)."""
+        if self.pinning != "router":
+            tokens, waiting, running = (x.reshape(-1, self.ep).sum(axis=1) for x in (tokens, waiting, running))
+        for view in self.views:
+            view.report(tokens, waiting, running)
+
+    def pick(self, rid: int, policy: str, tokens: float, *, alive: np.ndarray | None = None) -> int:
+        """The flattened unit of request ``rid`` under ``policy`` (see :func:`pick_unit`)."""
+        view = self.views[rid % len(self.views) if self.replica_of is None else self.replica_of[rid]]
+        if self.pinning == "router":
+            return pick_unit(view, policy, tokens, alive=alive)
+        k = pick_unit(view, policy, tokens, alive=None if alive is None else alive[::self.ep])
+        if self.rooms is not None:
+            rank = int(self.rooms.integers(self.ep))
+        else:
+            rank = int(self.next_rank[k])
+            self.next_rank[k] = (rank + 1) % self.ep
+        return k * self.ep + rank
+
+
+def router_pools(instances: tuple[int, int], ep: tuple[int, int], scheduler: SchedulerConfig, router: str,
+                 seed: int, requests: int) -> tuple[RouterPool, RouterPool]:
+    """The prefill and decode :class:`RouterPool` of a disaggregated simulation of ``requests``.
+
+    A request's prefill and decode go through the same replica, drawn uniformly from ``seed``
+    (Kubernetes' kube-proxy, iptables mode, sends each connection to a random backend of the
+    Service). SBS gets one replica with router pinning (its windows pin ranks themselves);
+    under ``bootstrap_room`` decode instances round-robin (SGLang's PD decode default).
+    """
+    if router == "sbs":
+        return RouterPool(instances[0], ep[0]), RouterPool(instances[1], ep[1])
+    replicas, pinning = int(scheduler.router_replicas), scheduler.dp_pinning
+    replica_of = np.random.default_rng([seed, 1]).integers(replicas, size=requests) if replicas > 1 else None
+    return (RouterPool(instances[0], ep[0], replicas=replicas, pinning=pinning, seed=seed, replica_of=replica_of),
+            RouterPool(instances[1], ep[1], replicas=replicas, replica_of=replica_of,
+                       pinning="engine" if pinning == "bootstrap_room" else pinning))
 
 
 def _argmin(values: np.ndarray, alive: np.ndarray | None) -> int:

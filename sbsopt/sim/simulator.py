@@ -42,7 +42,7 @@ from sbsopt.sim.engine import DecodeInstance, PrefillInstance
 from sbsopt.sim.faults import check_faults
 from sbsopt.sim.metrics import RejectReason, SimResult, Status, final_status
 from sbsopt.sim.remainders import Remainder, Remainders
-from sbsopt.sim.router import RouterView, allocate_decode, allocate_prefill, pick_unit
+from sbsopt.sim.router import allocate_decode, allocate_prefill, router_pools
 from sbsopt.workload.prefix_cache import PrefixCache
 
 __all__ = ["run_simulation"]
@@ -118,8 +118,8 @@ class _Simulation:
                        for k in range(D)]
         self.caches = [PrefixCache(capacity_blocks=cluster.prefix_cache_blocks, block_tokens=wl.block_tokens)
                        for _ in range(P)]
-        self.pview = RouterView(P, pep)
-        self.dview = RouterView(D, dep)
+        self.prouter, self.drouter = router_pools((P, D), (pep, dep), sched, router, seed, n)
+        self.pview, self.dview = self.prouter.views[0], self.drouter.views[0]  # SBS's (one replica)
         # per-request record
         nan = np.full(n, np.nan)
         self.status = np.full(n, Status.PENDING, dtype=np.int8)
@@ -271,12 +271,12 @@ class _Simulation:
             self.push(self.now + self.sched.report_period_s, _REPORT)
 
     def apply_report(self) -> None:
-        self.pview.report(
+        self.prouter.report(
             np.concatenate([p.queued_tokens for p in self.prefill]),
             np.concatenate([p.queued_requests - p.running for p in self.prefill]),
             np.concatenate([p.running for p in self.prefill]),
         )
-        self.dview.report(
+        self.drouter.report(
             np.concatenate([d.blocks_used + d.waiting_blocks for d in self.decode]).astype(np.float64),
             np.concatenate([d.waiting_count for d in self.decode]),
             np.concatenate([d.batch for d in self.decode]),
@@ -302,7 +302,7 @@ class _Simulation:
             return
         if not self.sbs:
             self.fresh_views()
-            unit = pick_unit(self.pview, self.router, float(self.context[rid]), alive=self.pmask)
+            unit = self.prouter.pick(rid, self.router, float(self.context[rid]), alive=self.pmask)
             self.dispatch(rid, unit)
             return
         self.buffer.append(rid)
@@ -526,7 +526,7 @@ class _Simulation:
             return
         if not self.sbs:
             self.fresh_views()
-            unit = pick_unit(self.dview, self.router, float(self.blocks_need[rid]), alive=self.dmask)
+            unit = self.drouter.pick(rid, self.router, float(self.blocks_need[rid]), alive=self.dmask)
             self.enqueue_decode(rid, unit)
             return
         self.dbuffer.append(rid)

@@ -16,10 +16,13 @@
 3. ``stack`` (``--stack``): SBS against immediate dispatch through the whole stack, ``sbsopt
    replay`` -> ``sbsopt serve`` -> two ``sbsopt mock-engine --role prefill`` processes at
    ``--speed``, next to ``sbsopt simulate`` (disaggregated, two prefill instances of the same
-   ``--ep``) on the same trace prefix.
+   ``--ep``) on the same trace prefix. The default prefix is 1,000 requests: on 300, the
+   simulator's own SBS-vs-least_tokens gap moved from -12% to 0% when the arrivals were
+   jittered by up to 20 ms (a handful of forwards decide it), on 1,000 it stayed within -7% to
+   -14%.
 
 Usage: ``python benchmarks/serve.py [--requests 5000] [--rate 1000] [--pairs 200] [--stack]
-[--trace azure-code --limit 300 --trace-rate 20 --speed 2] [--markdown PATH]``
+[--trace azure-code --limit 1000 --trace-rate 20 --speed 2] [--markdown PATH]``
 """
 
 from __future__ import annotations
@@ -199,27 +202,32 @@ def stack(args: argparse.Namespace, tmp: Path) -> _report.Table:
               "pace_lead_per_request_s": args.lead_per_request_ms / 1e3,
               "ttft_guard_s": 1.0 / args.speed}  # the simulator's 1 s guard in model time
     gather = ("--gather-ms", str(args.gather_ms))
-    measured: dict[str, tuple[dict, dict]] = {}
-    for policy in STACK_POLICIES:
-        with engine("prefill", args.speed, tmp, *gather) as e0, engine("prefill", args.speed, tmp, *gather) as e1, \
-                serve([e0, e1], tmp, policy=policy, **fields) as url:
-            replayed = _replay(url, args)
-        simulated = simulate(workload, cluster=cluster, router=policy).summary()
-        measured[policy] = (replayed, simulated)
-        print(policy, replayed["completed"], replayed["rejected_reasons"], replayed["ttft_ms"], simulated["ttft_ms"], flush=True)
+    simulated = {policy: simulate(workload, cluster=cluster, router=policy).summary() for policy in STACK_POLICIES}
+    replays: dict[str, list[dict]] = {policy: [] for policy in STACK_POLICIES}
+    for _ in range(args.repeats):  # policies interleaved: the host's load drifts during a run
+        for policy in STACK_POLICIES:
+            with engine("prefill", args.speed, tmp, *gather) as e0, \
+                    engine("prefill", args.speed, tmp, *gather) as e1, \
+                    serve([e0, e1], tmp, policy=policy, **fields) as url:
+                replayed = _replay(url, args)
+            replays[policy].append(replayed)
+            print(policy, replayed["completed"], replayed["rejected_reasons"], replayed["ttft_ms"], flush=True)
     table = _report.Table(["router", "done", "replay TTFT mean", "p50", "p90", "p99", "simulate TTFT mean", "p50",
                            "p90", "p99", "replay vs best immediate", "simulate vs best immediate"], "lrrrrrrrrrrr")
-    if all(p == "sbs" for p in measured):
-        print({p: (r["ttft_ms"], s["ttft_ms"]) for p, (r, s) in measured.items()})
-        return table
-    best_r = min(measured[p][0]["ttft_ms"]["mean"] for p in STACK_POLICIES if p != "sbs")
-    best_s = min(measured[p][1]["ttft_ms"]["mean"] for p in STACK_POLICIES if p != "sbs")
-    for policy, (r, s) in measured.items():
-        vs = (f"{r['ttft_ms']['mean'] / best_r - 1:+.1%}", f"{s['ttft_ms']['mean'] / best_s - 1:+.1%}") \
-            if policy == "sbs" else ("-", "-")
-        table.add(policy, f"{r['completed']}/{r['requests']}",
-                  *(f"{r['ttft_ms'][k]:.0f}" for k in ("mean", "p50", "p90", "p99")),
-                  *(f"{s['ttft_ms'][k]:.0f}" for k in ("mean", "p50", "p90", "p99")), *vs)
+    immediate = [policy for policy in STACK_POLICIES if policy != "sbs"]
+    best_s = min(simulated[policy]["ttft_ms"]["mean"] for policy in immediate)
+    # per repeat: SBS against the best immediate policy of the same repeat
+    gains = [replays["sbs"][i]["ttft_ms"]["mean"] / min(replays[p][i]["ttft_ms"]["mean"] for p in immediate) - 1
+             for i in range(args.repeats)]
+    for policy in STACK_POLICIES:
+        runs, sim = replays[policy], simulated[policy]
+        vs = ("-", "-")
+        if policy == "sbs":
+            spread = f" ({min(gains):+.1%} to {max(gains):+.1%})" if len(gains) > 1 else ""
+            vs = (f"{np.mean(gains):+.1%}{spread}", f"{sim['ttft_ms']['mean'] / best_s - 1:+.1%}")
+        table.add(policy, f"{sum(r['completed'] for r in runs)}/{sum(r['requests'] for r in runs)}",
+                  *(f"{np.mean([r['ttft_ms'][k] for r in runs]):.0f}" for k in ("mean", "p50", "p90", "p99")),
+                  *(f"{sim['ttft_ms'][k]:.0f}" for k in ("mean", "p50", "p90", "p99")), *vs)
     return table
 
 
@@ -230,12 +238,15 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=200, help="direct/front pairs of the proxy run")
     parser.add_argument("--stack", action="store_true", help="also SBS vs immediate through the stack")
     parser.add_argument("--trace", default="azure-code")
-    parser.add_argument("--limit", type=int, default=300)
+    parser.add_argument("--limit", type=int, default=1000)
     parser.add_argument("--trace-rate", type=float, default=20.0, help="requests/s of the stack replay")
     parser.add_argument("--speed", type=float, default=2.0, help="mock engines' --speed (replay --time-scale)")
-    parser.add_argument("--lead-ms", type=float, default=5.0, help="the sidecar's pace_lead_s, in ms")
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="stack runs per policy; replay columns are means over them")
+    parser.add_argument("--lead-ms", type=float, default=5.0,
+                        help="the sidecar's pace_lead_s, in ms (the landing time's prior)")
     parser.add_argument("--lead-per-request-ms", type=float, default=0.5,
-                        help="the sidecar's pace_lead_per_request_s, in ms")
+                        help="the sidecar's pace_lead_per_request_s, in ms (the landing time's prior)")
     parser.add_argument("--gather-ms", type=float, default=2.0, help="the prefill engines' --gather-ms")
     _report.add_option(parser)
     args = parser.parse_args()
@@ -253,7 +264,8 @@ def main() -> None:
             print(comparison.markdown())
             blocks += [f"SBS vs immediate dispatch through the stack: `{args.trace}`, first {args.limit} requests "
                        f"at {args.trace_rate:g} req/s, two prefill mock engines of {EP} ranks at speed "
-                       f"{args.speed:g}; TTFT in modelled ms.", comparison]
+                       f"{args.speed:g}, {args.repeats} run(s) per policy (replay columns: means; SBS vs "
+                       f"the best immediate policy of each run: mean (range)); TTFT in modelled ms.", comparison]
     _report.write(args.markdown, blocks)
 
 

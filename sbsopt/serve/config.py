@@ -75,15 +75,24 @@ class ServeConfig:
         (the engine reports its per-rank token budget on ``/v1/load``).
     default_token_budget : int
         Per-rank tokens of one iteration when a worker's report does not say (real engines).
-    pace_lead_s : float
+    pace_lead_s, pace_lead_per_request_s : float
         A paced worker (its reports carry ``forward_ends_in_ms``: a prefill instance with
-        non-preemptive forwards) gets a window this long before its running forward is
-        predicted to end, so that the window's requests cross the network before the engine
-        forms its next forward.
-    pace_lead_per_request_s : float
-        Added to ``pace_lead_s`` per buffered request: a window of many requests takes longer to
-        reach the engine (one HTTP request each), and the ones that arrive after the engine
-        formed its forward wait a whole forward.
+        non-preemptive forwards) gets a window its landing time before its running forward is
+        predicted to end, so that the window's requests reach the engine (one HTTP call each)
+        before it forms its next forward: a request that lands later waits a whole forward. The
+        landing time of ``n`` requests (as many of the buffer as one forward can take) is learnt
+        from the windows the front forwards (:class:`~sbsopt.serve.landing.LandingTime`); the
+        prior, ``pace_lead_s + pace_lead_per_request_s * n``, holds until ``pace_min_windows``
+        windows have landed, and always when the front forwards nothing (callers of
+        ``/v1/route`` send the requests themselves).
+    pace_history : int
+        Windows the landing time is fitted to (0: never learn; the prior always holds).
+    pace_min_windows : int
+        Landed windows needed before the fitted landing time replaces the prior.
+    pace_quantile : float
+        Quantile of the landing-time fit's residuals added to the fit: a window that lands late
+        costs its late requests a forward each, one released early costs only the requests
+        that arrive during the lead.
     ttft_guard_s : float
         A buffered request older than this is assigned on the next window even if the solver
         would defer it (to the least-loaded unit), as in the simulator.
@@ -131,6 +140,9 @@ class ServeConfig:
     default_token_budget: int = 512
     pace_lead_s: float = 0.005
     pace_lead_per_request_s: float = 0.0005
+    pace_history: int = 64
+    pace_min_windows: int = 8
+    pace_quantile: float = 0.9
     ttft_guard_s: float = 1.0
     report_period_s: float = 0.02
     settle_s: float = 0.05
@@ -157,9 +169,11 @@ class ServeConfig:
         if len(set(self.workers)) != len(self.workers):
             raise InvalidInputError("workers", list(self.workers), "distinct worker URLs")
         for name in ("ep", "default_token_budget", "max_decode_batch", "kv_block_tokens", "max_prompt_tokens",
-                     "max_buffered", "max_body_bytes"):
+                     "max_buffered", "max_body_bytes", "pace_min_windows"):
             check_int(name, getattr(self, name), minimum=1)
         check_int("max_retries", self.max_retries)
+        check_int("pace_history", self.pace_history)
+        check_number("pace_quantile", self.pace_quantile, maximum=1.0)
         if self.policy not in POLICIES:
             raise InvalidInputError("policy", self.policy, f"one of {', '.join(POLICIES)}")
         if self.solver not in ("greedy", "cpsat", "auto"):

@@ -63,6 +63,7 @@ class Metrics:
         self.buffer_wait_s = Histogram(_WAIT_BUCKETS_S)
         self.solve_s = Histogram(_WAIT_BUCKETS_S)
         self.route_overhead_s = Histogram(_OVERHEAD_BUCKETS_S)
+        self.landing_s = Histogram(_WAIT_BUCKETS_S)
         self.decisions: dict[tuple[str, str], int] = defaultdict(int)
         self.rejections: dict[str, int] = defaultdict(int)
         self.errors: dict[str, int] = defaultdict(int)
@@ -100,6 +101,10 @@ class Metrics:
                 "(parse and submit, then window cut to answer written).",
                 "# TYPE sbsopt_route_overhead_seconds histogram"]
         out += self.route_overhead_s.render("sbsopt_route_overhead_seconds")
+        out += ["# HELP sbsopt_window_landing_seconds Time from a window's cut until its last request forwarded "
+                "by the front reached its engine (what the paced release's lead is learnt from).",
+                "# TYPE sbsopt_window_landing_seconds histogram"]
+        out += self.landing_s.render("sbsopt_window_landing_seconds")
         out += ["# HELP sbsopt_decisions_total Requests assigned.", "# TYPE sbsopt_decisions_total counter"]
         out += [f'sbsopt_decisions_total{{policy="{p}",kind="{k}"}} {v}'
                 for (p, k), v in sorted(self.decisions.items())]

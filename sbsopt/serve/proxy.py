@@ -94,8 +94,13 @@ async def _first_chunk(resp: aiohttp.ClientResponse, timeout: float) -> bytes:
 
 
 async def _attempt(service: Service, request: web.Request, path: str, body: dict[str, Any], worker: int,
-                   rank: int) -> web.StreamResponse:
-    """One forward; raises :class:`_Upstream` if nothing was sent to the client yet."""
+                   rank: int, window: int | None) -> web.StreamResponse:
+    """One forward; raises :class:`_Upstream` if nothing was sent to the client yet.
+
+    A streamed request of an SBS ``window`` has landed on the engine when its response headers
+    arrive (an engine answers them when it takes the request in): the scheduler learns from it
+    how long a window takes to land (:meth:`Scheduler.landed <sbsopt.serve.windows.Scheduler.landed>`).
+    """
     cfg = service.config
     headers = {"Content-Type": "application/json"}
     if cfg.pin_rank:
@@ -124,6 +129,7 @@ async def _attempt(service: Service, request: web.Request, path: str, body: dict
             return web.Response(body=data, status=resp.status, content_type=resp.content_type)
         if resp.status != 200:
             return web.Response(body=await resp.read(), status=resp.status, content_type=resp.content_type)
+        service.scheduler.landed(window)
         first = await _first_chunk(resp, cfg.first_byte_timeout_s)
         if not first:
             raise _Upstream("empty stream")
@@ -164,15 +170,18 @@ async def _proxy(request: web.Request, path: str) -> web.StreamResponse:
         service.metrics.error("bad_request")
         return error_response(exc)
     rid = f"{_IDS}-{next(service.ids)}"
-    answer = await asyncio.shield(service.scheduler.submit(rid, tokens).future)
+    # a streamed request's landing is seen: its response headers come when the engine takes it in
+    item = service.scheduler.submit(rid, tokens, landing_seen=bool(body.get("stream")))
+    answer = await asyncio.shield(item.future)
     if answer["status"] != "assigned":
         return _openai_error(503, f"request rejected by the scheduler: {answer['reason']}", answer["reason"])
     worker, rank = answer["worker_index"], answer["dp_rank"]
+    window = answer["window"]
     tried: set[int] = set()
     for attempt in itertools.count():
         tried.add(worker)
         try:
-            response = await _attempt(service, request, path, body, worker, rank)
+            response = await _attempt(service, request, path, body, worker, rank, window if attempt == 0 else None)
             service.metrics.proxied += 1
             return response
         except _Upstream as exc:

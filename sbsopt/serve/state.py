@@ -29,6 +29,7 @@ import numpy as np
 
 from sbsopt.errors import InvalidInputError
 from sbsopt.serve.config import ServeConfig
+from sbsopt.serve.landing import LandingTime
 from sbsopt.sim.router import RouterView, pick_unit
 
 __all__ = ["RankLoad", "LoadReport", "ClusterState", "parse_report"]
@@ -142,6 +143,8 @@ class ClusterState:
         self._virtual: list[deque[tuple[float, int, float, float]]] = [deque() for _ in range(self.n_workers)]
         self._view = RouterView(self.n_workers, self.ep)
         self.reports = 0
+        self.landing = LandingTime(config.pace_lead_s, config.pace_lead_per_request_s, history=config.pace_history,
+                                   min_windows=config.pace_min_windows, quantile=config.pace_quantile)
 
     # ------------------------------------------------------------------ tier 1
     def apply_report(self, worker: int, report: LoadReport, *, requested_at: float, now: float) -> None:
@@ -289,8 +292,9 @@ class ClusterState:
         return max(1, int(self.token_budget[worker] * self.config.window_forwards))
 
     def pace_lead_s(self, buffered: int) -> float:
-        """How long before a paced worker's forward ends a window of ``buffered`` requests is sent."""
-        return self.config.pace_lead_s + self.config.pace_lead_per_request_s * buffered
+        """How long before a paced worker's forward ends a window of ``buffered`` requests is sent:
+        its landing time (:attr:`landing`)."""
+        return self.landing.lead_s(buffered)
 
     def ready_workers(self, now: float, buffered: int = 1) -> list[int]:
         """Engine-paced readiness: live workers with a rank whose queued prefill is below the window
@@ -302,10 +306,17 @@ class ClusterState:
         requests that arrive meanwhile wait in the sidecar, not in the engine's queue)."""
         tokens = self.window_tokens().reshape(self.n_workers, self.ep)
         alive = self.alive_workers(now)
-        lead = self.pace_lead_s(buffered)
+        bound = self.forward_bound(now, buffered)
         return [w for w in range(self.n_workers)
-                if alive[w] and tokens[w].min() < self.capacity_tokens(w)
-                and (not self.paced[w] or self.busy_until(w) <= now + lead)]
+                if alive[w] and tokens[w].min() < self.capacity_tokens(w) and not bound[w]]
+
+    def forward_bound(self, now: float, buffered: int = 1) -> np.ndarray:
+        """Boolean per worker: paced, and its running forward ends later than :meth:`pace_lead_s`
+        of a window of ``buffered`` requests from ``now`` (a window sent now would wait in its
+        queue for that forward to end)."""
+        lead = self.pace_lead_s(buffered)
+        return np.array([bool(self.paced[w]) and self.busy_until(w) > now + lead for w in range(self.n_workers)],
+                        dtype=bool)
 
     def next_pace_s(self, now: float, buffered: int = 1) -> float | None:
         """Clock time the next busy paced worker becomes ready (``None``: none is busy)."""

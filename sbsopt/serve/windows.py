@@ -12,7 +12,8 @@ Release rule (the simulator's, :mod:`sbsopt.sim.simulator`):
   arrival and every report.
 - ``fixed:MS``: a window every MS milliseconds over every live worker.
 - In both, a request past its TTFT guard is assigned on the next check even if no worker is
-  ready, to the least-loaded unit.
+  ready, to the least-loaded unit, except onto a paced worker in the middle of a forward: that
+  one gets it when the forward is about to end, as the simulator assigns it at the next window.
 
 ``chunk`` in an answer is the number of the request's new tokens the window planned into the
 unit's next ``window_forwards`` iterations (equal to its new tokens unless the solver split it).
@@ -39,6 +40,9 @@ from sbsopt.serve.state import ClusterState
 
 __all__ = ["PrefillItem", "Scheduler", "solve_prefill_window"]
 
+#: a window whose requests have not all landed this long after its cut never will (seconds)
+_LANDING_LOST_S = 10.0
+
 
 @dataclass
 class PrefillItem:
@@ -47,7 +51,8 @@ class PrefillItem:
     ``arrival_s`` and ``cut_s`` (when the window that answered it was cut from the buffer, or
     the immediate decision was taken) are scheduler times (:meth:`Scheduler.now`): ``cut_s -
     arrival_s`` is the request's wait in the buffer, and everything after ``cut_s`` is the
-    sidecar's own work (solve, answer).
+    sidecar's own work (solve, answer). ``landing_seen``: the front forwards the request and
+    sees when it reaches the engine (:meth:`Scheduler.landed`).
     """
 
     rid: str
@@ -59,6 +64,7 @@ class PrefillItem:
     kind: str = "prefill"
     kv_blocks: int = 0
     cut_s: float = math.nan
+    landing_seen: bool = False
 
 
 def solve_prefill_window(
@@ -138,6 +144,8 @@ class Scheduler:
         self._closing = False
         self.windows = 0
         self._tasks: list[asyncio.Task] = []
+        # window -> [clock at its cut, requests assigned, requests landed]: windows still landing
+        self._landing: dict[int, list[float]] = {}
 
     def now(self) -> float:
         """Seconds since the scheduler started (window problems need times >= 0)."""
@@ -184,12 +192,16 @@ class Scheduler:
 
     # ------------------------------------------------------------------ admission
     def submit(self, rid: str, prompt_tokens: int, *, cached_tokens: int = 0,
-               deadline_ms: float | None = None) -> PrefillItem:
-        """Accept one prefill request; its ``future`` resolves to its answer dict."""
+               deadline_ms: float | None = None, landing_seen: bool = False) -> PrefillItem:
+        """Accept one prefill request; its ``future`` resolves to its answer dict.
+
+        ``landing_seen``: the front will forward it and report when it lands (:meth:`landed`).
+        """
         fut: asyncio.Future = asyncio.get_running_loop().create_future()
         now = self.now()
         new = max(int(prompt_tokens) - int(cached_tokens), 1)
-        item = PrefillItem(rid, new, int(cached_tokens), now, self._deadline(now, deadline_ms), fut)
+        item = PrefillItem(rid, new, int(cached_tokens), now, self._deadline(now, deadline_ms), fut,
+                           landing_seen=landing_seen)
         if self._closing:
             self._reject(item, "shutting_down")
         elif prompt_tokens > self.config.max_prompt_tokens:
@@ -265,10 +277,19 @@ class Scheduler:
             due = min(due, now + 0.01)  # no reports: readiness moves only with time
         else:
             clock = self._clock()
-            pace = self.state.next_pace_s(clock, len(self.buffer))
+            pace = self.state.next_pace_s(clock, self._landing_requests())
             if pace is not None:  # a paced worker's forward is about to end
-                due = min(due, now + pace - clock)
+                # past the guard, the window still waits for it (:meth:`_workers_for_window`)
+                due = now + pace - clock if due <= now else min(due, now + pace - clock)
         return max(due - now, 0.0)
+
+    def _landing_requests(self) -> int:
+        """Requests of the buffer a paced release has to land before the forward ends: as many,
+        oldest first, as one worker's next forward can take (the rest of a window waits in the
+        engine's queue for later forwards, so it may land later)."""
+        capacity = self.config.ep * int(self.state.token_budget.max() * self.config.window_forwards)
+        tokens = np.cumsum([item.new_tokens for item in self.buffer])
+        return max(1, int(np.searchsorted(tokens, capacity, side="right")))
 
     async def _prefill_loop(self) -> None:
         while True:
@@ -291,8 +312,19 @@ class Scheduler:
         fixed = self.config.fixed_interval_s
         if fixed is not None:
             return alive if overdue or now >= self._last_window + fixed else []
-        ready = self.state.ready_workers(self._clock(), len(self.buffer))
-        return ready if ready or not overdue else alive
+        clock = self._clock()
+        landing = self._landing_requests()
+        ready = self.state.ready_workers(clock, landing)
+        if ready or not overdue:
+            return ready
+        if force:
+            return alive
+        # Past the guard, the simulator assigns a request at the next window, which a paced
+        # worker gets when its running forward ends: a window sent to it earlier would only wait
+        # in its queue, and take the place of the requests that arrive before that end. Other
+        # workers (not paced, or full) take it now.
+        bound = self.state.forward_bound(clock, landing)
+        return [w for w in alive if not bound[w]]
 
     async def _release(self, *, force: bool) -> None:
         workers = self._workers_for_window(force)
@@ -301,6 +333,7 @@ class Scheduler:
             return
         items, self.buffer = self.buffer, []
         now = self.now()
+        cut_clock = self._clock()
         for it in items:
             it.cut_s = now
         self._last_window = now
@@ -331,6 +364,7 @@ class Scheduler:
         wall = self._clock()
         placed = np.zeros(len(units))
         placed_requests = np.zeros(len(units))
+        seen = 0
         for i, item in enumerate(items):
             if item.future.done():  # the caller went away while the window was solved
                 continue
@@ -343,8 +377,36 @@ class Scheduler:
             self._assign(item, unit, int(chunks.get(i, item.new_tokens)), window=self.windows)
             placed[j] += item.new_tokens
             placed_requests[j] += 1
+            seen += item.landing_seen
         self._predict_forwards(workers, units, load, capacity, placed, placed_requests, wall)
         self.buffer = keep + self.buffer
+        self._expect_landing(self.windows, cut_clock, seen)
+
+    def _expect_landing(self, window: int, cut_clock: float, requests: int) -> None:
+        """Wait for the landings of the ``requests`` of ``window`` whose landing the front sees
+        (:meth:`landed`); a window that never finishes landing (a client went away between the
+        answer and its forward, or a retry went to another worker) is forgotten."""
+        stale = cut_clock - _LANDING_LOST_S
+        while self._landing:
+            oldest = next(iter(self._landing))  # windows are kept in the order of their cuts
+            if self._landing[oldest][0] >= stale:
+                break
+            del self._landing[oldest]
+        if requests:
+            self._landing[window] = [cut_clock, float(requests), 0.0]
+
+    def landed(self, window: int | None) -> None:
+        """One request of ``window`` reached its engine (the front got the engine's response
+        headers). When the window's last request has landed, the time since its cut trains
+        the paced release's lead (:attr:`ClusterState.landing`)."""
+        if window is None or (entry := self._landing.get(window)) is None:
+            return
+        entry[2] += 1
+        if entry[2] >= entry[1]:
+            del self._landing[window]
+            seconds = self._clock() - entry[0]
+            self.state.landing.observe(int(entry[1]), seconds)
+            self.metrics.landing_s.observe(seconds)
 
     def _predict_forwards(self, workers: list[int], units: np.ndarray, load: np.ndarray, capacity: np.ndarray,
                           placed: np.ndarray, placed_requests: np.ndarray, wall: float) -> None:

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
+import subprocess
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
+import aiohttp
 from aiohttp import web
 
 from sbsopt.serve.app import build_app, start_app
@@ -50,3 +53,41 @@ def run(coro_fn: Callable[[], Awaitable[Any]], timeout: float = 60.0) -> Any:
         return await asyncio.wait_for(coro_fn(), timeout)
 
     return asyncio.run(bounded())
+
+
+def free_port() -> int:
+    """A loopback TCP port nobody listens on (for a server in another process)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextlib.asynccontextmanager
+async def router_process(argv: list[str], port: int, workers: int) -> AsyncIterator[str]:
+    """Run a Rust router (``argv``, listening on ``port``); yields its URL once ``workers``
+    workers are registered and healthy on its ``/workers``; terminates it on exit."""
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        async with aiohttp.ClientSession() as s:
+            for _ in range(300):
+                if proc.poll() is not None:
+                    raise RuntimeError(f"the router exited with {proc.returncode}")
+                try:
+                    async with s.get(url + "/workers") as resp:
+                        listed = (await resp.json()).get("workers", [])
+                    if sum(w.get("is_healthy", False) for w in listed) == workers:
+                        break
+                except (aiohttp.ClientError, ValueError):
+                    pass
+                await asyncio.sleep(0.1)
+            else:
+                raise RuntimeError(f"the router did not register {workers} workers within 30 s")
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            await asyncio.to_thread(proc.wait, 10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

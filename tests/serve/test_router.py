@@ -4,16 +4,13 @@ policy. Skipped when the package is not installed."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import socket
-import subprocess
 import sys
 from collections.abc import AsyncIterator
 
 import aiohttp
 import pytest
-from _servekit import mock_engines, run, serve_front
+from _servekit import EP, free_port, mock_engines, router_process, run, serve_front
 
 from sbsopt.serve.replay import replay
 from sbsopt.workload import load_trace
@@ -21,44 +18,15 @@ from sbsopt.workload import load_trace
 pytest.importorskip("sglang_router", reason="sglang-router is not installed (pip install sglang-router)")
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @contextlib.asynccontextmanager
-async def sglang_router(workers: list[str], policy: str) -> AsyncIterator[str]:
-    """``python -m sglang_router.launch_router`` on a loopback port; yields its URL once both
-    workers are registered and healthy."""
-    port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "sglang_router.launch_router", "--host", "127.0.0.1",
-                             "--port", str(port), "--worker-urls", *workers, "--policy", policy],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        async with aiohttp.ClientSession() as s:
-            for _ in range(300):
-                if proc.poll() is not None:
-                    raise RuntimeError(f"the router exited with {proc.returncode}")
-                try:
-                    async with s.get(url + "/workers") as resp:
-                        listed = (await resp.json()).get("workers", [])
-                    if sum(w.get("is_healthy", False) for w in listed) == len(workers):
-                        break
-                except (aiohttp.ClientError, ValueError):
-                    pass
-                await asyncio.sleep(0.1)
-            else:
-                raise RuntimeError("the router did not register the workers within 30 s")
+async def sglang_router(workers: list[str], policy: str, *, dp_aware: bool = False) -> AsyncIterator[str]:
+    """``python -m sglang_router.launch_router`` on a loopback port; yields its URL once every
+    worker is registered and healthy (``dp_aware``: one per DP rank of each engine)."""
+    port = free_port()
+    argv = [sys.executable, "-m", "sglang_router.launch_router", "--host", "127.0.0.1", "--port", str(port),
+            "--worker-urls", *workers, "--policy", policy, *(["--dp-aware"] if dp_aware else [])]
+    async with router_process(argv, port, len(workers) * (EP if dp_aware else 1)) as url:
         yield url
-    finally:
-        proc.terminate()
-        try:
-            await asyncio.to_thread(proc.wait, 10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 async def _completed(workers: list[str]) -> list[int]:
@@ -83,6 +51,30 @@ def test_sglang_router_round_robin_is_an_immediate_baseline() -> None:
     s, counts = run(body, timeout=90)
     assert s["completed"] == 40 and counts == [20, 20]
     assert s["ttft_ms"]["mean"] is not None and s["tpot_ms"]["mean"] is not None
+
+
+def test_sglang_router_dp_aware_mode_runs_on_mock_engines() -> None:
+    # --dp-aware reads dp_size from each engine's /get_server_info, registers one worker per rank
+    # (URL@rank) and pins the rank it chose in the body: round robin then visits every rank once
+    # before any twice. It overwrites a data_parallel_rank already in the body (measured), so a
+    # sidecar's rank does not survive this mode.
+    workload = load_trace("azure-code", limit=40).with_rate(8.0)
+    speed = 8.0
+
+    async def body() -> tuple[dict, list[int]]:
+        async with mock_engines(2, speed=speed) as workers, sglang_router(workers, "round_robin",
+                                                                          dp_aware=True) as url:
+            result = await replay(workload, url, time_scale=speed, timeout_s=60, text_prompts=True)
+            received = []
+            async with aiohttp.ClientSession() as s:
+                for worker in workers:
+                    async with s.get(worker + "/v1/load") as resp:
+                        received += [rank["received"] for rank in (await resp.json())["ranks"]]
+            return result.summary(), received
+
+    s, received = run(body, timeout=90)
+    assert s["completed"] == 40 and sum(received) == 40
+    assert len(received) == 2 * EP and max(received) - min(received) <= 1
 
 
 def test_sidecar_rank_survives_the_sglang_router_manual_policy() -> None:

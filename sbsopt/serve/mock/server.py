@@ -3,7 +3,8 @@
 ``POST /v1/completions``, ``POST /v1/chat/completions`` (``stream`` true: SSE, one event per token
 at its modelled time; false: one JSON answer at the end), ``GET /v1/load`` (per-rank waiting,
 running, queued prefill tokens, KV blocks, the per-rank token budget; a prefill engine adds the
-running forward's tokens and end), ``GET /health``, ``GET /v1/models``. The prompt length is
+running forward's tokens and end), ``GET /health``, ``GET /v1/models``, and SGLang's
+``GET /get_server_info`` and ``GET /get_model_info`` for routers. The prompt length is
 the length of a token-id ``prompt`` (OpenAI completions accept token arrays), else estimated
 from the text (~4 characters per token). A colocated engine generates ``max_tokens`` tokens
 (EOS is ignored); a prefill engine streams the first token when the prefill completes and ends
@@ -208,6 +209,25 @@ async def health(request: web.Request) -> web.Response:
                           "completed": engine.completed, "cancelled": engine.cancelled})
 
 
+async def server_info(request: web.Request) -> web.Response:
+    """SGLang's ``GET /get_server_info``, the fields routers read: ``dp_size`` (the SGLang
+    router's ``--dp-aware`` mode registers one worker per DP rank, ``URL@rank``, and pins the rank
+    in the body), the model and the per-rank chunk size."""
+    engine = request.app[ENGINE]
+    model = request.app[MODEL]
+    return json_response({"model_path": model, "served_model_name": model, "tokenizer_path": model,
+                          "dp_size": engine.ep, "tp_size": engine.ep, "ep_size": engine.ep,
+                          "enable_dp_attention": True, "chunked_prefill_size": engine.token_budget,
+                          "disaggregation_mode": "prefill" if engine.role == "prefill" else "null",
+                          "version": "sbsopt-mock"})
+
+
+async def model_info(request: web.Request) -> web.Response:
+    """SGLang's ``GET /get_model_info``."""
+    model = request.app[MODEL]
+    return json_response({"model_path": model, "tokenizer_path": model, "is_generation": True})
+
+
 async def models(request: web.Request) -> web.Response:
     return json_response({"object": "list", "data": [{"id": request.app[MODEL], "object": "model",
                                                       "owned_by": "sbsopt-mock"}]})
@@ -234,4 +254,6 @@ def build_mock_app(engine: Engine, *, model_name: str = "deepseek-v3",
     app.router.add_get("/v1/load", load)
     app.router.add_get("/health", health)
     app.router.add_get("/v1/models", models)
+    app.router.add_get("/get_server_info", server_info)
+    app.router.add_get("/get_model_info", model_info)
     return app

@@ -14,10 +14,12 @@ Examples
 
 from sbsopt.plan.backends import BACKENDS, Runner, default_workers, run_tasks
 from sbsopt.plan.cost import DEFAULT_GPU_HOUR_PRICE, PlanCost, cluster_gpus, plan_cost
-from sbsopt.plan.planner import CapacityPlan, InstancePlan, max_rate, min_instances
+from sbsopt.plan.mechanism import MECHANISM_METRICS, attribute
+from sbsopt.plan.planner import CapacityPlan, InstancePlan, max_rate, min_instances, step_params
 from sbsopt.plan.runs import (
     CLUSTER_PARAMETERS,
     RUN_PARAMETERS,
+    SCHEDULER_PARAMETERS,
     SLO,
     Policy,
     check_run_params,
@@ -29,6 +31,7 @@ from sbsopt.plan.search import (
     search_max_rate,
     search_min_instances,
 )
+from sbsopt.plan.shape import PDShape, pd_shape
 from sbsopt.plan.sweep import expand_grid, load_grid, plot_sweep, sweep
 
 __all__ = [
@@ -37,13 +40,17 @@ __all__ = [
     "CapacityPlan",
     "DEFAULT_GPU_HOUR_PRICE",
     "InstancePlan",
+    "MECHANISM_METRICS",
     "MaxRateResult",
     "MinInstancesResult",
+    "PDShape",
     "PlanCost",
     "Policy",
     "RUN_PARAMETERS",
     "Runner",
+    "SCHEDULER_PARAMETERS",
     "SLO",
+    "attribute",
     "check_run_params",
     "cluster_gpus",
     "default_workers",
@@ -51,11 +58,13 @@ __all__ = [
     "load_grid",
     "max_rate",
     "min_instances",
+    "pd_shape",
     "plan_cost",
     "plot_sweep",
     "run_one",
     "run_tasks",
     "search_max_rate",
     "search_min_instances",
+    "step_params",
     "sweep",
 ]

@@ -6,6 +6,7 @@ import contextlib
 import dataclasses
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from sbsopt._validate import check_int, check_number
 from sbsopt.errors import InvalidInputError
@@ -19,7 +20,11 @@ from sbsopt.plan.search import (
     search_min_instances,
 )
 
-__all__ = ["BURST_SLO_MULTIPLE", "CapacityPlan", "InstancePlan", "burst_reason", "max_rate", "min_instances"]
+if TYPE_CHECKING:
+    from sbsopt.sim.config import SchedulerConfig
+
+__all__ = ["BURST_SLO_MULTIPLE", "CapacityPlan", "InstancePlan", "burst_reason", "max_rate", "min_instances",
+           "step_params"]
 
 #: A search step is a steady state only when its arrivals span at least this many TTFT SLOs:
 #: a shorter burst drains within the SLO however far above saturation its rate is.
@@ -156,7 +161,8 @@ def _cost_of(metrics: dict | None, price: float) -> PlanCost | None:
     return plan_cost(gpus=metrics["gpus"], tokens=tokens, duration_s=duration_s, gpu_hour_price=price)
 
 
-def _base(workload, cluster, policy: Policy, slo: SLO, seed: int, duration_s: float) -> dict:
+def _base(workload, cluster, policy: Policy, slo: SLO, seed: int, duration_s: float,
+          scheduler: SchedulerConfig | None = None) -> dict:
     from sbsopt.sim import ClusterConfig
     from sbsopt.workload import load_trace
 
@@ -165,9 +171,27 @@ def _base(workload, cluster, policy: Policy, slo: SLO, seed: int, duration_s: fl
     cluster = cluster or ClusterConfig()
     # Colocated, as in sbsopt.sim.simulate: the cluster's prefill instances are the engines.
     engines = {"instances": cluster.prefill_instances, "ep": cluster.prefill_ep} if policy.mode == "colocated" else {}
-    return {"workload": workload, **dataclasses.asdict(cluster), **engines, **policy.as_params(), "seed": seed,
+    # only a given scheduler: colocated runs refuse one
+    routing = {} if scheduler is None else dataclasses.asdict(scheduler)
+    return {"workload": workload, **dataclasses.asdict(cluster), **engines, **policy.as_params(), **routing, "seed": seed,
             "limit": None, "duration_s": check_number("duration_s", duration_s, strict_min=True),
             "ttft_slo_ms": slo.ttft_ms, "tpot_slo_ms": slo.tpot_ms}
+
+
+def step_params(trace, cluster, policy: Policy | str | dict | None, slo: SLO | None, rate: float, *,
+                scheduler: SchedulerConfig | None = None, duration_s: float = 10.0, seed: int = 0) -> dict:
+    """The :func:`~sbsopt.plan.run_one` parameters of :func:`max_rate`'s step at ``rate``.
+
+    To simulate another policy at a rate a search tried, on the same window and seed.
+
+    Examples
+    --------
+    >>> p = step_params("azure-conv", None, "least_tokens", None, 50.0, duration_s=4)
+    >>> p["router"], p["rate"], p["duration_s"], p["ttft_slo_ms"]
+    ('least_tokens', 50.0, 4.0, 2000.0)
+    """
+    rate = check_number("rate", rate, strict_min=True)
+    return {**_base(trace, cluster, _policy(policy), slo or SLO(), seed, duration_s, scheduler), "rate": rate}
 
 
 def _policy(policy) -> Policy:
@@ -186,6 +210,7 @@ def max_rate(
     policy: Policy | str | dict | None = None,
     slo: SLO | None = None,
     *,
+    scheduler: SchedulerConfig | None = None,
     tolerance_req_s: float | None = None,
     rate_min: float | None = None,
     rate_max: float | None = None,
@@ -212,6 +237,10 @@ def max_rate(
     policy : Policy, str (router) or dict
     slo : SLO, optional
         Default ``SLO()``: TTFT 2 s, TPOT 100 ms, 90 % attainment.
+    scheduler : SchedulerConfig, optional
+        Scheduler parameters of every step (disaggregated mode), e.g. production-shaped
+        immediate routing ``SchedulerConfig(router_replicas=3, dp_pinning="bootstrap_room")``;
+        default: the simulator's.
     tolerance_req_s : float, optional
         Width of the final bracket; default 2 % of the cluster's saturation throughput on the
         trace's length mix (:func:`sbsopt.sim.saturation_capacity`).
@@ -246,7 +275,7 @@ def max_rate(
     from sbsopt.sim import saturation_capacity
 
     policy, slo = _policy(policy), slo or SLO()
-    base = _base(trace, cluster, policy, slo, seed, duration_s)
+    base = _base(trace, cluster, policy, slo, seed, duration_s, scheduler)
     workload = base["workload"]
     if len(workload) < 2:
         raise InvalidInputError("trace", len(workload), "at least two requests")
@@ -285,6 +314,7 @@ def min_instances(
     policy: Policy | str | dict | None = None,
     *,
     cluster=None,
+    scheduler: SchedulerConfig | None = None,
     max_prefill: int = 8,
     max_decode: int = 4,
     duration_s: float = 10.0,
@@ -301,7 +331,8 @@ def min_instances(
     Walks the monotone frontier of the ``max_prefill x max_decode`` grid (see
     :func:`sbsopt.plan.search_min_instances`): about ``max_prefill + max_decode`` simulations,
     ``workers`` decode counts at a time.
-    The other cluster fields come from ``cluster`` (default ``ClusterConfig()``); the answer
+    The other cluster fields come from ``cluster`` (default ``ClusterConfig()``), the scheduler
+    parameters from ``scheduler`` (as in :func:`max_rate`); the answer
     minimises GPUs. An infeasible grid gives ``search.feasible = False``, not an error.
     In colocated mode the search is over engines only (``max_decode`` is ignored; the answer's
     ``prefill_instances`` is the engine count and ``decode_instances`` is 0).
@@ -311,7 +342,7 @@ def min_instances(
     check_int("max_prefill", max_prefill, minimum=1)
     check_int("max_decode", max_decode, minimum=1)
     policy, slo = _policy(policy), slo or SLO()
-    base = {**_base(trace, cluster, policy, slo, seed, duration_s), "rate": rate}
+    base = {**_base(trace, cluster, policy, slo, seed, duration_s, scheduler), "rate": rate}
     colocated = policy.mode == "colocated"
     pep, dep = (base["ep"], 0) if colocated else (base["prefill_ep"], base["decode_ep"])
 

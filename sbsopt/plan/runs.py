@@ -12,6 +12,8 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from sbsopt._validate import check_number
 from sbsopt.errors import InvalidInputError
 from sbsopt.sim.config import (
@@ -21,15 +23,18 @@ from sbsopt.sim.config import (
     DEFAULT_TPOT_SLO_MS,
     DEFAULT_TTFT_SLO_MS,
     ClusterConfig,
+    SchedulerConfig,
     check_mode,
     check_router,
 )
 
-__all__ = ["SLO", "Policy", "RUN_PARAMETERS", "CLUSTER_PARAMETERS", "check_run_params", "run_cluster",
-           "run_one"]
+__all__ = ["SLO", "Policy", "RUN_PARAMETERS", "CLUSTER_PARAMETERS", "SCHEDULER_PARAMETERS", "check_run_params",
+           "run_cluster", "run_one"]
 
 # Fields of sbsopt.sim.ClusterConfig a run may set (sbsopt.sim.config loads without the simulator).
 CLUSTER_PARAMETERS = tuple(f.name for f in dataclasses.fields(ClusterConfig))
+# Fields of sbsopt.sim.SchedulerConfig a run may set (disaggregated mode; none set: the defaults).
+SCHEDULER_PARAMETERS = tuple(f.name for f in dataclasses.fields(SchedulerConfig))
 # Everything else a run understands, with its default (None: the mode's default, see Policy).
 _RUN_DEFAULTS: dict[str, Any] = {
     "trace": "azure-conv", "limit": 400, "rate": None, "load": None, "router": None,
@@ -39,7 +44,7 @@ _RUN_DEFAULTS: dict[str, Any] = {
     # (sbsopt.sim.colocated.colocated_cluster) and ignores the four P/D instance/EP fields.
     "mode": "disaggregated", "token_budget": None, "instances": None, "ep": None,
 }
-RUN_PARAMETERS = tuple(_RUN_DEFAULTS) + CLUSTER_PARAMETERS
+RUN_PARAMETERS = tuple(_RUN_DEFAULTS) + CLUSTER_PARAMETERS + SCHEDULER_PARAMETERS
 
 
 @dataclass(frozen=True)
@@ -169,8 +174,14 @@ def run_one(params: dict) -> dict:
     ``rate * duration_s`` requests (or those arriving before ``duration_s`` without a rate), so
     that a higher rate simulates proportionally more requests and overload shows up as a growing
     queue instead of one short burst.
-    Metric columns: request counts, ``ttft_p50_ms`` ... ``tpot_p99_ms``, throughputs, ``gpus``,
-    ``tokens_per_s``, ``span_s`` (first arrival to last completion), ``arrival_span_s``, ``slo_attainment`` (NaN when no SLO is given), ``sim_wall_s``.
+    Fields of :data:`SCHEDULER_PARAMETERS` (``router_replicas``, ``dp_pinning``, ...) make a
+    :class:`~sbsopt.sim.SchedulerConfig` (disaggregated mode).
+    Metric columns: request counts, ``ttft_p50_ms`` ... ``tpot_p99_ms``, the mean TTFT split
+    (``sched_wait_ms``: the SBS buffer, ``engine_wait_ms``: the engine queue, ``exec_ms``),
+    throughputs, ``gpus``, ``tokens_per_s``, ``span_s`` (first arrival to last completion),
+    ``arrival_span_s``, ``bubble_fraction``, ``chunk_utilization``, ``decode_batch_mean`` and
+    ``decode_batch_imbalance`` (:func:`_decode_batches`), ``slo_attainment`` and its TTFT and
+    TPOT parts (NaN when no SLO is given), ``sim_wall_s``.
     """
     from sbsopt.sim import simulate
 
@@ -184,6 +195,9 @@ def run_one(params: dict) -> dict:
                   "tpot_slo_ms": run["tpot_slo_ms"]}
     else:
         engine = {"interval": run["interval"], "solver": run["solver"], "token_budget": run["token_budget"]}
+    scheduler = {k: params[k] for k in SCHEDULER_PARAMETERS if k in params}
+    if scheduler:  # colocated mode has no scheduler: simulate refuses one, naming the mode
+        engine["scheduler"] = SchedulerConfig(**scheduler)
     workload = params.get("workload")
     if workload is None:
         workload = _trace(run["trace"], run["limit"])
@@ -202,7 +216,31 @@ def run_one(params: dict) -> dict:
     row = {k: v for k, v in params.items() if k != "workload"}
     row.setdefault("trace", getattr(workload, "name", run["trace"]))
     row.update(_flatten(summary, run_gpus(params)))
+    row.update(_decode_batches(result.requests, cluster) if not colocated else
+               {"decode_batch_mean": float("nan"), "decode_batch_imbalance": float("nan")})
     return row
+
+
+def _decode_batches(requests, cluster) -> dict:
+    """Decode batch per decode DP unit by Little's law: its mean over the units, and max over mean.
+
+    A completed request occupies its decode unit from its first token to its completion (KV
+    transfer and admission wait included: the unit holds it in its queue); a unit's request-seconds
+    over the arrival span are its batch in a steady window (over the whole span the drain of the
+    longest outputs would dilute it). Decode steps run in lock-step at the pace of the fullest
+    unit, so an imbalance above 1 is decode time the other units spend waiting.
+    """
+    units = cluster.decode_instances * cluster.decode_ep
+    done = (requests["status"] == "completed").to_numpy()
+    unit = requests["decode_unit"].to_numpy()[done]
+    seconds = (requests["e2e_s"] - requests["ttft_s"]).to_numpy()[done]
+    keep = unit >= 0  # a one-token request finishes at prefill, on no decode unit
+    arrival = requests["arrival_s"].to_numpy()
+    span_s = float(arrival[-1] - arrival[0]) if len(arrival) > 1 else 0.0
+    if span_s <= 0 or not keep.any():
+        return {"decode_batch_mean": float("nan"), "decode_batch_imbalance": float("nan")}
+    batch = np.bincount(unit[keep], weights=seconds[keep], minlength=units) / span_s
+    return {"decode_batch_mean": float(batch.mean()), "decode_batch_imbalance": float(batch.max() / batch.mean())}
 
 
 def _flatten(summary: dict, gpus: int) -> dict:
@@ -218,10 +256,13 @@ def _flatten(summary: dict, gpus: int) -> dict:
     out["span_s"] = _num(summary.get("span_s", float("nan")))
     offered = _num(summary.get("offered_rate_req_s", float("nan")))
     out["arrival_span_s"] = (out["requests"] - 1) / offered if offered > 0 else float("nan")
+    for part in ("sched_wait", "engine_wait", "exec"):
+        out[f"{part}_ms"] = _num(summary["ttft_split_ms"][part])
     out["goodput_req_s"] = _num(summary.get("goodput_req_s", float("nan")))
     out["bubble_fraction"] = _num(summary.get("bubble_fraction", float("nan")))
     out["chunk_utilization"] = _num(summary.get("chunk_utilization", float("nan")))
-    out["slo_attainment"] = _num(summary.get("slo_attainment", float("nan")))
+    for key in ("slo_attainment", "slo_attainment_ttft", "slo_attainment_tpot"):
+        out[key] = _num(summary.get(key, float("nan")))
     out["sim_wall_s"] = _num(summary.get("sim_wall_s", float("nan")))
     return out
 

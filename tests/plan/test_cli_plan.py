@@ -96,3 +96,31 @@ def test_run_main_job_small(capsys):
     best = d["plans"][d["best_immediate"]]["max_rate_req_s"]
     assert d["sbs_gain"] == pytest.approx(d["plans"]["sbs"]["max_rate_req_s"] / best - 1)
     assert len(d["rows"]) == 3 and d["trace"] == "azure-conv"
+    # the trace's own P:D shape, the decode side's load at the answers
+    assert d["shape"]["picked"] and d["cluster"]["prefill_instances"] == d["shape"]["prefill_instances"] > 1
+    assert all(p["decode_load"] > 0 and "decode_batch_imbalance" in p["confirm"] for p in d["plans"].values())
+    # production-shaped immediate routing searched too, SBS's answer shared (it ignores the routing)
+    prod = d["production"]
+    assert prod["scheduler"] == {"router_replicas": 3, "dp_pinning": "bootstrap_room"}
+    assert set(prod["plans"]) == set(d["plans"]) and prod["plans"]["sbs"] == d["plans"]["sbs"]
+    assert prod["best_immediate"] in ("round_robin", "least_tokens") and len(prod["rows"]) == 3
+    for name, answer in (("ideal", d), ("production", prod)):
+        m = d["mechanism"][name]
+        assert {m["passing_router"], m["failing_router"]} == {"sbs", answer["best_immediate"]}
+        assert m["side"] in ("ttft", "tpot") and m["mechanism"] in ("queue wait", "execution", "decode balance")
+        assert {"sched_wait_ms", "engine_wait_ms", "exec_ms", "bubble_fraction", "tpot_p99_ms"} <= set(m["passing"])
+
+
+def test_run_prefill_instances_override_the_traces_shape(capsys):
+    d = _json(capsys, ["run", "--duration-s", "1", "--routers", "least_tokens", "--backend", "serial",
+                       "--tolerance-frac", "0.2", "--prefill-instances", "1", "--json"])
+    assert d["cluster"]["prefill_instances"] == 1 and not d["shape"]["picked"]
+    assert d["shape"]["prefill_instances"] > 1 and d["plans"]["sbs"]["gpus"] == 32 + 144
+
+
+def test_run_prints_the_shape_the_production_table_and_the_mechanism(capsys):
+    assert main(["run", "--duration-s", "1", "--routers", "least_tokens", "--backend", "serial",
+                 "--tolerance-frac", "0.2"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "the trace's P:D shape" in text and "Decode at SBS's answer" in text
+    assert "production-shaped" in text.lower() and "buffer/queue/exec" in text

@@ -144,9 +144,11 @@ def capacity(tolerance, rate_min, rate_max, **o) -> None:
     sbsopt plan capacity --trace azure-conv --router sbs --ttft-slo-ms 2000 --duration-s 10 --json
     """
     from sbsopt.plan import max_rate
+    from sbsopt.sim import saturation_capacity
 
     workload, cluster, policy, slo = _setup(o)
-    _refuse_burst(workload, cluster, policy, o)
+    _refuse_burst(workload, saturation_capacity(workload, cluster, mode=policy.mode).req_s, o,
+                  rate_name="the saturation rate")
     answer = max_rate(workload, cluster, policy, slo, tolerance_req_s=tolerance, rate_min=rate_min,
                       rate_max=rate_max, duration_s=o["duration_s"], seed=o["seed"], gpu_hour_price=o["gpu_hour_price"],
                       backend=o["backend"], workers=o["workers"], address=o["address"], progress=not o["as_json"])
@@ -167,20 +169,19 @@ def capacity(tolerance, rate_min, rate_max, **o) -> None:
                   d.get("cost_per_million_tokens")]], note=d["message"])
 
 
-def _refuse_burst(workload, cluster, policy, o: dict) -> None:
-    """Refuse a search whose steps near saturation would simulate a burst, not a steady state."""
+def _refuse_burst(workload, rate: float, o: dict, *, rate_name: str = "--rate") -> None:
+    """Refuse a search whose steps at ``rate`` would simulate a burst, not a steady state: a burst
+    drains within the SLO at any rate, on any number of instances."""
     from sbsopt.plan.planner import BURST_SLO_MULTIPLE, burst_reason
-    from sbsopt.sim import saturation_capacity
 
-    saturation = saturation_capacity(workload, cluster, mode=policy.mode).req_s
-    reason = burst_reason(len(workload), saturation, o["duration_s"], o["ttft_slo_ms"])
+    reason = burst_reason(len(workload), rate, o["duration_s"], o["ttft_slo_ms"])
     if reason is not None:
         need = BURST_SLO_MULTIPLE * o["ttft_slo_ms"] / 1000.0
-        short_trace = (len(workload) - 1) / saturation < need
+        short_trace = (len(workload) - 1) / rate < need
         raise InvalidInputError(
             "--limit" if short_trace else "--duration-s", len(workload) if short_trace else o["duration_s"],
-            f"a steady window at the saturation rate {saturation:.4g} req/s, not a burst ({reason}): "
-            f"--limit >= {math.ceil(saturation * need) + 1} requests and --duration-s >= {need:g}")
+            f"a steady window at {rate_name} {rate:.4g} req/s, not a burst ({reason}): "
+            f"--limit >= {math.ceil(rate * need) + 1} requests and --duration-s >= {need:g}")
 
 
 @plan.command()
@@ -197,6 +198,7 @@ def instances(rate, max_prefill, max_decode, **o) -> None:
     from sbsopt.plan import min_instances
 
     workload, cluster, policy, slo = _setup(o)
+    _refuse_burst(workload, rate, o)
     answer = min_instances(workload, rate, slo, policy, cluster=cluster, max_prefill=max_prefill,
                            max_decode=max_decode, duration_s=o["duration_s"], seed=o["seed"], gpu_hour_price=o["gpu_hour_price"],
                            backend=o["backend"], workers=o["workers"], address=o["address"],

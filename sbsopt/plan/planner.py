@@ -111,9 +111,14 @@ class InstancePlan:
     rate_req_s: float
     slo: SLO
     policy: Policy
+    burst: str | None = None
 
     def as_dict(self) -> dict:
-        """JSON-able answer (``prefill_instances``, ``decode_instances``, ``gpus``, ``cost_per_million_tokens``)."""
+        """JSON-able answer (``prefill_instances``, ``decode_instances``, ``gpus``, ``cost_per_million_tokens``).
+
+        ``steady`` is ``False`` (``burst`` says why) when each point simulated a burst rather than
+        a steady state: a burst drains within the SLO on too few instances.
+        """
         s = self.search
         p, d = s.prefill_instances, s.decode_instances
         message = s.message
@@ -123,7 +128,10 @@ class InstancePlan:
             message = (f"{p} colocated engines ({s.evaluations} simulations)" if s.feasible else
                        "infeasible: the SLO fails even with the most colocated engines allowed "
                        "(max_prefill)")
-        return {"feasible": s.feasible, "rate_req_s": self.rate_req_s, "prefill_instances": p,
+        if self.burst is not None and s.feasible:
+            message = f"not a steady answer: each point simulated a burst ({self.burst}); {message}"
+        return {"feasible": s.feasible, "steady": self.burst is None, "burst": self.burst,
+                "rate_req_s": self.rate_req_s, "prefill_instances": p,
                 "decode_instances": d, "pd_ratio": None if p is None or not d else p / d,
                 "gpus": None if self.cost is None else self.cost.gpus,
                 "cost_per_million_tokens": None if self.cost is None else self.cost.cost_per_million_tokens,
@@ -357,4 +365,5 @@ def min_instances(
 
         result = search_min_instances(evaluate, max_prefill=max_prefill, max_decode=1 if colocated else max_decode,
                                       gpus=lambda p, d: p * pep + d * dep, parallel=runner.parallel)
-    return InstancePlan(result, _cost_of(result.metrics, gpu_hour_price), rate, slo, policy)
+    burst = burst_reason(len(base["workload"]), rate, base["duration_s"], slo.ttft_ms)
+    return InstancePlan(result, _cost_of(result.metrics, gpu_hour_price), rate, slo, policy, burst)

@@ -35,7 +35,9 @@ def test_plan_capacity_json_and_out(capsys, tmp_path):
 
 def test_plan_instances_json_and_parquet(capsys, tmp_path):
     out = tmp_path / "runs.parquet"
-    d = _json(capsys, ["plan", "instances", *COMMON, "--rate", "60", "--max-prefill", "3", "--max-decode", "2",
+    # 1 s TTFT and 2.5 s of arrivals: a steady window (the 1.5 s one is refused as a burst)
+    d = _json(capsys, ["plan", "instances", *COMMON, "--duration-s", "2.5", "--ttft-slo-ms", "1000", "--rate", "60",
+                       "--max-prefill", "3", "--max-decode", "2",
                        "--json", "--out", str(out)])
     assert {"prefill_instances", "decode_instances", "gpus", "cost_per_million_tokens"} <= set(d)
     assert d["gpus"] == d["prefill_instances"] * 32 + d["decode_instances"] * 144

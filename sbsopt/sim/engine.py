@@ -27,19 +27,21 @@ __all__ = ["PrefillInstance", "DecodeInstance"]
 class PrefillInstance:
     """One prefill DP+EP instance: per-unit FIFO engine queues, lock-step non-preemptive forwards.
 
-    State only; the simulator drives it. ``queued_tokens[j]`` / ``waiting[j]`` / ``running[j]``
-    are the true per-unit figures an engine report carries.
+    State only; the simulator drives it. ``queued_tokens[j]`` / ``queued_requests[j]`` /
+    ``running[j]`` are the true per-unit figures an engine report carries: the rows of
+    ``state``, a float64 ``(3, ep)`` array (default: the instance's own), which the simulator
+    makes a view of one array for the whole pool so that a report reads every instance at once.
     """
 
-    def __init__(self, index: int, ep: int, chunk_tokens: int, policy: PrefillChunking) -> None:
+    def __init__(self, index: int, ep: int, chunk_tokens: int, policy: PrefillChunking,
+                 state: np.ndarray | None = None) -> None:
         self.index = index
         self.ep = ep
         self.chunk_tokens = chunk_tokens
         self.policy = policy
         self.queues: list[deque] = [deque() for _ in range(ep)]
-        self.queued_tokens = np.zeros(ep, dtype=np.float64)
-        self.queued_requests = np.zeros(ep, dtype=np.float64)
-        self.running = np.zeros(ep, dtype=np.float64)
+        state = np.zeros((3, ep), dtype=np.float64) if state is None else state
+        self.queued_tokens, self.queued_requests, self.running = state
         self.busy = False
         self.start_pending = False
         self.phase_s = 0.0  # a dummy-forward boundary (idle_stepping)
@@ -121,9 +123,15 @@ class PrefillInstance:
 
 
 class DecodeInstance:
-    """One decode DP+EP instance: continuous batching over slot arrays, advanced in epochs."""
+    """One decode DP+EP instance: continuous batching over slot arrays, advanced in epochs.
 
-    def __init__(self, index: int, ep: int, max_batch: int, kv_blocks: int, policy: PrefillChunking) -> None:
+    ``counts`` (float64, rows ``batch`` and ``waiting_count``) and ``blocks`` (int64, rows
+    ``blocks_used`` and ``waiting_blocks``), ``(2, ep)`` arrays, hold what an engine report
+    carries (default: the instance's own; see :class:`PrefillInstance`).
+    """
+
+    def __init__(self, index: int, ep: int, max_batch: int, kv_blocks: int, policy: PrefillChunking,
+                 counts: np.ndarray | None = None, blocks: np.ndarray | None = None) -> None:
         self.index = index
         self.ep = ep
         self.max_batch = max_batch
@@ -140,12 +148,12 @@ class DecodeInstance:
         # slots are taken lowest first and freed ones reused first, so every active slot sits
         # below this mark: per-epoch scans read that prefix, not all ep x max_batch slots
         self.high = 0
-        self.batch = np.zeros(ep, dtype=np.float64)
+        counts = np.zeros((2, ep), dtype=np.float64) if counts is None else counts
+        blocks = np.zeros((2, ep), dtype=np.int64) if blocks is None else blocks
+        self.batch, self.waiting_count = counts
+        self.blocks_used, self.waiting_blocks = blocks
         self.kv_tokens = np.zeros(ep, dtype=np.float64)
-        self.blocks_used = np.zeros(ep, dtype=np.int64)
         self.waiting: list[deque] = [deque() for _ in range(ep)]
-        self.waiting_count = np.zeros(ep, dtype=np.float64)
-        self.waiting_blocks = np.zeros(ep, dtype=np.int64)
         # epoch state
         self.busy = False
         self.version = 0
@@ -167,6 +175,23 @@ class DecodeInstance:
         for arr in (self.batch, self.kv_tokens, self.blocks_used, self.waiting_count, self.waiting_blocks):
             arr[:] = 0
         self.busy = self.cut = False
+
+    def check_admission(self, rank: int, count, free: int, blocks_need: np.ndarray) -> None:
+        """A policy is user code: refuse an admission past the batch, the queue or the KV."""
+        waiting = self.waiting[rank]
+        ok = (type(count) is int or isinstance(count, np.integer)) and 0 <= count <= len(waiting)
+        if ok:
+            need = 0
+            for q, rid in enumerate(waiting):
+                if q == count:
+                    break
+                need += int(blocks_need[rid])
+            ok = self.batch[rank] + count <= self.max_batch and need <= free
+        if not ok:
+            raise SimulationError(
+                f"prefill chunking {self.policy.name!r}: admit_decode admitted {count!r} of "
+                f"{len(waiting)} waiting on rank {rank} of decode instance {self.index} (batch "
+                f"{int(self.batch[rank])} of {self.max_batch}, {free} free KV blocks)")
 
     def epoch_time(self, steps: int) -> float:
         """Seconds taken by the first ``steps`` steps of the current epoch."""

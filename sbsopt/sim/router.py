@@ -275,20 +275,18 @@ def allocate_decode(
 ) -> np.ndarray:
     """IQR-lex decode window allocation: unit index per request, -1 if deferred.
 
-    With ``solver="greedy"`` the window is built by the trusted constructor and the greedy
-    called directly (:mod:`sbsopt.sim.windows`)."""
+    With ``solver="greedy"`` the greedy's kernel runs on the arrays without a window object
+    (:func:`sbsopt.sim.windows.greedy_decode_assignment`)."""
     units = len(batch_size)
     used = np.minimum(kv_blocks_used, kv_capacity_blocks).astype(np.int64)
     batch = np.minimum(batch_size, max_batch_size).astype(np.int64)
     if solver == "greedy":
-        from sbsopt.sim.windows import trusted_decode_window
-        from sbsopt.window.greedy import greedy_decode
+        from sbsopt.sim.windows import greedy_decode_assignment
 
-        trusted = trusted_decode_window(
+        return greedy_decode_assignment(
             context_tokens.astype(np.int64), kv_blocks.astype(np.int64), batch=batch, max_batch=max_batch_size,
             used=used, capacity_blocks=kv_capacity_blocks, block_tokens=kv_block_tokens, coefficients=coefficients,
             iqr_k=iqr_k)
-        return np.asarray(greedy_decode(trusted).assignment, dtype=np.int64)
     from sbsopt.window import DecodeWindow, solve
 
     window = DecodeWindow.from_arrays(

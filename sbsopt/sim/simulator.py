@@ -34,7 +34,6 @@ import time
 import numpy as np
 
 from sbsopt._seed import as_int_seed
-from sbsopt.errors import SimulationError
 from sbsopt.kvblocks import request_kv_blocks
 from sbsopt.sim.chunking import PrefillTask, get_chunking
 from sbsopt.sim.config import ClusterConfig, SchedulerConfig, check_router, parse_interval
@@ -43,6 +42,7 @@ from sbsopt.sim.faults import check_faults
 from sbsopt.sim.metrics import RejectReason, SimResult, Status, final_status
 from sbsopt.sim.remainders import Remainder, Remainders
 from sbsopt.sim.router import allocate_decode, allocate_prefill, router_pools
+from sbsopt.sim.steps import StepTimes
 from sbsopt.workload.prefix_cache import PrefixCache
 
 __all__ = ["run_simulation"]
@@ -107,14 +107,19 @@ class _Simulation:
         P, D = cluster.prefill_instances, cluster.decode_instances
         pep, dep = cluster.prefill_ep, cluster.decode_ep
         self.pep, self.dep = pep, dep
-        self.prefill = [PrefillInstance(k, pep, cluster.chunk_tokens, policy) for k in range(P)]
+        # each pool's report figures in one array (instances hold views): a report reads it whole
+        self.pstate = np.zeros((3, P * pep))
+        self.prefill = [PrefillInstance(k, pep, cluster.chunk_tokens, policy, self.pstate[:, k * pep:(k + 1) * pep])
+                        for k in range(P)]
         kv_tokens = cluster.kv_capacity_tokens or int(dcm.kv_capacity_tokens_per_rank)
         self.kv_block_tokens = cluster.kv_block_tokens
         # MTP: a decode step runs 2 query tokens and yields 1 + acceptance tokens per request
         self.step_tokens = 1.0 + cluster.mtp_acceptance
         self.query_tokens = 2 if cluster.mtp_acceptance > 0 else 1
         self.kv_blocks = kv_tokens // cluster.kv_block_tokens
-        self.decode = [DecodeInstance(k, dep, cluster.max_decode_batch, self.kv_blocks, policy)
+        self.dcounts, self.dblocks = np.zeros((2, D * dep)), np.zeros((2, D * dep), dtype=np.int64)
+        self.decode = [DecodeInstance(k, dep, cluster.max_decode_batch, self.kv_blocks, policy,
+                                      self.dcounts[:, k * dep:(k + 1) * dep], self.dblocks[:, k * dep:(k + 1) * dep])
                        for k in range(D)]
         self.caches = [PrefixCache(capacity_blocks=cluster.prefix_cache_blocks, block_tokens=wl.block_tokens)
                        for _ in range(P)]
@@ -148,6 +153,7 @@ class _Simulation:
         pc = pcm.prefill_coefficients()
         self.pcoef = pc
         self.dcoef = dcm.decode_coefficients(query_tokens=self.query_tokens)
+        self.step_times = StepTimes(pcm, dcm, self.query_tokens)
         zeros = np.zeros(pep)
         self.dummy_s = float(pcm.prefill_step_us(zeros, zeros, zeros)) * 1e-6
         if cluster.stagger_start:
@@ -271,16 +277,10 @@ class _Simulation:
             self.push(self.now + self.sched.report_period_s, _REPORT)
 
     def apply_report(self) -> None:
-        self.prouter.report(
-            np.concatenate([p.queued_tokens for p in self.prefill]),
-            np.concatenate([p.queued_requests - p.running for p in self.prefill]),
-            np.concatenate([p.running for p in self.prefill]),
-        )
-        self.drouter.report(
-            np.concatenate([d.blocks_used + d.waiting_blocks for d in self.decode]).astype(np.float64),
-            np.concatenate([d.waiting_count for d in self.decode]),
-            np.concatenate([d.batch for d in self.decode]),
-        )
+        tokens, queued, running = self.pstate
+        self.prouter.report(tokens, queued - running, running)
+        batch, waiting = self.dcounts
+        self.drouter.report((self.dblocks[0] + self.dblocks[1]).astype(np.float64), waiting, batch)
 
     def fresh_views(self) -> None:
         if self.sched.report_period_s == 0:
@@ -362,7 +362,7 @@ class _Simulation:
             inst.phase_s = self.now
             return
         chunks, new, pairs, reqs = inst.form_forward()
-        step_s = float(self.pcm.prefill_step_us(new, pairs, reqs)) * 1e-6 * self.pslow[inst.index]
+        step_s = self.step_times.prefill_us(new, pairs, reqs) * 1e-6 * self.pslow[inst.index]
         for _, task, _ in chunks:
             if not task.started:
                 task.started = True
@@ -370,7 +370,7 @@ class _Simulation:
         pc = self.pcoef
         rank_us = pc.base_us + pc.alpha_us_per_token * new + pc.beta_us_per_pair * pairs + pc.gamma_us_per_request * reqs
         step_us = step_s * 1e6
-        self.bubble_rank_s += float(np.clip(step_us - rank_us, 0.0, None).sum()) * 1e-6
+        self.bubble_rank_s += float(np.maximum(step_us - rank_us, 0.0).sum()) * 1e-6
         self.step_rank_s += step_s * inst.ep
         self.chunk_tokens_done += float(new.sum())
         self.forwards += 1
@@ -474,8 +474,9 @@ class _Simulation:
         instance has its own cache), so its cost is never underestimated. The ready remainders
         of chunked requests on these units go first, into the units' load; a request the
         answer chunks runs that chunk (``Remainders``)."""
-        for rest in self.remainders.take(units.tolist()):
-            self.resume(rest)
+        if self.remainders:
+            for rest in self.remainders.take(units.tolist()):
+                self.resume(rest)
         if not self.buffer:
             return
         load = self.pview.tokens[units]
@@ -584,31 +585,14 @@ class _Simulation:
                 inst.end_s = inst.t0 + inst.epoch_time(s_next)
                 self.push(inst.end_s, _EPOCH_END, inst.index, inst.version)
 
-    def check_admission(self, inst: DecodeInstance, rank: int, count, free: int) -> None:
-        """A policy is user code: refuse an admission past the batch, the queue or the KV."""
-        waiting = inst.waiting[rank]
-        ok = (type(count) is int or isinstance(count, np.integer)) and 0 <= count <= len(waiting)
-        if ok:
-            need = 0
-            for q, rid in enumerate(waiting):
-                if q == count:
-                    break
-                need += int(self.blocks_need[rid])
-            ok = inst.batch[rank] + count <= inst.max_batch and need <= free
-        if not ok:
-            raise SimulationError(
-                f"prefill chunking {inst.policy.name!r}: admit_decode admitted {count!r} of "
-                f"{len(waiting)} waiting on rank {rank} of decode instance {inst.index} (batch "
-                f"{int(inst.batch[rank])} of {inst.max_batch}, {free} free KV blocks)")
-
     def start_epoch(self, inst: DecodeInstance) -> None:
         blocks = self.blocks_need
-        for j in np.flatnonzero(inst.waiting_count).tolist():
+        for j in inst.waiting_count.nonzero()[0].tolist():
             waiting = inst.waiting[j]
             free = int(inst.kv_blocks - inst.blocks_used[j])
             count = inst.policy.admit_decode(waiting, int(inst.batch[j]), inst.max_batch, free,
                                              lambda r: int(blocks[r]))
-            self.check_admission(inst, j, count, free)
+            inst.check_admission(j, count, free, blocks)
             for _ in range(count):
                 rid = waiting.popleft()
                 slot = inst.free_slots.pop()
@@ -626,18 +610,17 @@ class _Simulation:
                 inst.waiting_blocks[j] -= blocks[rid]
                 self.decode_start_s[rid] = self.now
         high = inst.high
-        active = inst.slot_active[:high]
-        if not active.any():
+        remaining = inst.slot_remaining[:high][inst.slot_active[:high]]
+        if not remaining.size:
             inst.busy = False
             return
-        y, q = self.step_tokens, self.query_tokens
-        steps = max(1, math.ceil(float(inst.slot_remaining[:high][active].min()) / y - 1e-9))
+        y = self.step_tokens
+        steps = max(1, math.ceil(float(remaining.min()) / y - 1e-9))
         slow = self.dslow[inst.index]
-        d0 = float(self.dcm.decode_step_us(inst.batch, inst.kv_tokens, q)) * 1e-6 * slow
+        d0 = self.step_times.decode_us(inst.batch, inst.kv_tokens) * 1e-6 * slow
         d1 = d0
         if steps > 1:
-            d1 = float(self.dcm.decode_step_us(inst.batch, inst.kv_tokens + (steps - 1) * y * inst.batch, q)) \
-                * 1e-6 * slow
+            d1 = self.step_times.decode_us(inst.batch, inst.kv_tokens + (steps - 1) * y * inst.batch) * 1e-6 * slow
         inst.busy = True
         inst.cut = False
         inst.t0 = self.now
@@ -650,7 +633,7 @@ class _Simulation:
 
     def on_epoch_end(self, inst: DecodeInstance) -> None:
         s = inst.steps
-        active = np.flatnonzero(inst.slot_active[:inst.high])
+        active = inst.slot_active[:inst.high].nonzero()[0]
         produced = s * self.step_tokens
         inst.slot_remaining[active] -= produced
         inst.slot_context[active] += produced

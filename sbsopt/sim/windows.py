@@ -6,7 +6,9 @@ window) is most of the simulator's time. The simulator's arrays are well-formed 
 so it hands them to the same assembly the constructors end with (``_assemble``: the derived
 fields are computed there only; tests check field-for-field equality with ``from_arrays``), and
 calls the greedy directly: with default options ``solve(method="greedy")`` returns the greedy's
-assignment unchanged (no searches are planned for it).
+assignment unchanged (no searches are planned for it). A decode window's greedy is one kernel
+over the units' arrays, so :func:`greedy_decode_assignment` calls that kernel without building
+the window object or the greedy's bound.
 """
 
 from __future__ import annotations
@@ -14,9 +16,10 @@ from __future__ import annotations
 import numpy as np
 
 from sbsopt.kvblocks import KV_BLOCK_TOKENS, request_kv_blocks
-from sbsopt.window.problem import _NO_KV_LIMIT, DecodeWindow, PrefillWindow
+from sbsopt.window._kernels import decode_best_of
+from sbsopt.window.problem import _NO_KV_LIMIT, PrefillWindow, _decode_penalty_us, _read_only
 
-__all__ = ["trusted_prefill_window", "trusted_decode_window"]
+__all__ = ["trusted_prefill_window", "greedy_decode_assignment"]
 
 
 def trusted_prefill_window(new: np.ndarray, cached: np.ndarray, arrival: np.ndarray, *,
@@ -38,15 +41,18 @@ def trusted_prefill_window(new: np.ndarray, cached: np.ndarray, arrival: np.ndar
     )
 
 
-def trusted_decode_window(context: np.ndarray, blocks: np.ndarray, *, batch: np.ndarray, max_batch: int,
-                          used: np.ndarray, capacity_blocks: int, block_tokens: int, coefficients,
-                          iqr_k: float) -> DecodeWindow:
-    """``DecodeWindow.from_arrays(context, blocks, batch_size=batch, max_batch_size=[max_batch]*J,
-    kv_blocks_used=used, free_kv_blocks=capacity_blocks - used, coefficients=coefficients,
-    iqr_k=iqr_k, kv_block_tokens=block_tokens)`` for int64 arrays the caller owns."""
+def greedy_decode_assignment(context: np.ndarray, blocks: np.ndarray, *, batch: np.ndarray, max_batch: int,
+                             used: np.ndarray, capacity_blocks: int, block_tokens: int, coefficients,
+                             iqr_k: float) -> np.ndarray:
+    """``greedy_decode(DecodeWindow.from_arrays(context, blocks, batch_size=batch,
+    max_batch_size=[max_batch]*J, kv_blocks_used=used, free_kv_blocks=capacity_blocks - used,
+    coefficients=coefficients, iqr_k=iqr_k, kv_block_tokens=block_tokens)).assignment`` for int64
+    arrays the caller owns (made read-only): the kernel that picks the greedy's placement
+    (``decode_best_of``), on the fields that window would hold."""
     units = batch.shape[0]
-    return DecodeWindow._assemble(
-        context, blocks, batch, np.full(units, max_batch, np.int64), used, capacity_blocks - used,
-        used * block_tokens, np.zeros(units, np.int64), 1, coefficients=coefficients, iqr_k=iqr_k,
-        copy=False,
-    )
+    _, assignment, _ = decode_best_of(
+        _read_only(context), _read_only(blocks), _read_only(batch), _read_only(np.full(units, max_batch, np.int64)),
+        _read_only(used * block_tokens), _read_only(capacity_blocks - used), _read_only(np.zeros(units, np.int64)),
+        1, float(coefficients.base_us), float(coefficients.us_per_request), float(coefficients.us_per_kv_token),
+        _read_only(_decode_penalty_us(context, coefficients)), float(iqr_k))
+    return assignment

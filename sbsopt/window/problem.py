@@ -459,17 +459,21 @@ class DecodeWindow(_ReadOnlyArrays):
                   copy: bool) -> DecodeWindow:
         """The window of already-checked arrays (see :meth:`PrefillWindow._assemble`)."""
         freeze = _frozen if copy else _read_only
-        per_request = float(coefficients.us_per_request)
-        per_token = float(coefficients.us_per_kv_token)
-        penalty = per_request + per_token * context.astype(np.float64) + defer_cost_us
+        penalty = _decode_penalty_us(context, coefficients, defer_cost_us)
         return cls(
             context_tokens=freeze(context), kv_blocks=freeze(blocks), batch_size=freeze(batch),
             max_batch_size=freeze(max_batch), kv_blocks_used=freeze(used),
             free_kv_blocks=freeze(free), kv_tokens=freeze(kv), instance=freeze(inst),
             n_instances=groups, coefficients=coefficients, iqr_k=float(iqr_k),
             penalty_us=freeze(penalty), base_us=float(coefficients.base_us),
-            us_per_request=per_request, us_per_kv_token=per_token,
+            us_per_request=float(coefficients.us_per_request), us_per_kv_token=float(coefficients.us_per_kv_token),
         )
+
+
+def _decode_penalty_us(context: np.ndarray, coefficients: Any, defer_cost_us: float = _DEFER_COST_US) -> np.ndarray:
+    """A decode window's deferral penalty per request: its own step cost plus ``defer_cost_us``."""
+    per_token = float(coefficients.us_per_kv_token)
+    return float(coefficients.us_per_request) + per_token * context.astype(np.float64) + defer_cost_us
 
 
 WindowProblem = PrefillWindow | DecodeWindow

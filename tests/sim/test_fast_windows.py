@@ -10,8 +10,9 @@ import pytest
 
 from sbsopt.costmodel import load_cost_model
 from sbsopt.sim import ClusterConfig, simulate
-from sbsopt.sim.windows import trusted_decode_window, trusted_prefill_window
+from sbsopt.sim.windows import greedy_decode_assignment, trusted_prefill_window
 from sbsopt.window import DecodeWindow, PrefillWindow, solve
+from sbsopt.window.greedy import greedy_decode
 from sbsopt.workload import load_trace
 
 simulator = sys.modules.get("sbsopt.sim.simulator") or __import__("sbsopt.sim.simulator", fromlist=["x"])
@@ -40,14 +41,31 @@ def test_trusted_windows_equal_the_validated_ones():
     _same(ref, trusted_prefill_window(new.copy(), cached.copy(), arrival.copy(), capacity=capacity.copy(),
                                       load=load.copy(), deadline=arrival + 1.0, now_s=1.5, coefficients=pc,
                                       instance=inst))
-    dc = load_cost_model(ep=144).decode_coefficients()
-    ctx, blocks = rng.integers(1, 9000, 5), rng.integers(1, 150, 5)
-    batch, used = rng.integers(0, 128, 144), rng.integers(0, 900, 144)
-    ref = DecodeWindow.from_arrays(ctx, blocks, batch_size=batch, max_batch_size=np.full(144, 128),
-                                   kv_blocks_used=used, free_kv_blocks=1000 - used, coefficients=dc, iqr_k=1.5,
-                                   kv_block_tokens=64)
-    _same(ref, trusted_decode_window(ctx.copy(), blocks.copy(), batch=batch.copy(), max_batch=128, used=used.copy(),
-                                     capacity_blocks=1000, block_tokens=64, coefficients=dc, iqr_k=1.5))
+
+
+@pytest.mark.parametrize("mtp", [False, True])
+def test_greedy_decode_assignment_equals_the_greedy_on_the_validated_window(mtp):
+    # lone requests (every request its own window at a light rate) and small windows, over
+    # unit states with full batches, KV limits that leave few or no units, and ties
+    rng = np.random.default_rng(7)
+    dc = load_cost_model(ep=144).decode_coefficients(query_tokens=2 if mtp else 1)
+    for case in range(400):
+        units = int(rng.choice([1, 2, 3, 4, 5, 8, 144]))
+        n = 1 if case % 2 else int(rng.integers(1, 7))
+        max_batch, capacity = int(rng.choice([1, 2, 128])), int(rng.choice([40, 300, 10_000]))
+        batch = rng.integers(0, max_batch + 1, units) if case % 3 else np.full(units, rng.integers(0, max_batch))
+        used = rng.integers(0, capacity + 1, units) if case % 5 else np.full(units, rng.integers(0, capacity))
+        ctx = rng.integers(1, 9000, n)
+        blocks = np.maximum(ctx // 64, 1) if case % 7 else rng.integers(1, capacity + 2, n)
+        window = DecodeWindow.from_arrays(ctx, blocks, batch_size=batch, max_batch_size=np.full(units, max_batch),
+                                          kv_blocks_used=used, free_kv_blocks=capacity - used, coefficients=dc,
+                                          iqr_k=1.5, kv_block_tokens=64)
+        expected = greedy_decode(window).assignment
+        assert np.array_equal(expected, solve(window, method="greedy").assignment)
+        got = greedy_decode_assignment(ctx.astype(np.int64), blocks.astype(np.int64), batch=batch.astype(np.int64),
+                                       max_batch=max_batch, used=used.astype(np.int64), capacity_blocks=capacity,
+                                       block_tokens=64, coefficients=dc, iqr_k=1.5)
+        assert np.array_equal(got, expected), case
 
 
 def _validated_prefill(new_tokens, cached_tokens, arrival_s, *, capacity_tokens, load_tokens, now_s, guard_s,

@@ -185,33 +185,50 @@ def proxy_added(pairs: int, tmp: Path) -> list[tuple]:
 
 
 # ---------------------------------------------------------------------- 3. SBS vs immediate through the stack
-def _replay(url: str, args: argparse.Namespace) -> dict:
-    out = subprocess.run([sys.executable, "-c", _CLI, "replay", "--trace", args.trace, "--limit", str(args.limit),
-                          "--rate", str(args.trace_rate), "--time-scale", str(args.speed), "--url", url, "--json"],
-                         capture_output=True, text=True, check=True, timeout=3600)
+def _replay(url: str, trace: str, limit: int, rate: float, speed: float, timeout_s: float) -> dict:
+    out = subprocess.run([sys.executable, "-c", _CLI, "replay", "--trace", trace, "--limit", str(limit),
+                          "--rate", str(rate), "--time-scale", str(speed), "--url", url, "--json"],
+                         capture_output=True, text=True, check=True, timeout=timeout_s)
     return json.loads(out.stdout)
 
 
-def stack(args: argparse.Namespace, tmp: Path) -> _report.Table:
+def stack_simulated(*, trace: str = "azure-code", limit: int = 1000, rate: float = 20.0) -> dict[str, dict]:
+    """``sbsopt simulate`` (disaggregated, two prefill instances of :data:`EP` ranks) per policy
+    of :data:`STACK_POLICIES` on the trace prefix of the stack runs: its summary per policy."""
     from sbsopt.sim import ClusterConfig, simulate
     from sbsopt.workload import load_trace
 
-    workload = load_trace(args.trace, limit=args.limit).with_rate(args.trace_rate)
+    workload = load_trace(trace, limit=limit).with_rate(rate)
     cluster = ClusterConfig(prefill_instances=2, prefill_ep=EP, decode_instances=1, decode_ep=EP)
-    fields = {"window_forwards": 1.0, "report_period_s": 0.01, "settle_s": 0.01, "pace_lead_s": args.lead_ms / 1e3,
-              "pace_lead_per_request_s": args.lead_per_request_ms / 1e3,
-              "ttft_guard_s": 1.0 / args.speed}  # the simulator's 1 s guard in model time
-    gather = ("--gather-ms", str(args.gather_ms))
-    simulated = {policy: simulate(workload, cluster=cluster, router=policy).summary() for policy in STACK_POLICIES}
+    return {policy: simulate(workload, cluster=cluster, router=policy).summary() for policy in STACK_POLICIES}
+
+
+def stack_replays(tmp: Path, *, trace: str = "azure-code", limit: int = 1000, rate: float = 20.0,
+                  speed: float = 2.0, repeats: int = 1, lead_ms: float = 5.0, lead_per_request_ms: float = 0.5,
+                  gather_ms: float = 2.0, timeout_s: float = 3600.0) -> dict[str, list[dict]]:
+    """``repeats`` replays per policy of :data:`STACK_POLICIES` through the stack, fresh
+    processes each; returns the replay summaries (``sbsopt replay --json``) per policy.
+    ``tests/serve/test_e2e.py`` asserts the direction on the defaults."""
+    fields = {"window_forwards": 1.0, "report_period_s": 0.01, "settle_s": 0.01, "pace_lead_s": lead_ms / 1e3,
+              "pace_lead_per_request_s": lead_per_request_ms / 1e3,
+              "ttft_guard_s": 1.0 / speed}  # the simulator's 1 s guard in model time
+    gather = ("--gather-ms", str(gather_ms))
     replays: dict[str, list[dict]] = {policy: [] for policy in STACK_POLICIES}
-    for _ in range(args.repeats):  # policies interleaved: the host's load drifts during a run
+    for _ in range(repeats):  # policies interleaved: the host's load drifts during a run
         for policy in STACK_POLICIES:
-            with engine("prefill", args.speed, tmp, *gather) as e0, \
-                    engine("prefill", args.speed, tmp, *gather) as e1, \
+            with engine("prefill", speed, tmp, *gather) as e0, engine("prefill", speed, tmp, *gather) as e1, \
                     serve([e0, e1], tmp, policy=policy, **fields) as url:
-                replayed = _replay(url, args)
+                replayed = _replay(url, trace, limit, rate, speed, timeout_s)
             replays[policy].append(replayed)
             print(policy, replayed["completed"], replayed["rejected_reasons"], replayed["ttft_ms"], flush=True)
+    return replays
+
+
+def stack(args: argparse.Namespace, tmp: Path) -> _report.Table:
+    simulated = stack_simulated(trace=args.trace, limit=args.limit, rate=args.trace_rate)
+    replays = stack_replays(tmp, trace=args.trace, limit=args.limit, rate=args.trace_rate, speed=args.speed,
+                            repeats=args.repeats, lead_ms=args.lead_ms, lead_per_request_ms=args.lead_per_request_ms,
+                            gather_ms=args.gather_ms)
     table = _report.Table(["router", "done", "replay TTFT mean", "p50", "p90", "p99", "simulate TTFT mean", "p50",
                            "p90", "p99", "replay vs best immediate", "simulate vs best immediate"], "lrrrrrrrrrrr")
     immediate = [policy for policy in STACK_POLICIES if policy != "sbs"]

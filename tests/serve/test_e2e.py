@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.util
+import sys
+from pathlib import Path
+
 import aiohttp
 import pytest
 from _servekit import EP, mock_engines, run, serve_front
@@ -52,14 +56,40 @@ def test_replayed_ttft_agrees_with_simulate() -> None:
     assert s["tpot_ms"]["mean"] == pytest.approx(sim["tpot_ms"]["mean"], rel=0.30)
 
 
+def _stack_benchmark():
+    """``benchmarks/serve.py``, whose ``--stack`` runs (separate processes) the test reuses."""
+    folder = Path(__file__).resolve().parents[2] / "benchmarks"
+    spec = importlib.util.spec_from_file_location("sbsopt_benchmark_serve", folder / "serve.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.path.insert(0, str(folder))  # the benchmark imports its sibling _report
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(folder))
+    return module
+
+
 @pytest.mark.slow
-def test_sbs_versus_immediate_through_the_stack() -> None:
-    """Measurement (printed): SBS against the best immediate policies on the same stack."""
-    workload = load_trace("azure-code", limit=300).with_rate(RATE)
-    rows = {}
-    for policy in ("round_robin", "least_tokens", "sbs"):
-        result, _ = run(lambda policy=policy: _replay(workload, 2.0, policy=policy), timeout=300)
-        s = result.summary()
-        assert s["completed"] == 300
-        rows[policy] = s["ttft_ms"]
-    print(rows)
+def test_sbs_beats_immediate_through_the_stack_when_the_simulator_says_so(tmp_path) -> None:
+    """``benchmarks/serve.py --stack`` on its defaults, once per policy: azure-code's first 1,000
+    requests at 20 req/s, ``sbsopt replay`` -> ``sbsopt serve`` -> two ``sbsopt mock-engine --role
+    prefill`` processes at speed 2. When ``sbsopt simulate`` on the same trace and cluster puts
+    SBS's mean TTFT below both immediate policies', the stack must too.
+
+    Measured on the shared 2-core host (about 100 s for the three runs; the simulator: SBS 15%
+    below): the stack's SBS mean TTFT 1-8% below the best immediate policy's in six runs, and
+    3% above it in one run with a second CPU-bound pytest on the host the whole time (the
+    windows' landing time then has a tail of hundreds of ms, see ``sbsopt.serve.landing``). On
+    300 requests the direction is noise (-6% to +2%): the simulator's own gap swings with
+    arrival jitter there.
+    """
+    bench = _stack_benchmark()
+    immediate = [policy for policy in bench.STACK_POLICIES if policy != "sbs"]
+    sim = {policy: s["ttft_ms"]["mean"] for policy, s in bench.stack_simulated().items()}
+    if sim["sbs"] >= min(sim[policy] for policy in immediate):
+        pytest.skip(f"the simulator does not put SBS ahead on this trace: mean TTFT {sim}")
+    replays = bench.stack_replays(tmp_path, timeout_s=120)
+    stack = {policy: runs[0]["ttft_ms"]["mean"] for policy, runs in replays.items()}
+    print({"simulate": sim, "stack": stack})
+    assert all(runs[0]["completed"] == 1000 for runs in replays.values()), replays
+    assert stack["sbs"] < min(stack[policy] for policy in immediate), {"simulate": sim, "stack": stack}

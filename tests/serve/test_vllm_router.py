@@ -1,11 +1,15 @@
-"""The vLLM router (``pip install vllm-router``, a fork of the SGLang router; its ``vllm-router``
-command on ``PATH``) in front of two mock engines: round robin, and its DP-aware mode, which pins
-the rank it chose in the ``X-data-parallel-rank`` header. Skipped when the command is missing."""
+"""The vLLM router (``pip install vllm-router``, a fork of the SGLang router) in front of two mock
+engines: round robin, and its DP-aware mode, which pins the rank it chose in the
+``X-data-parallel-rank`` header. Skipped when the package is not installed.
+
+It runs as ``python -m vllm_router.launch_router`` of this interpreter, not as the
+``vllm-router`` command: ``.venv/bin/python -m pytest`` (CI) does not put ``.venv/bin`` on
+``PATH``."""
 
 from __future__ import annotations
 
 import contextlib
-import shutil
+import sys
 from collections.abc import AsyncIterator
 
 import aiohttp
@@ -15,16 +19,15 @@ from _servekit import EP, free_port, mock_engines, router_process, run
 from sbsopt.serve.replay import replay
 from sbsopt.workload import load_trace
 
-pytestmark = pytest.mark.skipif(shutil.which("vllm-router") is None,
-                                reason="vllm-router is not installed (pip install vllm-router)")
+pytest.importorskip("vllm_router", reason="vllm-router is not installed (pip install vllm-router)")
 
 
 @contextlib.asynccontextmanager
 async def vllm_router(workers: list[str], *, dp_size: int = 1) -> AsyncIterator[str]:
-    """``vllm-router`` (round robin) on a loopback port; ``dp_size`` > 1 registers one worker
+    """The vLLM router (round robin) on a loopback port; ``dp_size`` > 1 registers one worker
     per rank of each engine (``--intra-node-data-parallel-size``)."""
     port = free_port()
-    argv = [str(shutil.which("vllm-router")), "--host", "127.0.0.1", "--port", str(port), "--worker-urls", *workers,
+    argv = [sys.executable, "-m", "vllm_router.launch_router", "--host", "127.0.0.1", "--port", str(port), "--worker-urls", *workers,
             "--policy", "round_robin", "--intra-node-data-parallel-size", str(dp_size)]
     async with router_process(argv, port, len(workers) * dp_size) as url:
         yield url

@@ -8,33 +8,18 @@ distribution (p50/p99/max) is what ``benchmarks/budget.py`` prints and the READM
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
+from _benchmarks import load_benchmark
 
 from sbsopt import window
 
 # Generous on purpose: a loaded 2-core CI box, model building in Python, OR-Tools start-up.
 _OVERHEAD_S = 1.0
 
-
-def _benchmark():
-    folder = Path(__file__).resolve().parents[2] / "benchmarks"
-    spec = importlib.util.spec_from_file_location("sbsopt_benchmark_budget", folder / "budget.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.path.insert(0, str(folder))  # the benchmark imports its sibling modules
-    try:
-        spec.loader.exec_module(module)
-    finally:
-        sys.path.remove(str(folder))
-    return module
-
-
-budget = _benchmark()
+budget = load_benchmark("budget")
 
 
 def _timed(problem: object, **kwargs: object) -> tuple[object, float]:

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import aiohttp
 import pytest
+from _benchmarks import load_benchmark
 from _servekit import EP, mock_engines, run, serve_front
 
 from sbsopt.serve.replay import replay
@@ -56,19 +53,6 @@ def test_replayed_ttft_agrees_with_simulate() -> None:
     assert s["tpot_ms"]["mean"] == pytest.approx(sim["tpot_ms"]["mean"], rel=0.30)
 
 
-def _stack_benchmark():
-    """``benchmarks/serve.py``, whose ``--stack`` runs (separate processes) the test reuses."""
-    folder = Path(__file__).resolve().parents[2] / "benchmarks"
-    spec = importlib.util.spec_from_file_location("sbsopt_benchmark_serve", folder / "serve.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.path.insert(0, str(folder))  # the benchmark imports its sibling _report
-    try:
-        spec.loader.exec_module(module)
-    finally:
-        sys.path.remove(str(folder))
-    return module
-
-
 @pytest.mark.slow
 def test_sbs_beats_immediate_through_the_stack_when_the_simulator_says_so(tmp_path) -> None:
     """``benchmarks/serve.py --stack`` on its defaults, once per policy: azure-code's first 1,000
@@ -83,7 +67,7 @@ def test_sbs_beats_immediate_through_the_stack_when_the_simulator_says_so(tmp_pa
     300 requests the direction is noise (-6% to +2%): the simulator's own gap swings with
     arrival jitter there.
     """
-    bench = _stack_benchmark()
+    bench = load_benchmark("serve")
     immediate = [policy for policy in bench.STACK_POLICIES if policy != "sbs"]
     sim = {policy: s["ttft_ms"]["mean"] for policy, s in bench.stack_simulated().items()}
     if sim["sbs"] >= min(sim[policy] for policy in immediate):

@@ -90,9 +90,10 @@ class ServeConfig:
     pace_min_windows : int
         Landed windows needed before the fitted landing time replaces the prior.
     pace_quantile : float
-        Quantile of the landing-time fit's residuals added to the fit: a window that lands late
-        costs its late requests a forward each, one released early costs only the requests
-        that arrive during the lead.
+        Share of the landed windows the landing-time fit covers (the quantile of its
+        residuals): a window that lands late costs its late requests a forward each, one
+        released early costs only the requests that arrive during the lead, and the lead is
+        at most a quarter of the running forward (:mod:`sbsopt.serve.landing`).
     ttft_guard_s : float
         A buffered request older than this is assigned on the next window even if the solver
         would defer it (to the least-loaded unit), as in the simulator.

@@ -15,7 +15,10 @@ disaggregated prefill instance): it is *paced*. The sidecar then also predicts w
 forward ends, from the report and from its own releases (a window sent to it starts a forward
 that lasts the cost model's step time). Such a prediction holds until a report shows that the
 engine has started a forward since the release (``forwards``, its count of forwards started),
-or, without the counter, by the ``settle_s`` rule.
+or, without the counter, by the ``settle_s`` rule. A report that shows a new forward (the
+counter moved) also gives its length, short by at most the report's age: what is left of it,
+``forward_ends_in_ms``. It caps the lead of a paced release
+(:class:`~sbsopt.serve.landing.LandingTime`).
 """
 
 from __future__ import annotations
@@ -135,6 +138,8 @@ class ClusterState:
         # (release time, predicted end, the worker's forward counter at the release)
         self._virtual_end: list[deque[tuple[float, float, int]]] = [deque() for _ in range(self.n_workers)]
         self.rep_forwards = np.full(self.n_workers, -1, dtype=np.int64)
+        # paced workers: length of the running forward, real seconds (inf: not seen yet)
+        self.forward_s = np.full(self.n_workers, math.inf)
         self.rep_received = np.full(size, -1, dtype=np.int64)
         self.token_budget = np.full(self.n_workers, config.default_token_budget, dtype=np.int64)
         self.reported_at = np.full(self.n_workers, -math.inf)
@@ -170,6 +175,8 @@ class ClusterState:
         ends = self._virtual_end[worker]
         if report.forwards is not None:
             started = report.forwards
+            if 0 <= self.rep_forwards[worker] < started and report.forward_ends_in_ms:
+                self.forward_s[worker] = report.forward_ends_in_ms / 1000.0
             kept = [e for e in ends if e[2] >= started and e[1] > now - _LOST_S]
             ends.clear()
             ends.extend(kept)
@@ -291,10 +298,12 @@ class ClusterState:
         """Window capacity of each unit of ``worker``: its token budget times ``window_forwards``."""
         return max(1, int(self.token_budget[worker] * self.config.window_forwards))
 
-    def pace_lead_s(self, buffered: int) -> float:
+    def pace_lead_s(self, buffered: int, worker: int | None = None) -> float:
         """How long before a paced worker's forward ends a window of ``buffered`` requests is sent:
-        its landing time (:attr:`landing`)."""
-        return self.landing.lead_s(buffered)
+        its landing time (:attr:`landing`), at most a fraction of ``worker``'s running forward
+        (:attr:`forward_s`; ``None``: no cap)."""
+        forward_s = math.inf if worker is None else float(self.forward_s[worker])
+        return self.landing.lead_s(buffered, forward_s=forward_s)
 
     def ready_workers(self, now: float, buffered: int = 1) -> list[int]:
         """Engine-paced readiness: live workers with a rank whose queued prefill is below the window
@@ -314,14 +323,13 @@ class ClusterState:
         """Boolean per worker: paced, and its running forward ends later than :meth:`pace_lead_s`
         of a window of ``buffered`` requests from ``now`` (a window sent now would wait in its
         queue for that forward to end)."""
-        lead = self.pace_lead_s(buffered)
-        return np.array([bool(self.paced[w]) and self.busy_until(w) > now + lead for w in range(self.n_workers)],
-                        dtype=bool)
+        return np.array([bool(self.paced[w]) and self.busy_until(w) > now + self.pace_lead_s(buffered, w)
+                         for w in range(self.n_workers)], dtype=bool)
 
     def next_pace_s(self, now: float, buffered: int = 1) -> float | None:
         """Clock time the next busy paced worker becomes ready (``None``: none is busy)."""
-        lead = self.pace_lead_s(buffered)
         alive = self.alive_workers(now)
-        times = [self.busy_until(w) - lead for w in range(self.n_workers) if self.paced[w] and alive[w]]
+        times = [self.busy_until(w) - self.pace_lead_s(buffered, w) for w in range(self.n_workers)
+                 if self.paced[w] and alive[w]]
         later = [t for t in times if t > now]
         return min(later) if later else None

@@ -40,6 +40,56 @@ def test_the_prior_holds_until_enough_windows_landed_then_the_fit_covers_them() 
     assert lt.observed == 32
 
 
+def test_one_slow_window_barely_moves_the_lead() -> None:
+    # A host stall delays one large window by 0.9 s. A least-squares slope followed it (the
+    # lead of a 60-request window grew by 68 ms, for the 64 windows the sample stays); the
+    # median of pairwise slopes and a residual quantile move by a fraction of a millisecond.
+    lt = LandingTime(0.005, 0.0005, history=64, min_windows=8, quantile=0.9)
+    rng = np.random.default_rng(1)
+    for n in rng.integers(1, 61, 64):
+        lt.observe(int(n), 0.002 + 0.0005 * n + rng.uniform(0, 0.004))
+    before = np.array([lt.lead_s(n) for n in (1, 30, 60)])
+    assert before == pytest.approx([0.006, 0.0205, 0.0355], abs=0.001)  # 0.5 ms a request, 90% covered
+    lt.observe(60, 0.9)
+    after = np.array([lt.lead_s(n) for n in (1, 30, 60)])
+    assert np.abs(after - before).max() < 0.001
+
+
+def test_the_lead_is_capped_at_a_quarter_of_the_running_forward() -> None:
+    # A lead of a quarter of the forward costs for certain what a late landing costs one
+    # window in four: however slow the landings, no longer lead is planned.
+    lt = LandingTime(0.3, 0.0, history=16, min_windows=4)
+    assert lt.lead_s(5, forward_s=0.4) == pytest.approx(0.1)  # the prior too
+    for n in (1, 5, 10, 20, 40):
+        lt.observe(n, 0.5)
+    assert lt.lead_s(5) == pytest.approx(0.5)  # no forward known: no cap
+    assert lt.lead_s(5, forward_s=0.4) == pytest.approx(0.1)
+    assert lt.lead_s(5, forward_s=4.0) == pytest.approx(0.5)
+
+
+def test_a_report_of_a_new_forward_caps_the_lead_of_its_worker() -> None:
+    # The running forward's length is what is left of it when a report first shows it (the
+    # counter moved); with landings of 0.3 s the lead onto that worker is a quarter of it.
+    config = ServeConfig(workers=("http://a:1", "http://b:1"), ep=2, pace_min_windows=1)
+    state = ClusterState(config)
+    for n in (1, 2):
+        state.landing.observe(n, 0.3)
+
+    def report(ends_ms: float, forwards: int) -> None:
+        body = {"ranks": [{}, {}], "forward_ends_in_ms": ends_ms, "forwards": forwards}
+        for worker in (0, 1):
+            state.apply_report(worker, parse_report(body, 2), requested_at=0.0, now=0.0)
+
+    report(150.0, 3)  # the first report: no forward seen starting yet
+    assert state.pace_lead_s(1, 0) == pytest.approx(0.3) and state.forward_bound(0.0).tolist() == [False, False]
+    report(400.0, 4)  # a new forward: 400 ms long
+    assert state.pace_lead_s(1, 0) == pytest.approx(0.1) and state.pace_lead_s(1) == pytest.approx(0.3)
+    assert state.forward_bound(0.0).tolist() == [True, True]  # 0.4 s left, released 0.1 s before
+    assert state.next_pace_s(0.0) == pytest.approx(0.3)
+    report(50.0, 4)  # the same forward, later: its length stands
+    assert state.pace_lead_s(1, 1) == pytest.approx(0.1)
+
+
 def test_landing_options_are_validated_by_name() -> None:
     with pytest.raises(InvalidInputError, match="pace_quantile"):
         ServeConfig(workers=("http://a:1",), pace_quantile=1.5)

@@ -24,4 +24,5 @@ run benchmarks/sbs_vs_immediate.py --traces mooncake-conv --limit 3000,3500,4000
 run benchmarks/fairbatching.py --duration-s 5 --markdown "$out/fairbatching.md"
 run benchmarks/costmodel.py --markdown "$out/costmodel.md"
 run benchmarks/main_job.py --markdown "$out/main_job.md"
+run benchmarks/serve.py --stack --repeats 2 --markdown "$out/serve.md"
 "$PY" benchmarks/sync_readme.py

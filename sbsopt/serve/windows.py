@@ -72,13 +72,15 @@ def solve_prefill_window(
     capacity_tokens: np.ndarray, load_tokens: np.ndarray, now_s: float, coefficients: Any, solver: str,
     instance: np.ndarray | None, seed: int = 0,
 ) -> tuple[np.ndarray, dict[int, int]]:
-    """PBAA allocation of one window, as :func:`sbsopt.sim.router.allocate_prefill` (keeping chunks).
+    """PBAA allocation of one window, as :func:`sbsopt.sim.router.allocate_prefill` (keeping chunks),
+    except for requests past their deadline that the solver deferred: they go to the least-loaded
+    unit, past its room. The sidecar's forced windows (the drain on shutdown) rely on this; the
+    simulator keeps such requests buffered for the next instance to free instead.
 
     Returns
     -------
     (assignment, chunks)
         Unit index per request (-1 deferred) and the planned first-chunk tokens of split requests.
-        Requests past their deadline that the solver deferred go to the least-loaded unit.
 
     Examples
     --------

@@ -42,6 +42,7 @@ class PrefillInstance:
         self.queues: list[deque] = [deque() for _ in range(ep)]
         state = np.zeros((3, ep), dtype=np.float64) if state is None else state
         self.queued_tokens, self.queued_requests, self.running = state
+        self.queued = 0  # queued_requests' total, kept as an int: has_work runs before every forward
         self.busy = False
         self.start_pending = False
         self.phase_s = 0.0  # a dummy-forward boundary (idle_stepping)
@@ -49,18 +50,20 @@ class PrefillInstance:
         self.current: list[tuple[int, PrefillTask, int]] = []  # (unit, task, chunk tokens)
 
     def has_work(self) -> bool:
-        return bool(self.queued_requests.sum() > 0)
+        return self.queued > 0
 
     def remove(self, unit: int, task: PrefillTask) -> None:
         """Take a queued task off ``unit`` (the reverse of :meth:`enqueue`)."""
         self.queues[unit].remove(task)
         self.queued_tokens[unit] -= task.remaining
         self.queued_requests[unit] -= 1
+        self.queued -= 1
 
     def clear(self) -> list[int]:
         """Empty the instance as a failure does; return the ids of the requests it queued."""
         lost = [task.rid for queue in self.queues for task in queue]
         self.queues = [deque() for _ in range(self.ep)]
+        self.queued = 0
         for arr in (self.queued_tokens, self.queued_requests, self.running):
             arr[:] = 0.0
         self.busy = self.start_pending = False
@@ -71,6 +74,7 @@ class PrefillInstance:
         self.queues[unit].append(task)
         self.queued_tokens[unit] += task.remaining
         self.queued_requests[unit] += 1
+        self.queued += 1
 
     def form_forward(self) -> tuple[list[tuple[int, PrefillTask, int]], np.ndarray, np.ndarray, np.ndarray]:
         """Chunks of the next forward and per-unit (new tokens, pairs, requests) arrays."""
@@ -84,6 +88,9 @@ class PrefillInstance:
                 continue
             formed = self.policy.form_prefill(queue, self.chunk_tokens)
             seen = set()
+            # per-unit sums in Python numbers, written once: the same float additions in the
+            # same order as adding into the arrays (token counts are whole, so exact)
+            tokens, work, count = 0, 0.0, 0
             for task, n in formed:
                 # a policy is user code: a chunk outside the protocol would corrupt the engine
                 if not (type(n) is int or isinstance(n, np.integer)) or not 0 < n <= task.remaining \
@@ -94,15 +101,17 @@ class PrefillInstance:
                         f"{self.index} ({task.remaining} left; one chunk per request and forward)")
                 seen.add(id(task))
                 chunks.append((j, task, n))
-                new[j] += n
-                pairs[j] += n * (task.done + n / 2.0)
-                reqs[j] += 1
-            if new[j] > self.chunk_tokens:
+                tokens += n
+                work += n * (task.done + n / 2.0)
+                count += 1
+            if tokens > self.chunk_tokens:
                 raise SimulationError(
-                    f"prefill chunking {self.policy.name!r}: form_prefill formed {int(new[j])} "
+                    f"prefill chunking {self.policy.name!r}: form_prefill formed {int(tokens)} "
                     f"tokens on unit {j} of prefill instance {self.index}, over its budget of "
                     f"{self.chunk_tokens}")
-            self.running[j] = reqs[j]
+            new[j] = tokens
+            pairs[j] = work
+            reqs[j] = self.running[j] = count
         return chunks, new, pairs, reqs
 
     def finish_forward(self, chunks) -> list[int]:
@@ -117,6 +126,7 @@ class PrefillInstance:
                 # Finished tasks are at the head: chunks come from the head of the FIFO.
                 queue.remove(task) if queue[0] is not task else queue.popleft()
                 self.queued_requests[j] -= 1
+                self.queued -= 1
                 finished.append(task.rid)
         self.running[:] = 0.0
         return finished
@@ -154,6 +164,7 @@ class DecodeInstance:
         self.blocks_used, self.waiting_blocks = blocks
         self.kv_tokens = np.zeros(ep, dtype=np.float64)
         self.waiting: list[deque] = [deque() for _ in range(ep)]
+        self.queued = 0  # waiting_count's total, kept as an int: each epoch start reads it
         # epoch state
         self.busy = False
         self.version = 0
@@ -172,6 +183,7 @@ class DecodeInstance:
         self.free_slots = list(range(len(self.slot_active) - 1, -1, -1))
         self.high = 0
         self.waiting = [deque() for _ in range(self.ep)]
+        self.queued = 0
         for arr in (self.batch, self.kv_tokens, self.blocks_used, self.waiting_count, self.waiting_blocks):
             arr[:] = 0
         self.busy = self.cut = False

@@ -40,17 +40,17 @@ __all__ = ["RouterView", "RouterPool", "router_pools", "pick_unit", "allocate_pr
 class RouterView:
     """The router's picture of one pool of units (prefill, decode or colocated engines).
 
-    Per unit: ``tokens`` queued, ``waiting`` and ``running`` requests, and ``load_us``, the
-    predicted load that ``fair_load`` compares.
+    Per unit: ``tokens`` queued, ``waiting`` and ``running`` requests (the rows of ``state``,
+    so that a report can be written in one copy), and ``load_us``, the predicted load that
+    ``fair_load`` compares.
     """
 
     def __init__(self, instances: int, ep: int) -> None:
         self.instances = instances
         self.ep = ep
         size = instances * ep
-        self.tokens = np.zeros(size)
-        self.waiting = np.zeros(size)
-        self.running = np.zeros(size)
+        self.state = np.zeros((3, size))
+        self.tokens, self.waiting, self.running = self.state
         self.load_us = np.zeros(size)
         self.rr = 0
 

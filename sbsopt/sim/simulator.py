@@ -2,8 +2,10 @@
 
 Events sit on a heap as ``(time_s, priority, counter, kind, a, b)`` with a per-simulation
 counter, so ties break the same way every run. Arrivals are merged from the sorted workload
-instead of being pushed one by one. There is no per-token loop: prefill advances per forward,
-decode per epoch (see :mod:`sbsopt.sim.engine`).
+instead of being pushed one by one, and engine-report boundaries are passed where their
+priority puts them without being pushed (:mod:`sbsopt.sim.reports`). There is no per-token
+loop: prefill advances per forward, decode per epoch (see :mod:`sbsopt.sim.engine` and
+:mod:`sbsopt.sim.epochs`).
 
 Request life: arrival -> (SBS: scheduler buffer, released per window) -> engine FIFO of a
 prefill DP unit -> chunked forwards -> first token (TTFT) -> KV transfer P->D -> decode router
@@ -38,18 +40,27 @@ from sbsopt.kvblocks import request_kv_blocks
 from sbsopt.sim.chunking import PrefillTask, get_chunking
 from sbsopt.sim.config import ClusterConfig, SchedulerConfig, check_router, parse_interval
 from sbsopt.sim.engine import DecodeInstance, PrefillInstance
+from sbsopt.sim.epochs import end_epoch, start_epoch
 from sbsopt.sim.faults import check_faults
 from sbsopt.sim.metrics import RejectReason, SimResult, Status, final_status
 from sbsopt.sim.remainders import Remainder, Remainders
+from sbsopt.sim.reports import DECODE_POOL, PREFILL_POOL, apply_report
 from sbsopt.sim.router import allocate_decode, allocate_prefill, router_pools
 from sbsopt.sim.steps import StepTimes
+from sbsopt.sim.windows import greedy_decode_window, units_hold_nothing
 from sbsopt.workload.prefix_cache import PrefixCache
 
 __all__ = ["run_simulation"]
 
-# event kinds (also their priority at equal times)
+# event kinds (also their priority at equal times); no _REPORT event is pushed: report
+# boundaries are handled lazily where that priority puts them (``reports_before``)
 _STEP_END, _EPOCH_END, _KV_ARRIVE, _REPORT, _ARRIVAL, _WINDOW, _DECODE_WINDOW, _START = range(8)
 _PFAIL, _DFAIL, _PRECOVER, _DRECOVER = range(8, 12)
+# the pools whose router view and engine state each kind of event reads or changes (bits); a
+# fault or recovery moves requests between the pools
+_BOTH = PREFILL_POOL | DECODE_POOL
+_POOLS = (PREFILL_POOL, DECODE_POOL, DECODE_POOL, 0, PREFILL_POOL, PREFILL_POOL, DECODE_POOL, PREFILL_POOL,
+          _BOTH, _BOTH, _BOTH, _BOTH)
 
 
 def run_simulation(
@@ -125,6 +136,12 @@ class _Simulation:
                        for _ in range(P)]
         self.prouter, self.drouter = router_pools((P, D), (pep, dep), sched, router, seed, n)
         self.pview, self.dview = self.prouter.views[0], self.drouter.views[0]  # SBS's (one replica)
+        # each prefill instance's flattened units, and all decode units (SBS windows' unit lists)
+        self.punits = [np.arange(k * pep, (k + 1) * pep) for k in range(P)]
+        self.dunits = np.arange(D * dep)
+        # the pools with one view under router pinning, whose reports are written in place
+        self.direct_pools = sum(bit for bit, pool in ((PREFILL_POOL, self.prouter), (DECODE_POOL, self.drouter))
+                                if len(pool.views) == 1 and pool.pinning == "router")
         # per-request record
         nan = np.full(n, np.nan)
         self.status = np.full(n, Status.PENDING, dtype=np.int8)
@@ -170,6 +187,9 @@ class _Simulation:
         self.tokens_since_window = 0.0
         self.ewma_tok_s: float | None = None
         self.dbuffer: list[int] = []
+        # the instance an engine-paced release is filling, and the start its queue asked for
+        self.forming: PrefillInstance | None = None
+        self.forming_start: float | None = None
         self.dwindow_armed = False
         self.heap: list = []
         self.counter = 0
@@ -196,10 +216,9 @@ class _Simulation:
         self.parked_d: list[int] = []
         self.retries = np.zeros(n, dtype=np.int64)
         self.redispatched = 0
-        # events handled, and their count at the last applied report: a report with nothing
-        # handled since the previous one would write the values the view already holds
-        self.handled = 0
-        self.handled_at_report = -2
+        # the next engine report's time, and the pools (bits) whose views await a report
+        self.report_s = sched.report_period_s if sched.report_period_s > 0 and n else math.inf
+        self.stale = 0
 
     # ------------------------------------------------------------------ event loop
     def push(self, t: float, kind: int, a: int = 0, b: int = 0) -> None:
@@ -209,31 +228,44 @@ class _Simulation:
     def run(self) -> SimResult:
         wall0 = time.perf_counter()
         heap = self.heap
-        arrival = self.arrival
+        arrival = self.arrival.tolist()  # Python floats: the loop compares them once per event
         n = self.n
+        horizon = self.horizon_s
+        pop = heapq.heappop
         i = 0
-        if self.sched.report_period_s > 0 and n:
-            self.push(self.sched.report_period_s, _REPORT)
         for f in self.faults:
             self.push(f.at_s, _PFAIL if f.kind == "prefill" else _DFAIL, f.index)
         while True:
             next_arrival = arrival[i] if i < n else math.inf
-            if heap and (heap[0][0] < next_arrival or (heap[0][0] == next_arrival and heap[0][1] < _ARRIVAL)):
-                t, _, _, kind, a, b = heapq.heappop(heap)
-                if t > self.horizon_s:
+            if heap:
+                top = heap[0]
+                t, kind = top[0], top[1]
+                if t < next_arrival or (t == next_arrival and kind < _ARRIVAL):
+                    if self.report_s <= t and (self.report_s < t or kind > _REPORT) \
+                            and not self.reports_before(t, kind):
+                        break
+                    if t > horizon:
+                        break
+                    pop(heap)
+                    self.now = t
+                    if self.stale & _POOLS[kind]:
+                        apply_report(self, _POOLS[kind])
+                    self.handle(kind, top[4], top[5])
+                    continue
+            if i < n:
+                if self.report_s <= next_arrival and not self.reports_before(next_arrival, _ARRIVAL):
                     break
-                self.now = t
-                self.handled += 1
-                self.handle(kind, a, b)
-            elif i < n:
-                if next_arrival > self.horizon_s:
+                if next_arrival > horizon:
                     break
-                self.now = float(next_arrival)
+                self.now = next_arrival
                 i += 1
                 self.next_arrival = i
-                self.handled += 1
+                if self.stale & PREFILL_POOL:
+                    apply_report(self, PREFILL_POOL)
                 self.on_arrival(i - 1)
             else:
+                if self.report_s < math.inf and self.report_s <= horizon:
+                    self.now = self.report_s  # the last report, which finds nothing left to wait for
                 break
         wall = time.perf_counter() - wall0
         return self.result(wall, arrived=i)
@@ -248,8 +280,6 @@ class _Simulation:
                 self.on_epoch_end(dinst)
         elif kind == _KV_ARRIVE:
             self.on_decode_arrival(a)
-        elif kind == _REPORT:
-            self.on_report()
         elif kind == _WINDOW:
             if a == self.window_version:
                 self.window_armed = False
@@ -268,23 +298,27 @@ class _Simulation:
             self.on_recover(kind == _PRECOVER, a, b)
 
     # ------------------------------------------------------------------ engine reports
-    def on_report(self) -> None:
-        if self.handled != self.handled_at_report + 1:
-            self.apply_report()
-        self.handled_at_report = self.handled
-        # Reports stop once nothing else can happen, so a stuck request cannot spin the loop.
-        if self.finished < self.n and (self.heap or self.next_arrival < self.n):
-            self.push(self.now + self.sched.report_period_s, _REPORT)
+    def reports_before(self, t: float, kind: int) -> bool:
+        """Pass the report boundaries that come before the event ``(t, kind)`` in the tie
+        order; ``False`` when one lies past the horizon (the run stops there).
 
-    def apply_report(self) -> None:
-        tokens, queued, running = self.pstate
-        self.prouter.report(tokens, queued - running, running)
-        batch, waiting = self.dcounts
-        self.drouter.report((self.dblocks[0] + self.dblocks[1]).astype(np.float64), waiting, batch)
+        A boundary is no heap event and writes no view: it marks both pools' views stale, and
+        a pool's report is applied before the next event of that pool (``_POOLS``). Only that
+        pool's events read or change its view and its engines' state, so that report reads
+        the state the boundary would have read and the view is the same at every read."""
+        period = self.sched.report_period_s
+        while self.report_s < t or (self.report_s == t and kind > _REPORT):
+            if self.report_s > self.horizon_s:
+                return False
+            self.now = self.report_s
+            self.stale = PREFILL_POOL | DECODE_POOL
+            # Reports stop once every request finished: nothing reads the views after that.
+            self.report_s = self.now + period if self.finished < self.n else math.inf
+        return True
 
     def fresh_views(self) -> None:
         if self.sched.report_period_s == 0:
-            self.apply_report()
+            apply_report(self)
 
     # ------------------------------------------------------------------ prefill side
     def on_arrival(self, rid: int) -> None:
@@ -345,7 +379,11 @@ class _Simulation:
         inst.enqueue(j, task)
         if not inst.busy and not inst.start_pending:
             inst.start_pending = True
-            self.push(self.next_start(inst, self.now + self.sched.dispatch_latency_s), _START, k)
+            at = self.next_start(inst, self.now + self.sched.dispatch_latency_s)
+            if inst is self.forming:
+                self.forming_start = at  # try_start decides once its forward is formed
+            else:
+                self.push(at, _START, k)
 
     def next_start(self, inst: PrefillInstance, t: float) -> float:
         if not self.cluster.idle_stepping or self.dummy_s <= 0:
@@ -356,23 +394,28 @@ class _Simulation:
     def try_start(self, inst: PrefillInstance) -> None:
         if inst.busy:
             return
+        at = None  # the start a release asked for (enqueue), pushed once the forward is formed
         if self.sbs and self.interval == "engine_paced":
+            self.forming = inst
             self.release_to(inst)
+            self.forming = None
+            at, self.forming_start = self.forming_start, None
         if not inst.has_work():
             inst.phase_s = self.now
+            if at is not None:
+                self.push(at, _START, inst.index)
             return
         chunks, new, pairs, reqs = inst.form_forward()
-        step_s = self.step_times.prefill_us(new, pairs, reqs) * 1e-6 * self.pslow[inst.index]
+        slow = self.pslow[inst.index]
+        us, idle_us, tokens = self.step_times.prefill_forward(new, pairs, reqs, slow, self.pcoef)
+        step_s = us * 1e-6 * slow
         for _, task, _ in chunks:
             if not task.started:
                 task.started = True
                 self.first_start_s[task.rid] = self.now
-        pc = self.pcoef
-        rank_us = pc.base_us + pc.alpha_us_per_token * new + pc.beta_us_per_pair * pairs + pc.gamma_us_per_request * reqs
-        step_us = step_s * 1e6
-        self.bubble_rank_s += float(np.maximum(step_us - rank_us, 0.0).sum()) * 1e-6
+        self.bubble_rank_s += idle_us * 1e-6
         self.step_rank_s += step_s * inst.ep
-        self.chunk_tokens_done += float(new.sum())
+        self.chunk_tokens_done += tokens
         self.forwards += 1
         self.forward_s += step_s
         if self.timeline is not None:
@@ -381,6 +424,14 @@ class _Simulation:
         inst.current = chunks
         inst.step_end_s = self.now + step_s
         self.push(inst.step_end_s, _STEP_END, inst.index, self.pstep_ver[inst.index])
+        if at is not None:
+            # The release queued work on this instance and asked for a start: one due now would
+            # come before this forward ends (nothing before it can end or kill the forward) and
+            # only clear start_pending, which nothing reads while the instance is busy.
+            if at == self.now and step_s > 0:
+                inst.start_pending = False
+            else:
+                self.push(at, _START, inst.index)
 
     def on_step_end(self, k: int) -> None:
         inst = self.prefill[k]
@@ -404,8 +455,7 @@ class _Simulation:
                 self.complete(rid)
             else:
                 self.in_transfer += 1
-                self.push(self.now + float(self.dcm.kv_transfer_us(int(self.context[rid]))) * 1e-6, _KV_ARRIVE,
-                          rid)
+                self.push(self.now + self.step_times.kv_transfer_us(int(self.context[rid])) * 1e-6, _KV_ARRIVE, rid)
         if self.remainders and self.interval != "engine_paced":
             self.arm_window()  # a chunk ran: its remainder waits for the next window
         self.try_start(inst)
@@ -426,8 +476,7 @@ class _Simulation:
         """Engine-paced release: allocate the buffer onto one instance about to start a forward."""
         if not self.buffer and not self.remainders:
             return
-        base = inst.index * self.pep
-        self.allocate(np.arange(base, base + self.pep), [inst.index])
+        self.allocate(self.punits[inst.index], [inst.index])
 
     def arm_window(self) -> None:
         """(Re)arm the next window: interval from the policy, early when the buffer is full."""
@@ -479,16 +528,30 @@ class _Simulation:
                 self.resume(rest)
         if not self.buffer:
             return
+        hits = None
+        if self.hashes is not None:
+            caches = [self.caches[k] for k in instances]
+            hits = [min(cache.lookup(self.hashes[r], input_tokens=int(self.inp[r])) for cache in caches)
+                    for r in self.buffer]
+        room = max(1, int(self.cluster.chunk_tokens * self.sched.window_forwards))
+        if len(self.buffer) == 1 and len(instances) == 1 and self.solver == "greedy":
+            # allocate_prefill's own shortcut, without its arrays: a lone request that fits
+            # units holding nothing (under a token once clipped and truncated) goes whole to
+            # the first unit
+            rid = self.buffer[0]
+            new = int(self.context[rid]) - (hits[0] if hits is not None else 0)
+            if new <= room and units_hold_nothing(self.pview.tokens, units):
+                unit = int(units[0])
+                self.pview.add(unit, float(new))
+                self.buffer_tokens -= float(self.context[rid])
+                self.dispatch(rid, unit)
+                self.buffer = []
+                return
         load = self.pview.tokens[units]
         rids = np.asarray(self.buffer, dtype=np.int64)
         inp = self.context[rids]
-        cached = np.zeros(len(rids), dtype=np.int64)
-        if self.hashes is not None:
-            caches = [self.caches[k] for k in instances]
-            cached = np.array([min(cache.lookup(self.hashes[r], input_tokens=int(self.inp[r]))
-                                   for cache in caches) for r in rids], dtype=np.int64)
-        capacity = np.full(len(load), max(1, int(self.cluster.chunk_tokens * self.sched.window_forwards)),
-                           dtype=np.int64)
+        cached = np.zeros(len(rids), dtype=np.int64) if hits is None else np.array(hits, dtype=np.int64)
+        capacity = np.full(len(load), room, dtype=np.int64)
         chunks: dict[int, int] = {}
         assignment = allocate_prefill(
             inp - cached, cached, self.arrival[rids], capacity_tokens=capacity,
@@ -542,20 +605,24 @@ class _Simulation:
         rids = np.asarray(self.dbuffer, dtype=np.int64)
         view = self.dview
         # SBS windows only see live units; unit indices map back through ``units``
-        units = np.arange(len(view.tokens)) if self.dmask is None else np.flatnonzero(self.dmask)
+        units = self.dunits if self.dmask is None else np.flatnonzero(self.dmask)
         if not len(units):
             return  # every decode instance is dead: the buffer waits for a recovery
-        assignment = allocate_decode(
-            self.context[rids], self.blocks_need[rids], batch_size=(view.running + view.waiting)[units],
-            max_batch_size=self.cluster.max_decode_batch, kv_blocks_used=view.tokens[units],
-            kv_capacity_blocks=self.kv_blocks, kv_block_tokens=self.kv_block_tokens,
-            coefficients=self.dcoef, iqr_k=self.sched.iqr_k, solver=self.solver, seed=self.seed,
-        )
+        if self.solver == "greedy":
+            assignment = greedy_decode_window(
+                rids, self.context, self.blocks_need, units, view, max_batch=self.cluster.max_decode_batch,
+                capacity_blocks=self.kv_blocks, block_tokens=self.kv_block_tokens, coefficients=self.dcoef,
+                iqr_k=self.sched.iqr_k)
+        else:
+            assignment = allocate_decode(
+                self.context[rids], self.blocks_need[rids], batch_size=(view.running + view.waiting)[units],
+                max_batch_size=self.cluster.max_decode_batch, kv_blocks_used=view.tokens[units],
+                kv_capacity_blocks=self.kv_blocks, kv_block_tokens=self.kv_block_tokens,
+                coefficients=self.dcoef, iqr_k=self.sched.iqr_k, solver=self.solver, seed=self.seed,
+            )
+            assignment = np.where(assignment >= 0, units[assignment], -1)
         keep = []
-        for idx, rid in enumerate(rids.tolist()):
-            unit = int(assignment[idx])
-            if unit >= 0:
-                unit = int(units[unit])
+        for rid, unit in zip(rids.tolist(), assignment.tolist(), strict=True):
             if unit < 0:
                 keep.append(rid)
             else:
@@ -572,6 +639,7 @@ class _Simulation:
         self.decode_unit[rid] = unit
         inst.waiting[j].append(rid)
         inst.waiting_count[j] += 1
+        inst.queued += 1
         inst.waiting_blocks[j] += self.blocks_need[rid]
         if not inst.busy:
             self.start_epoch(inst)
@@ -586,76 +654,11 @@ class _Simulation:
                 self.push(inst.end_s, _EPOCH_END, inst.index, inst.version)
 
     def start_epoch(self, inst: DecodeInstance) -> None:
-        blocks = self.blocks_need
-        for j in inst.waiting_count.nonzero()[0].tolist():
-            waiting = inst.waiting[j]
-            free = int(inst.kv_blocks - inst.blocks_used[j])
-            count = inst.policy.admit_decode(waiting, int(inst.batch[j]), inst.max_batch, free,
-                                             lambda r: int(blocks[r]))
-            inst.check_admission(j, count, free, blocks)
-            for _ in range(count):
-                rid = waiting.popleft()
-                slot = inst.free_slots.pop()
-                if slot >= inst.high:
-                    inst.high = slot + 1
-                inst.slot_rank[slot] = j
-                inst.slot_rid[slot] = rid
-                inst.slot_remaining[slot] = self.out_left[rid] - 1
-                inst.slot_context[slot] = self.context[rid] + 1
-                inst.slot_active[slot] = True
-                inst.batch[j] += 1
-                inst.kv_tokens[j] += self.context[rid] + 1
-                inst.blocks_used[j] += blocks[rid]
-                inst.waiting_count[j] -= 1
-                inst.waiting_blocks[j] -= blocks[rid]
-                self.decode_start_s[rid] = self.now
-        high = inst.high
-        remaining = inst.slot_remaining[:high][inst.slot_active[:high]]
-        if not remaining.size:
-            inst.busy = False
-            return
-        y = self.step_tokens
-        steps = max(1, math.ceil(float(remaining.min()) / y - 1e-9))
-        slow = self.dslow[inst.index]
-        d0 = self.step_times.decode_us(inst.batch, inst.kv_tokens) * 1e-6 * slow
-        d1 = d0
-        if steps > 1:
-            d1 = self.step_times.decode_us(inst.batch, inst.kv_tokens + (steps - 1) * y * inst.batch) * 1e-6 * slow
-        inst.busy = True
-        inst.cut = False
-        inst.t0 = self.now
-        inst.steps = steps
-        inst.d0 = d0
-        inst.slope = (d1 - d0) / (steps - 1) if steps > 1 else 0.0
-        inst.version += 1
-        inst.end_s = self.now + inst.epoch_time(steps)
-        self.push(inst.end_s, _EPOCH_END, inst.index, inst.version)
+        if start_epoch(self, inst):
+            self.push(inst.end_s, _EPOCH_END, inst.index, inst.version)
 
     def on_epoch_end(self, inst: DecodeInstance) -> None:
-        s = inst.steps
-        active = inst.slot_active[:inst.high].nonzero()[0]
-        produced = s * self.step_tokens
-        inst.slot_remaining[active] -= produced
-        inst.slot_context[active] += produced
-        inst.kv_tokens += produced * inst.batch
-        rids = inst.slot_rid[active]
-        last_step = inst.d0 + inst.slope * (s - 1)
-        self.tbt_max_s[rids] = np.maximum(self.tbt_max_s[rids], max(inst.d0, last_step))
-        done = active[inst.slot_remaining[active] <= 0]
-        if len(done):
-            ranks = inst.slot_rank[done]
-            inst.batch -= np.bincount(ranks, minlength=inst.ep)
-            inst.kv_tokens -= np.bincount(ranks, weights=inst.slot_context[done], minlength=inst.ep)
-            # fractional MTP tokens: an emptied rank holds exactly nothing, not a rounding residue
-            inst.kv_tokens[inst.batch <= 0] = 0.0
-            np.maximum(inst.kv_tokens, 0.0, out=inst.kv_tokens)
-            done_rids = inst.slot_rid[done]
-            inst.blocks_used -= np.bincount(ranks, weights=self.blocks_need[done_rids], minlength=inst.ep).astype(np.int64)
-            inst.slot_active[done] = False
-            inst.free_slots.extend(done.tolist())
-            for rid in done_rids.tolist():
-                self.complete(rid)
-        inst.busy = False
+        end_epoch(self, inst)
         self.start_epoch(inst)
 
     # ------------------------------------------------------------------ faults

@@ -8,18 +8,36 @@ fields are computed there only; tests check field-for-field equality with ``from
 calls the greedy directly: with default options ``solve(method="greedy")`` returns the greedy's
 assignment unchanged (no searches are planned for it). A decode window's greedy is one kernel
 over the units' arrays, so :func:`greedy_decode_assignment` calls that kernel without building
-the window object or the greedy's bound.
+the window object or the greedy's bound, and :func:`greedy_decode_window` runs one whole decode
+window (the clipping of the router's view included) in one compiled call.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from sbsopt._jit import njit
 from sbsopt.kvblocks import KV_BLOCK_TOKENS, request_kv_blocks
 from sbsopt.window._kernels import decode_best_of
-from sbsopt.window.problem import _NO_KV_LIMIT, PrefillWindow, _decode_penalty_us, _read_only
+from sbsopt.window.problem import (
+    _DEFER_COST_US,
+    _NO_KV_LIMIT,
+    PrefillWindow,
+    _decode_penalty_us,
+    _read_only,
+)
 
-__all__ = ["trusted_prefill_window", "greedy_decode_assignment"]
+__all__ = ["trusted_prefill_window", "greedy_decode_assignment", "greedy_decode_window", "units_hold_nothing"]
+
+
+@njit()
+def units_hold_nothing(tokens, units):  # pragma: no cover - compiled
+    """Whether every unit's load truncates to 0 tokens (``allocate_prefill``'s lone-request
+    shortcut: no unit of ``units`` holds a whole token once clipped to its room and truncated)."""
+    for u in units:
+        if not abs(tokens[u]) < 1.0:
+            return False
+    return True
 
 
 def trusted_prefill_window(new: np.ndarray, cached: np.ndarray, arrival: np.ndarray, *,
@@ -56,3 +74,46 @@ def greedy_decode_assignment(context: np.ndarray, blocks: np.ndarray, *, batch: 
         1, float(coefficients.base_us), float(coefficients.us_per_request), float(coefficients.us_per_kv_token),
         _read_only(_decode_penalty_us(context, coefficients)), float(iqr_k))
     return assignment
+
+
+@njit()
+def _decode_window(rids, context, blocks_need, units, tokens, running, waiting, max_batch, capacity_blocks,
+                   block_tokens, base, per_request, per_token, defer, iqr_k):  # pragma: no cover - compiled
+    n = rids.shape[0]
+    m = units.shape[0]
+    ctx = np.empty(n, np.int64)
+    blocks = np.empty(n, np.int64)
+    penalty = np.empty(n)
+    for i in range(n):
+        ctx[i] = context[rids[i]]
+        blocks[i] = blocks_need[rids[i]]
+        penalty[i] = per_request + per_token * np.float64(ctx[i]) + defer
+    batch = np.empty(m, np.int64)
+    kv = np.empty(m, np.int64)
+    free = np.empty(m, np.int64)
+    for k in range(m):
+        u = units[k]
+        size = running[u] + waiting[u]
+        batch[k] = np.int64(size if size < max_batch else max_batch)
+        used = np.int64(tokens[u] if tokens[u] < capacity_blocks else capacity_blocks)
+        kv[k] = used * block_tokens
+        free[k] = capacity_blocks - used
+    _, assignment, _ = decode_best_of(ctx, blocks, batch, np.full(m, max_batch, np.int64), kv, free,
+                                      np.zeros(m, np.int64), 1, base, per_request, per_token, penalty, iqr_k)
+    for i in range(n):
+        if assignment[i] >= 0:
+            assignment[i] = units[assignment[i]]
+    return assignment
+
+
+def greedy_decode_window(rids: np.ndarray, context: np.ndarray, blocks_need: np.ndarray, units: np.ndarray, view,
+                         *, max_batch: int, capacity_blocks: int, block_tokens: int, coefficients,
+                         iqr_k: float) -> np.ndarray:
+    """The unit (of ``units``, -1: deferred) of each request ``rids`` of a greedy decode window:
+    ``allocate_decode(context[rids], blocks_need[rids], batch_size=(view.running +
+    view.waiting)[units], max_batch_size=max_batch, kv_blocks_used=view.tokens[units], ...,
+    solver="greedy")`` mapped back through ``units``, in one compiled call."""
+    return _decode_window(rids, context, blocks_need, units, view.tokens, view.running, view.waiting, max_batch,
+                          capacity_blocks, block_tokens, float(coefficients.base_us),
+                          float(coefficients.us_per_request), float(coefficients.us_per_kv_token), _DEFER_COST_US,
+                          float(iqr_k))

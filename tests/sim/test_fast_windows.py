@@ -80,6 +80,15 @@ def _validated_prefill(new_tokens, cached_tokens, arrival_s, *, capacity_tokens,
     return np.array(result.assignment, dtype=np.int64, copy=True)
 
 
+def _validated_decode_window(rids, context, blocks_need, units, view, *, max_batch, capacity_blocks, block_tokens,
+                             coefficients, iqr_k):
+    assignment = _validated_decode(
+        context[rids], blocks_need[rids], batch_size=(view.running + view.waiting)[units], max_batch_size=max_batch,
+        kv_blocks_used=view.tokens[units], kv_capacity_blocks=capacity_blocks, kv_block_tokens=block_tokens,
+        coefficients=coefficients, iqr_k=iqr_k, solver="greedy", seed=0)
+    return np.where(assignment >= 0, units[assignment], -1)
+
+
 def _validated_decode(context_tokens, kv_blocks, *, batch_size, max_batch_size, kv_blocks_used, kv_capacity_blocks,
                       kv_block_tokens, coefficients, iqr_k, solver, seed):
     used = np.minimum(kv_blocks_used, kv_capacity_blocks).astype(np.int64)
@@ -108,4 +117,8 @@ def test_fast_window_path_gives_the_same_results(monkeypatch, trace, limit, rate
     fast = _digest(simulate(wl, cluster=ClusterConfig(), router="sbs"))
     monkeypatch.setattr(simulator, "allocate_prefill", _validated_prefill)
     monkeypatch.setattr(simulator, "allocate_decode", _validated_decode)
+    # the simulator's own shortcuts off: every prefill window through allocate_prefill, every
+    # decode window through the validated window
+    monkeypatch.setattr(simulator, "units_hold_nothing", lambda tokens, units: False)
+    monkeypatch.setattr(simulator, "greedy_decode_window", _validated_decode_window)
     assert _digest(simulate(wl, cluster=ClusterConfig(), router="sbs")) == fast

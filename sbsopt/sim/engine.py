@@ -47,6 +47,7 @@ class PrefillInstance:
         self.start_pending = False
         self.phase_s = 0.0  # a dummy-forward boundary (idle_stepping)
         self.step_end_s = 0.0
+        self.predicted_end_s = 0.0  # the scheduler's prediction of step_end_s (cost model)
         self.current: list[tuple[int, PrefillTask, int]] = []  # (unit, task, chunk tokens)
 
     def has_work(self) -> bool:

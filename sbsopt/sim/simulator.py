@@ -42,6 +42,7 @@ from sbsopt.sim.config import ClusterConfig, SchedulerConfig, check_router, pars
 from sbsopt.sim.engine import DecodeInstance, PrefillInstance
 from sbsopt.sim.epochs import end_epoch, start_epoch
 from sbsopt.sim.faults import check_faults
+from sbsopt.sim.lookahead import lean_release, next_free_s, window_solver
 from sbsopt.sim.metrics import RejectReason, SimResult, Status, final_status
 from sbsopt.sim.remainders import Remainder, Remainders
 from sbsopt.sim.reports import DECODE_POOL, PREFILL_POOL, apply_report
@@ -423,6 +424,8 @@ class _Simulation:
         inst.busy = True
         inst.current = chunks
         inst.step_end_s = self.now + step_s
+        # what the scheduler can predict: the cost model's step, not a slow rank's factor
+        inst.predicted_end_s = self.now + step_s / self.pslow[inst.index]
         self.push(inst.step_end_s, _STEP_END, inst.index, self.pstep_ver[inst.index])
         if at is not None:
             # The release queued work on this instance and asked for a start: one due now would
@@ -476,7 +479,9 @@ class _Simulation:
         """Engine-paced release: allocate the buffer onto one instance about to start a forward."""
         if not self.buffer and not self.remainders:
             return
-        self.allocate(self.punits[inst.index], [inst.index])
+        self.allocate(self.punits[inst.index], [inst.index], lookahead=True)
+        if self.buffer and self.sched.lookahead_release:
+            self.pace_idle_instance()  # what the lean forward left goes to an idle instance now
 
     def arm_window(self) -> None:
         """(Re)arm the next window: interval from the policy, early when the buffer is full."""
@@ -516,7 +521,7 @@ class _Simulation:
         if self.buffer or self.remainders:
             self.arm_window()
 
-    def allocate(self, units: np.ndarray, instances: list[int]) -> None:
+    def allocate(self, units: np.ndarray, instances: list[int], lookahead: bool = False) -> None:
         """Solve one prefill window over the units of ``instances`` (flattened, in that order)
         and dispatch the assigned. A request's prefix-cache hit counts as the least over the
         window's instances (the window model has one cached length per request, and each
@@ -560,6 +565,15 @@ class _Simulation:
             instance=np.repeat(np.arange(len(instances)), self.pep) if len(instances) > 1 else None,
             chunks=chunks,
         )
+        if lookahead and self.sched.lookahead_release:
+            solve = window_solver(now_s=self.now, guard_s=self.sched.ttft_guard_s, coefficients=self.pcoef,
+                                  solver=self.solver, seed=self.seed)
+            free_s = next_free_s(self.prefill, self.palive, instances[0], lambda o: self.next_start(o, self.now))
+            assignment, chunks = lean_release(
+                inp - cached, cached, self.arrival[rids], capacity=capacity, load=np.asarray(load),
+                assignment=assignment, chunks=chunks, solve=solve, step_times=self.step_times, now_s=self.now,
+                next_free_s=free_s, guard_s=self.sched.ttft_guard_s, live_instances=int(self.palive.sum()),
+                seen_arrival_s=self.arrival[:self.next_arrival], seen_tokens=self.context[:self.next_arrival])
         keep = []
         for idx, rid in enumerate(rids.tolist()):
             unit = int(assignment[idx])

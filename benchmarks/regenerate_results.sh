@@ -18,6 +18,8 @@ run benchmarks/simulate.py --markdown "$out/simulate.md"
 run benchmarks/sweep.py --workers 1 --markdown "$out/sweep.md"
 run benchmarks/sbs_vs_immediate.py --markdown "$out/sbs_vs_immediate.md"
 run benchmarks/sbs_vs_immediate.py --traces sharegpt,arxiv --markdown "$out/sbs_vs_immediate_lengths.md"
+run benchmarks/sbs_vs_immediate.py --traces sharegpt,arxiv --limit 10000,20000,all --production-replicas 0 \
+    --markdown "$out/sbs_vs_immediate_lengths_prefixes.md"
 run benchmarks/sbs_vs_immediate.py --traces azure-conv,azure-code --limit 4000,8000,12000 \
     --markdown "$out/sbs_vs_immediate_azure_prefixes.md"
 run benchmarks/sbs_vs_immediate.py --traces mooncake-conv --limit 3000,3500,4000,4500,5000,5500,6000 \

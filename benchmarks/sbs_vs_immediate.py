@@ -1,7 +1,7 @@
 """SBS versus immediate dispatch on the bundled traces at several loads: TTFT, its split, throughput.
 
 Usage: ``python benchmarks/sbs_vs_immediate.py [--traces azure-conv,azure-code,mooncake-conv]
-[--loads 0.3,0.5,0.7,0.9] [--limit N[,N...]] [--interval engine_paced]``.
+[--loads 0.3,0.5,0.7,0.9] [--limit N[,N...|all]] [--interval engine_paced]``.
 For each trace and load: the best immediate router by mean TTFT (among round_robin,
 least_requests, least_tokens, vllm_score, shortest_queue) against SBS, with relative changes.
 Several limits (first N requests of each trace) give one row each and then, per trace and
@@ -61,7 +61,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--traces", default="azure-conv,azure-code,mooncake-conv")
     parser.add_argument("--loads", default="0.3,0.5,0.7,0.9")
-    parser.add_argument("--limit", default=None, help="N or N,N,... (first N requests)")
+    parser.add_argument("--limit", default=None, help="N or N,N,... (first N requests; 'all': the whole trace)")
     parser.add_argument("--interval", default="engine_paced")
     parser.add_argument("--immediate", default=",".join(IMMEDIATE_ROUTERS))
     parser.add_argument("--production-replicas", type=int, default=3,
@@ -81,7 +81,7 @@ def main() -> None:
     table = _report.Table(["trace", "load", "best immediate", "TTFT ms", "SBS TTFT", "dTTFT",
                            "dTTFTp99", "dthr_in", "imm buf/eng/exec", "SBS buf/eng/exec",
                            "bubble imm/SBS", "wall s"], "lrlrrrrrlllr")
-    limits = [None] if args.limit is None else [int(x) for x in args.limit.split(",")]
+    limits = [None] if args.limit is None else [None if x == "all" else int(x) for x in args.limit.split(",")]
     setup = f"interval={args.interval} limits={limits}"
     print(setup)
     print(_row(table.columns))

@@ -18,10 +18,11 @@ from collections import deque
 
 import numpy as np
 
+from sbsopt._jit import njit
 from sbsopt.errors import SimulationError
 from sbsopt.sim.chunking import PrefillChunking, PrefillTask
 
-__all__ = ["PrefillInstance", "DecodeInstance"]
+__all__ = ["PrefillInstance", "DecodeInstance", "steps_done"]
 
 
 class PrefillInstance:
@@ -40,6 +41,7 @@ class PrefillInstance:
         self.chunk_tokens = chunk_tokens
         self.policy = policy
         self.queues: list[deque] = [deque() for _ in range(ep)]
+        self.queued_units: set[int] = set()  # the units whose queue is not empty: a forward visits only these
         state = np.zeros((3, ep), dtype=np.float64) if state is None else state
         self.queued_tokens, self.queued_requests, self.running = state
         self.queued = 0  # queued_requests' total, kept as an int: has_work runs before every forward
@@ -56,6 +58,8 @@ class PrefillInstance:
     def remove(self, unit: int, task: PrefillTask) -> None:
         """Take a queued task off ``unit`` (the reverse of :meth:`enqueue`)."""
         self.queues[unit].remove(task)
+        if not self.queues[unit]:
+            self.queued_units.discard(unit)
         self.queued_tokens[unit] -= task.remaining
         self.queued_requests[unit] -= 1
         self.queued -= 1
@@ -64,6 +68,7 @@ class PrefillInstance:
         """Empty the instance as a failure does; return the ids of the requests it queued."""
         lost = [task.rid for queue in self.queues for task in queue]
         self.queues = [deque() for _ in range(self.ep)]
+        self.queued_units = set()
         self.queued = 0
         for arr in (self.queued_tokens, self.queued_requests, self.running):
             arr[:] = 0.0
@@ -73,6 +78,7 @@ class PrefillInstance:
 
     def enqueue(self, unit: int, task: PrefillTask) -> None:
         self.queues[unit].append(task)
+        self.queued_units.add(unit)
         self.queued_tokens[unit] += task.remaining
         self.queued_requests[unit] += 1
         self.queued += 1
@@ -83,10 +89,8 @@ class PrefillInstance:
         pairs = np.zeros(self.ep)
         reqs = np.zeros(self.ep)
         chunks: list[tuple[int, PrefillTask, int]] = []
-        self.running[:] = 0.0
-        for j, queue in enumerate(self.queues):
-            if not queue:
-                continue
+        for j in sorted(self.queued_units):
+            queue = self.queues[j]
             formed = self.policy.form_prefill(queue, self.chunk_tokens)
             seen = set()
             # per-unit sums in Python numbers, written once: the same float additions in the
@@ -118,7 +122,11 @@ class PrefillInstance:
     def finish_forward(self, chunks) -> list[int]:
         """Apply a finished forward; returns the request ids whose prefill completed."""
         finished = []
+        running = self.running
         for j, task, n in chunks:
+            # between forwards nothing runs: form_forward counts from zeros (a unit whose
+            # queue formed no chunk has its 0 written), so the units of the chunks are reset
+            running[j] = 0.0
             task.remaining -= n
             task.done += n
             self.queued_tokens[j] -= n
@@ -126,10 +134,11 @@ class PrefillInstance:
                 queue = self.queues[j]
                 # Finished tasks are at the head: chunks come from the head of the FIFO.
                 queue.remove(task) if queue[0] is not task else queue.popleft()
+                if not queue:
+                    self.queued_units.discard(j)
                 self.queued_requests[j] -= 1
                 self.queued -= 1
                 finished.append(task.rid)
-        self.running[:] = 0.0
         return finished
 
 
@@ -156,6 +165,9 @@ class DecodeInstance:
         self.slot_context = np.zeros(slots, dtype=np.float64)
         self.slot_active = np.zeros(slots, dtype=bool)
         self.free_slots = list(range(slots - 1, -1, -1))
+        # one admission round's seats, rows (rank, request, slot): written in Python, seated compiled
+        self.admitted = np.empty((slots, 3), dtype=np.int64)
+        self.freed = np.empty(slots, dtype=np.int64)  # the slots an epoch's close freed
         # slots are taken lowest first and freed ones reused first, so every active slot sits
         # below this mark: per-epoch scans read that prefix, not all ep x max_batch slots
         self.high = 0
@@ -164,8 +176,14 @@ class DecodeInstance:
         self.batch, self.waiting_count = counts
         self.blocks_used, self.waiting_blocks = blocks
         self.kv_tokens = np.zeros(ep, dtype=np.float64)
+        # the arrays the epoch kernels take, in their order (sbsopt.sim.epochs: seat, close_slots)
+        self.seating = (self.slot_rank, self.slot_rid, self.slot_remaining, self.slot_context, self.slot_active,
+                        self.batch, self.kv_tokens, self.blocks_used, self.waiting_count, self.waiting_blocks)
+        self.closing = (self.slot_active, self.slot_remaining, self.slot_context, self.slot_rid, self.slot_rank,
+                        self.batch, self.kv_tokens, self.blocks_used, self.freed)
         self.waiting: list[deque] = [deque() for _ in range(ep)]
         self.queued = 0  # waiting_count's total, kept as an int: each epoch start reads it
+        self.waiting_ranks: set[int] = set()  # the ranks whose queue is not empty, for the same reason
         # epoch state
         self.busy = False
         self.version = 0
@@ -184,6 +202,7 @@ class DecodeInstance:
         self.free_slots = list(range(len(self.slot_active) - 1, -1, -1))
         self.high = 0
         self.waiting = [deque() for _ in range(self.ep)]
+        self.waiting_ranks = set()
         self.queued = 0
         for arr in (self.batch, self.kv_tokens, self.blocks_used, self.waiting_count, self.waiting_blocks):
             arr[:] = 0
@@ -212,15 +231,24 @@ class DecodeInstance:
 
     def steps_done_by(self, elapsed: float) -> int:
         """Whole steps of the current epoch completed within ``elapsed`` seconds."""
-        if abs(self.slope) < 1e-15:
-            s = int(elapsed / self.d0) if self.d0 > 0 else self.steps
-        else:
-            a = self.d0 - self.slope / 2.0
-            disc = a * a + 2.0 * self.slope * elapsed
-            s = int((-a + math.sqrt(max(disc, 0.0))) / self.slope)
-        s = min(max(s, 0), self.steps)
-        while s < self.steps and self.epoch_time(s + 1) <= elapsed:
-            s += 1
-        while s > 0 and self.epoch_time(s) > elapsed:
-            s -= 1
-        return s
+        return int(steps_done(self.d0, self.slope, self.steps, elapsed))
+
+
+@njit()
+def steps_done(d0, slope, steps, elapsed):  # pragma: no cover - compiled
+    """:meth:`DecodeInstance.steps_done_by` of an epoch of ``steps`` steps whose first takes
+    ``d0`` seconds and each next ``slope`` more: the root of the series' sum, then corrected
+    against :meth:`DecodeInstance.epoch_time`'s formula (compiled: it runs at every mid-epoch
+    admission; tests compare it with the Python statements)."""
+    if abs(slope) < 1e-15:
+        s = int(elapsed / d0) if d0 > 0 else steps
+    else:
+        a = d0 - slope / 2.0
+        disc = a * a + 2.0 * slope * elapsed
+        s = int((-a + math.sqrt(max(disc, 0.0))) / slope)
+    s = min(max(s, 0), steps)
+    while s < steps and (s + 1) * d0 + slope * (s + 1) * s / 2.0 <= elapsed:
+        s += 1
+    while s > 0 and s * d0 + slope * s * (s - 1) / 2.0 > elapsed:
+        s -= 1
+    return s

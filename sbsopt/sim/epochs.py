@@ -6,7 +6,8 @@ there is an epoch or two per request, and numpy's per-call overhead on such arra
 the simulator's time. So they run as compiled kernels that repeat numpy's arithmetic operation
 for operation (same order of additions, same comparisons), so the results are bit-identical
 (tests compare them with the numpy statements).
-The admission in between stays in Python: it asks the chunking policy, which is user code.
+The admission in between asks the chunking policy, which is user code, so it stays in Python;
+the seating of what it admits is compiled with the next epoch's plan (:func:`admit_plan`).
 """
 
 from __future__ import annotations
@@ -24,22 +25,22 @@ from sbsopt.sim.steps import decode_pair_us
 if TYPE_CHECKING:  # the simulator imports this module
     from sbsopt.sim.simulator import _Simulation
 
-__all__ = ["start_epoch", "end_epoch", "close_slots", "least_active", "plan_epoch"]
+__all__ = ["start_epoch", "end_epoch", "close_slots", "least_active", "plan_epoch", "seat", "admit_plan"]
 
 _COMPLETED = int(Status.COMPLETED)
 
 
 @njit()
 def close_slots(high, produced, tbt_s, now_s, completed, active, remaining, context, rid, rank, batch,
-                kv_tokens, blocks_used, blocks_need, tbt_max_s, status, done_s):  # pragma: no cover - compiled
+                kv_tokens, blocks_used, done, blocks_need, tbt_max_s, status, done_s):  # pragma: no cover - compiled
     """Advance the active slots below ``high`` by ``produced`` tokens and free the finished ones.
 
     Every active slot's request gets ``tbt_s`` as a candidate for its longest step; a slot
     whose remaining tokens reach zero leaves its rank's batch, KV tokens and blocks, and its
-    request is marked ``completed`` at ``now_s``. Returns the freed slots, in increasing order.
+    request is marked ``completed`` at ``now_s``. The freed slots go to the head of ``done``, in
+    increasing order; returns how many (an array returned would be boxed at every call).
     """
     ep = batch.shape[0]
-    done = np.empty(high, np.int64)
     count = 0
     for s in range(high):
         if active[s]:
@@ -74,7 +75,7 @@ def close_slots(high, produced, tbt_s, now_s, completed, active, remaining, cont
             if batch[j] <= 0 or kv_tokens[j] <= 0.0:
                 kv_tokens[j] = 0.0
             blocks_used[j] -= np.int64(blocks[j])
-    return done[:count]
+    return count
 
 
 @njit()
@@ -101,18 +102,52 @@ def plan_epoch(high, active, remaining, step_tokens, batch, kv_tokens, q, a0, a1
     return steps, first, last
 
 
+@njit()
+def seat(count, admitted, now_s, out_left, context, blocks_need, decode_start_s, high, rank, rid, remaining,
+         slot_context, active, batch, kv_tokens, blocks_used, waiting_count, waiting_blocks):  # pragma: no cover
+    """Seat the ``count`` admitted requests (rows ``(rank, request, slot)`` of ``admitted``, in
+    admission order) and return the new slot mark. A seated request has generated its
+    prefill's token; each statement is the simulator's former numpy statement's arithmetic."""
+    for k in range(count):
+        j, r, s = admitted[k, 0], admitted[k, 1], admitted[k, 2]
+        if s >= high:
+            high = s + 1
+        rank[s] = j
+        rid[s] = r
+        remaining[s] = out_left[r] - 1
+        slot_context[s] = context[r] + 1
+        active[s] = True
+        batch[j] += 1
+        kv_tokens[j] += context[r] + 1
+        blocks_used[j] += blocks_need[r]
+        waiting_count[j] -= 1
+        waiting_blocks[j] -= blocks_need[r]
+        decode_start_s[r] = now_s
+    return high
+
+
+@njit()
+def admit_plan(count, admitted, now_s, out_left, context, blocks_need, decode_start_s, high, rank, rid, remaining,
+               slot_context, active, batch, kv_tokens, blocks_used, waiting_count, waiting_blocks, step_tokens, q, a0,
+               a1, shared, routed, dense, c):  # pragma: no cover - compiled
+    """:func:`seat` then :func:`plan_epoch` in one call: ``(high, steps, first, last)``."""
+    high = seat(count, admitted, now_s, out_left, context, blocks_need, decode_start_s, high, rank, rid, remaining,
+                slot_context, active, batch, kv_tokens, blocks_used, waiting_count, waiting_blocks)
+    steps, first, last = plan_epoch(high, active, remaining, step_tokens, batch, kv_tokens, q, a0, a1, shared,
+                                    routed, dense, c)
+    return high, steps, first, last
+
+
 def end_epoch(sim: _Simulation, inst: DecodeInstance) -> None:
     """Close ``inst``'s epoch at ``sim.now``: every running request produced the epoch's
     tokens, the finished ones complete and free their slots."""
     s = inst.steps
-    last_step = inst.d0 + inst.slope * (s - 1)
-    done = close_slots(inst.high, s * sim.step_tokens, max(inst.d0, last_step), sim.now, _COMPLETED,
-                       inst.slot_active, inst.slot_remaining, inst.slot_context, inst.slot_rid, inst.slot_rank,
-                       inst.batch, inst.kv_tokens, inst.blocks_used, sim.blocks_need, sim.tbt_max_s, sim.status,
-                       sim.done_s)
-    if len(done):
-        inst.free_slots.extend(done.tolist())
-        sim.finished += len(done)
+    d0 = inst.d0
+    count = close_slots(inst.high, s * sim.step_tokens, max(d0, d0 + inst.slope * (s - 1)), sim.now, _COMPLETED,
+                        *inst.closing, *sim.close_args)
+    if count:
+        inst.free_slots.extend(inst.freed[:count].tolist())
+        sim.finished += count
     inst.busy = False
 
 
@@ -120,36 +155,32 @@ def start_epoch(sim: _Simulation, inst: DecodeInstance) -> bool:
     """Admit what the policy lets in on each rank, then start an epoch that runs until the
     next completion; ``False`` (``inst`` left idle) when nothing runs."""
     blocks = sim.blocks_need
-    for j in inst.waiting_count.nonzero()[0].tolist() if inst.queued else ():
+    count = 0
+    admitted = inst.admitted
+    for j in sorted(inst.waiting_ranks) if inst.queued else ():
         waiting = inst.waiting[j]
         free = int(inst.kv_blocks - inst.blocks_used[j])
-        count = inst.policy.admit_decode(waiting, int(inst.batch[j]), inst.max_batch, free,
-                                         lambda r: int(blocks[r]))
-        inst.check_admission(j, count, free, blocks)
-        for _ in range(count):
-            rid = waiting.popleft()
-            slot = inst.free_slots.pop()
-            if slot >= inst.high:
-                inst.high = slot + 1
-            inst.slot_rank[slot] = j
-            inst.slot_rid[slot] = rid
-            inst.slot_remaining[slot] = sim.out_left[rid] - 1
-            inst.slot_context[slot] = sim.context[rid] + 1
-            inst.slot_active[slot] = True
-            inst.batch[j] += 1
-            inst.kv_tokens[j] += sim.context[rid] + 1
-            inst.blocks_used[j] += blocks[rid]
-            inst.waiting_count[j] -= 1
-            inst.queued -= 1
-            inst.waiting_blocks[j] -= blocks[rid]
-            sim.decode_start_s[rid] = sim.now
+        take = inst.policy.admit_decode(waiting, int(inst.batch[j]), inst.max_batch, free, lambda r: int(blocks[r]))
+        inst.check_admission(j, take, free, blocks)
+        # a rank's admission reads only its own rank's state, so the seating waits for admit_plan
+        for _ in range(take):
+            row = admitted[count]
+            row[0], row[1], row[2] = j, waiting.popleft(), inst.free_slots.pop()
+            count += 1
+        inst.queued -= int(take)
+        if not waiting:
+            inst.waiting_ranks.discard(j)
     y = sim.step_tokens
-    t = sim.step_times.decode_tables
-    if t is not None:
-        steps, d0_us, d1_us = plan_epoch(inst.high, inst.slot_active, inst.slot_remaining, y, inst.batch,
-                                         inst.kv_tokens, sim.query_tokens, t.a0, t.a1, t.shared, t.routed, t.dense,
-                                         t.constants)
+    if sim.plan_args is not None:
+        if count:
+            inst.high, steps, d0_us, d1_us = admit_plan(count, admitted, sim.now, *sim.seat_args, inst.high,
+                                                        *inst.seating, y, *sim.plan_args)
+        else:
+            steps, d0_us, d1_us = plan_epoch(inst.high, inst.slot_active, inst.slot_remaining, y, inst.batch,
+                                             inst.kv_tokens, *sim.plan_args)
     else:  # a cost model of the user's: its public method
+        if count:
+            inst.high = seat(count, admitted, sim.now, *sim.seat_args, inst.high, *inst.seating)
         least = least_active(inst.high, inst.slot_active, inst.slot_remaining)
         steps = 0 if least == math.inf else max(1, math.ceil(float(least) / y - 1e-9))
         if steps:

@@ -47,11 +47,12 @@ def apply_report(sim: _Simulation, pools: int = PREFILL_POOL | DECODE_POOL) -> N
     """Overwrite the router views of ``pools`` (bits) with their engines' report."""
     direct = pools & sim.direct_pools
     if direct:
-        write_reports(direct, sim.pstate, sim.pview.state, sim.dcounts, sim.dblocks, sim.dview.state)
-    if pools & PREFILL_POOL and not direct & PREFILL_POOL:
+        write_reports(direct, *sim.report_arrays)
+    rest = pools & ~direct
+    if rest & PREFILL_POOL:
         tokens, queued, running = sim.pstate
         sim.prouter.report(tokens, queued - running, running)
-    if pools & DECODE_POOL and not direct & DECODE_POOL:
+    if rest & DECODE_POOL:
         batch, waiting = sim.dcounts
         sim.drouter.report((sim.dblocks[0] + sim.dblocks[1]).astype(np.float64), waiting, batch)
     sim.stale &= ~pools

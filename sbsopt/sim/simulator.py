@@ -1,7 +1,7 @@
 """The discrete-event simulator of a P/D-disaggregated DP+EP cluster.
 
-Events sit on a heap as ``(time_s, priority, counter, kind, a, b)`` with a per-simulation
-counter, so ties break the same way every run. Arrivals are merged from the sorted workload
+Events sit on a heap as ``(time_s, priority, counter, kind, a, b)`` (kinds in :mod:`sbsopt.sim.events`)
+with a per-simulation counter, so ties break the same way every run. Arrivals are merged from the sorted workload
 instead of being pushed one by one, and engine-report boundaries are passed where their
 priority puts them without being pushed (:mod:`sbsopt.sim.reports`). There is no per-token
 loop: prefill advances per forward, decode per epoch (see :mod:`sbsopt.sim.engine` and
@@ -14,7 +14,7 @@ full length (``reserve`` KV policy: the engine knows ``max_tokens``, so no preem
 recompute happens except after a fault; a request whose full length exceeds a unit's KV is rejected with the
 reason ``kv_exceeds_unit_capacity``) -> one token per lock-step decode step -> completed.
 
-Faults (:mod:`sbsopt.sim.faults`). A dead instance's pending step/epoch is cancelled and it is
+Faults (:mod:`sbsopt.sim.faults`; handled in :mod:`sbsopt.sim.failures`). A dead instance's pending step/epoch is cancelled and it is
 emptied: every request queued or running on a dead prefill instance is re-dispatched and its
 prefill redone from scratch; every request waiting or decoding on a dead decode instance lost
 its KV, so it goes back through prefill: the recompute covers the prompt and the tokens it
@@ -29,9 +29,11 @@ horizon, else they are rejected (``no_live_instance``). A recovered instance com
 
 from __future__ import annotations
 
-import heapq
 import math
 import time
+from collections.abc import Callable
+from functools import partial
+from heapq import heappop, heappush
 
 import numpy as np
 
@@ -41,6 +43,22 @@ from sbsopt.sim.chunking import PrefillTask, get_chunking
 from sbsopt.sim.config import ClusterConfig, SchedulerConfig, check_router, parse_interval
 from sbsopt.sim.engine import DecodeInstance, PrefillInstance
 from sbsopt.sim.epochs import end_epoch, start_epoch
+from sbsopt.sim.events import (
+    ARRIVAL,
+    DECODE_WINDOW,
+    DFAIL,
+    DRECOVER,
+    EPOCH_END,
+    KV_ARRIVE,
+    PFAIL,
+    POOLS,
+    PRECOVER,
+    REPORT,
+    START,
+    STEP_END,
+    WINDOW,
+)
+from sbsopt.sim.failures import fail, recover
 from sbsopt.sim.faults import check_faults
 from sbsopt.sim.lookahead import lean_release, next_free_s, window_solver
 from sbsopt.sim.metrics import RejectReason, SimResult, Status, final_status
@@ -52,16 +70,6 @@ from sbsopt.sim.windows import greedy_decode_window, units_hold_nothing
 from sbsopt.workload.prefix_cache import PrefixCache
 
 __all__ = ["run_simulation"]
-
-# event kinds (also their priority at equal times); no _REPORT event is pushed: report
-# boundaries are handled lazily where that priority puts them (``reports_before``)
-_STEP_END, _EPOCH_END, _KV_ARRIVE, _REPORT, _ARRIVAL, _WINDOW, _DECODE_WINDOW, _START = range(8)
-_PFAIL, _DFAIL, _PRECOVER, _DRECOVER = range(8, 12)
-# the pools whose router view and engine state each kind of event reads or changes (bits); a
-# fault or recovery moves requests between the pools
-_BOTH = PREFILL_POOL | DECODE_POOL
-_POOLS = (PREFILL_POOL, DECODE_POOL, DECODE_POOL, 0, PREFILL_POOL, PREFILL_POOL, DECODE_POOL, PREFILL_POOL,
-          _BOTH, _BOTH, _BOTH, _BOTH)
 
 
 def run_simulation(
@@ -143,6 +151,7 @@ class _Simulation:
         # the pools with one view under router pinning, whose reports are written in place
         self.direct_pools = sum(bit for bit, pool in ((PREFILL_POOL, self.prouter), (DECODE_POOL, self.drouter))
                                 if len(pool.views) == 1 and pool.pinning == "router")
+        self.report_arrays = (self.pstate, self.pview.state, self.dcounts, self.dblocks, self.dview.state)
         # per-request record
         nan = np.full(n, np.nan)
         self.status = np.full(n, Status.PENDING, dtype=np.int8)
@@ -172,6 +181,12 @@ class _Simulation:
         self.pcoef = pc
         self.dcoef = dcm.decode_coefficients(query_tokens=self.query_tokens)
         self.step_times = StepTimes(pcm, dcm, self.query_tokens)
+        # the epoch kernels' arguments that never change, unpacked into every call (sim.epochs)
+        t = self.step_times.decode_tables
+        self.plan_args = None if t is None else (self.query_tokens, t.a0, t.a1, t.shared, t.routed, t.dense,
+                                                 t.constants)
+        self.seat_args = (self.out_left, self.context, self.blocks_need, self.decode_start_s)
+        self.close_args = (self.blocks_need, self.tbt_max_s, self.status, self.done_s)
         zeros = np.zeros(pep)
         self.dummy_s = float(pcm.prefill_step_us(zeros, zeros, zeros)) * 1e-6
         if cluster.stagger_start:
@@ -220,11 +235,17 @@ class _Simulation:
         # the next engine report's time, and the pools (bits) whose views await a report
         self.report_s = sched.report_period_s if sched.report_period_s > 0 and n else math.inf
         self.stale = 0
+        # each pushed event kind's handler, called with the event's (a, b)
+        self.handlers: dict[int, Callable[[int, int], None]] = {
+            STEP_END: self.on_step_end, EPOCH_END: self.on_epoch_end, KV_ARRIVE: self.on_decode_arrival,
+            WINDOW: self.on_window, DECODE_WINDOW: self.on_decode_window, START: self.on_start,
+            PFAIL: partial(fail, self, True), DFAIL: partial(fail, self, False),
+            PRECOVER: partial(recover, self, True), DRECOVER: partial(recover, self, False)}
 
     # ------------------------------------------------------------------ event loop
     def push(self, t: float, kind: int, a: int = 0, b: int = 0) -> None:
         self.counter += 1
-        heapq.heappush(self.heap, (t, kind, self.counter, kind, a, b))
+        heappush(self.heap, (t, kind, self.counter, kind, a, b))
 
     def run(self) -> SimResult:
         wall0 = time.perf_counter()
@@ -232,29 +253,30 @@ class _Simulation:
         arrival = self.arrival.tolist()  # Python floats: the loop compares them once per event
         n = self.n
         horizon = self.horizon_s
-        pop = heapq.heappop
+        pop = heappop
+        handlers, pools_of = self.handlers, POOLS
         i = 0
         for f in self.faults:
-            self.push(f.at_s, _PFAIL if f.kind == "prefill" else _DFAIL, f.index)
+            self.push(f.at_s, PFAIL if f.kind == "prefill" else DFAIL, f.index)
         while True:
             next_arrival = arrival[i] if i < n else math.inf
             if heap:
                 top = heap[0]
                 t, kind = top[0], top[1]
-                if t < next_arrival or (t == next_arrival and kind < _ARRIVAL):
-                    if self.report_s <= t and (self.report_s < t or kind > _REPORT) \
+                if t < next_arrival or (t == next_arrival and kind < ARRIVAL):
+                    if self.report_s <= t and (self.report_s < t or kind > REPORT) \
                             and not self.reports_before(t, kind):
                         break
                     if t > horizon:
                         break
                     pop(heap)
                     self.now = t
-                    if self.stale & _POOLS[kind]:
-                        apply_report(self, _POOLS[kind])
-                    self.handle(kind, top[4], top[5])
+                    if self.stale & pools_of[kind]:
+                        apply_report(self, pools_of[kind])
+                    handlers[kind](top[4], top[5])
                     continue
             if i < n:
-                if self.report_s <= next_arrival and not self.reports_before(next_arrival, _ARRIVAL):
+                if self.report_s <= next_arrival and not self.reports_before(next_arrival, ARRIVAL):
                     break
                 if next_arrival > horizon:
                     break
@@ -271,32 +293,20 @@ class _Simulation:
         wall = time.perf_counter() - wall0
         return self.result(wall, arrived=i)
 
-    def handle(self, kind: int, a: int, b: int) -> None:
-        if kind == _STEP_END:
-            if b == self.pstep_ver[a]:
-                self.on_step_end(a)
-        elif kind == _EPOCH_END:
-            dinst = self.decode[a]
-            if b == dinst.version:
-                self.on_epoch_end(dinst)
-        elif kind == _KV_ARRIVE:
-            self.on_decode_arrival(a)
-        elif kind == _WINDOW:
-            if a == self.window_version:
-                self.window_armed = False
-                self.release_window()
-        elif kind == _DECODE_WINDOW:
-            self.dwindow_armed = False
-            self.release_decode_window()
-        elif kind == _START:
-            inst = self.prefill[a]
-            inst.start_pending = False
-            if self.palive[a]:
-                self.try_start(inst)
-        elif kind == _PFAIL or kind == _DFAIL:
-            self.on_fail(kind == _PFAIL, a)
-        elif kind == _PRECOVER or kind == _DRECOVER:
-            self.on_recover(kind == _PRECOVER, a, b)
+    def on_window(self, version: int, _: int) -> None:
+        if version == self.window_version:
+            self.window_armed = False
+            self.release_window()
+
+    def on_decode_window(self, _a: int, _b: int) -> None:
+        self.dwindow_armed = False
+        self.release_decode_window()
+
+    def on_start(self, k: int, _: int) -> None:
+        inst = self.prefill[k]
+        inst.start_pending = False
+        if self.palive[k]:
+            self.try_start(inst)
 
     # ------------------------------------------------------------------ engine reports
     def reports_before(self, t: float, kind: int) -> bool:
@@ -304,11 +314,11 @@ class _Simulation:
         order; ``False`` when one lies past the horizon (the run stops there).
 
         A boundary is no heap event and writes no view: it marks both pools' views stale, and
-        a pool's report is applied before the next event of that pool (``_POOLS``). Only that
+        a pool's report is applied before the next event of that pool (``POOLS``). Only that
         pool's events read or change its view and its engines' state, so that report reads
         the state the boundary would have read and the view is the same at every read."""
         period = self.sched.report_period_s
-        while self.report_s < t or (self.report_s == t and kind > _REPORT):
+        while self.report_s < t or (self.report_s == t and kind > REPORT):
             if self.report_s > self.horizon_s:
                 return False
             self.now = self.report_s
@@ -384,7 +394,7 @@ class _Simulation:
             if inst is self.forming:
                 self.forming_start = at  # try_start decides once its forward is formed
             else:
-                self.push(at, _START, k)
+                self.push(at, START, k)
 
     def next_start(self, inst: PrefillInstance, t: float) -> float:
         if not self.cluster.idle_stepping or self.dummy_s <= 0:
@@ -404,7 +414,7 @@ class _Simulation:
         if not inst.has_work():
             inst.phase_s = self.now
             if at is not None:
-                self.push(at, _START, inst.index)
+                self.push(at, START, inst.index)
             return
         chunks, new, pairs, reqs = inst.form_forward()
         slow = self.pslow[inst.index]
@@ -426,7 +436,8 @@ class _Simulation:
         inst.step_end_s = self.now + step_s
         # what the scheduler can predict: the cost model's step, not a slow rank's factor
         inst.predicted_end_s = self.now + step_s / self.pslow[inst.index]
-        self.push(inst.step_end_s, _STEP_END, inst.index, self.pstep_ver[inst.index])
+        self.counter += 1  # the hot kinds are pushed inline: a push call costs more than the push
+        heappush(self.heap, (inst.step_end_s, STEP_END, self.counter, STEP_END, inst.index, self.pstep_ver[inst.index]))
         if at is not None:
             # The release queued work on this instance and asked for a start: one due now would
             # come before this forward ends (nothing before it can end or kill the forward) and
@@ -434,9 +445,11 @@ class _Simulation:
             if at == self.now and step_s > 0:
                 inst.start_pending = False
             else:
-                self.push(at, _START, inst.index)
+                self.push(at, START, inst.index)
 
-    def on_step_end(self, k: int) -> None:
+    def on_step_end(self, k: int, version: int) -> None:
+        if version != self.pstep_ver[k]:
+            return  # a failure cancelled this forward
         inst = self.prefill[k]
         chunks = inst.current
         inst.current = []
@@ -458,7 +471,9 @@ class _Simulation:
                 self.complete(rid)
             else:
                 self.in_transfer += 1
-                self.push(self.now + self.step_times.kv_transfer_us(int(self.context[rid])) * 1e-6, _KV_ARRIVE, rid)
+                self.counter += 1
+                t = self.now + self.step_times.kv_transfer_us(int(self.context[rid])) * 1e-6
+                heappush(self.heap, (t, KV_ARRIVE, self.counter, KV_ARRIVE, rid, 0))
         if self.remainders and self.interval != "engine_paced":
             self.arm_window()  # a chunk ran: its remainder waits for the next window
         self.try_start(inst)
@@ -473,7 +488,8 @@ class _Simulation:
                     best, best_t = inst, t
         if best is not None:
             best.start_pending = True
-            self.push(best_t, _START, best.index)
+            self.counter += 1
+            heappush(self.heap, (best_t, START, self.counter, START, best.index, 0))
 
     def release_to(self, inst: PrefillInstance) -> None:
         """Engine-paced release: allocate the buffer onto one instance about to start a forward."""
@@ -501,7 +517,7 @@ class _Simulation:
         self.window_armed = True
         self.window_at = at
         self.window_version += 1
-        self.push(at, _WINDOW, self.window_version)
+        self.push(at, WINDOW, self.window_version)
 
     def release_window(self) -> None:
         elapsed = self.now - self.last_window_s
@@ -587,7 +603,7 @@ class _Simulation:
         self.buffer = keep
 
     # ------------------------------------------------------------------ decode side
-    def on_decode_arrival(self, rid: int) -> None:
+    def on_decode_arrival(self, rid: int, _: int = 0) -> None:
         self.in_transfer -= 1
         self.decode_arrive_s[rid] = self.now
         if self.blocks_need[rid] > self.kv_blocks:
@@ -610,7 +626,9 @@ class _Simulation:
         self.dbuffer.append(rid)
         if not self.dwindow_armed:
             self.dwindow_armed = True
-            self.push(self.now + self.sched.decode_interval_s, _DECODE_WINDOW)
+            self.counter += 1
+            t = self.now + self.sched.decode_interval_s
+            heappush(self.heap, (t, DECODE_WINDOW, self.counter, DECODE_WINDOW, 0, 0))
 
     def release_decode_window(self) -> None:
         if not self.dbuffer:
@@ -636,7 +654,7 @@ class _Simulation:
             )
             assignment = np.where(assignment >= 0, units[assignment], -1)
         keep = []
-        for rid, unit in zip(rids.tolist(), assignment.tolist(), strict=True):
+        for rid, unit in zip(self.dbuffer, assignment.tolist(), strict=True):
             if unit < 0:
                 keep.append(rid)
             else:
@@ -645,13 +663,14 @@ class _Simulation:
         self.dbuffer = keep
         if keep:
             self.dwindow_armed = True
-            self.push(self.now + self.sched.decode_interval_s, _DECODE_WINDOW)
+            self.push(self.now + self.sched.decode_interval_s, DECODE_WINDOW)
 
     def enqueue_decode(self, rid: int, unit: int) -> None:
         k, j = divmod(unit, self.dep)
         inst = self.decode[k]
         self.decode_unit[rid] = unit
         inst.waiting[j].append(rid)
+        inst.waiting_ranks.add(j)
         inst.waiting_count[j] += 1
         inst.queued += 1
         inst.waiting_blocks[j] += self.blocks_need[rid]
@@ -665,115 +684,24 @@ class _Simulation:
                 inst.steps = s_next
                 inst.version += 1
                 inst.end_s = inst.t0 + inst.epoch_time(s_next)
-                self.push(inst.end_s, _EPOCH_END, inst.index, inst.version)
+                self.counter += 1
+                heappush(self.heap, (inst.end_s, EPOCH_END, self.counter, EPOCH_END, inst.index, inst.version))
 
     def start_epoch(self, inst: DecodeInstance) -> None:
         if start_epoch(self, inst):
-            self.push(inst.end_s, _EPOCH_END, inst.index, inst.version)
+            self.counter += 1
+            heappush(self.heap, (inst.end_s, EPOCH_END, self.counter, EPOCH_END, inst.index, inst.version))
 
-    def on_epoch_end(self, inst: DecodeInstance) -> None:
+    def on_epoch_end(self, k: int, version: int) -> None:
+        inst = self.decode[k]
+        if version != inst.version:
+            return  # a cut or a failure replaced this epoch
         end_epoch(self, inst)
         self.start_epoch(inst)
 
     # ------------------------------------------------------------------ faults
     def recovery_pending(self, recover: list[float]) -> bool:
         return any(t < math.inf and t <= self.horizon_s for t in recover)
-
-    def on_fail(self, prefill: bool, k: int) -> None:
-        spec = next(f for f in self.faults if f.at_s == self.now and (f.kind == "prefill") == prefill
-                    and f.index == k)
-        alive, gen, recover = (self.palive, self.pgen, self.precover) if prefill else \
-            (self.dalive, self.dgen, self.drecover)
-        if alive[k]:
-            lost = self.kill_prefill(k) if prefill else self.kill_decode(k)
-        else:
-            lost = []  # already dead: the later recovery time wins
-        alive[k] = False
-        gen[k] += 1
-        recover[k] = spec.recover_at_s
-        self.update_masks()
-        if spec.recover_after_s is not None:
-            self.push(spec.recover_at_s, _PRECOVER if prefill else _DRECOVER, k, gen[k])
-        for rid in lost:
-            if self.retries[rid] >= self.sched.fault_max_retries:
-                self.reject(rid, RejectReason.FAULT_RETRY_LIMIT)
-                continue
-            self.retries[rid] += 1
-            self.redispatched += 1
-            self.first_start_s[rid] = np.nan
-            self.route_prefill(rid)
-        self.drop_if_hopeless()
-
-    def drop_if_hopeless(self) -> None:
-        """Reject what waits for a kind of instance that is all dead and never recovers in time."""
-        if not self.palive.any() and not self.recovery_pending(self.precover):
-            for rid in self.parked_p + self.buffer:
-                self.reject(rid, RejectReason.NO_LIVE_INSTANCE)
-            self.parked_p, self.buffer, self.buffer_tokens = [], [], 0.0
-        if not self.dalive.any() and not self.recovery_pending(self.drecover):
-            for rid in self.parked_d + self.dbuffer:
-                self.reject(rid, RejectReason.NO_LIVE_INSTANCE)
-            self.parked_d, self.dbuffer = [], []
-
-    def update_masks(self) -> None:
-        self.pmask = None if self.palive.all() else np.repeat(self.palive, self.pep)
-        self.dmask = None if self.dalive.all() else np.repeat(self.dalive, self.dep)
-
-    def kill_prefill(self, k: int) -> list[int]:
-        lost = self.prefill[k].clear()
-        # a chunked request's remainder lost its chunk's KV with the instance: it starts over
-        queued = set(lost)
-        lost += [rid for rid in self.remainders.drop(range(k * self.pep, (k + 1) * self.pep))
-                 if rid not in queued]
-        self.pstep_ver[k] += 1  # cancels the forward in progress
-        self.caches[k] = PrefixCache(capacity_blocks=self.cluster.prefix_cache_blocks,
-                                     block_tokens=self.wl.block_tokens)
-        return lost
-
-    def kill_decode(self, k: int) -> list[int]:
-        inst = self.decode[k]
-        active = np.flatnonzero(inst.slot_active)
-        running = inst.slot_rid[active]
-        waiting = [rid for w in inst.waiting for rid in w]
-        # what each lost request had generated is recomputed with its prompt: a running one
-        # still needs its slot's remaining tokens less the steps of this epoch already done,
-        # a waiting one had its prefill's token
-        done = inst.steps_done_by(self.now - inst.t0) if inst.busy else 0
-        left = np.ceil(inst.slot_remaining[active] - done * self.step_tokens - 1e-9)
-        self.out_left[running] = np.maximum(left, 1).astype(np.int64)
-        self.out_left[waiting] -= 1
-        lost = running.tolist() + waiting
-        self.context[lost] = self.inp[lost] + self.out[lost] - self.out_left[lost]
-        inst.clear()
-        return lost
-
-    def on_recover(self, prefill: bool, k: int, gen: int) -> None:
-        if gen != (self.pgen if prefill else self.dgen)[k]:
-            return  # a later failure of the same instance superseded this recovery
-        if prefill:
-            self.palive[k] = True
-            self.precover[k] = math.inf
-            self.prefill[k].phase_s = self.now
-        else:
-            self.dalive[k] = True
-            self.drecover[k] = math.inf
-        self.update_masks()
-        if prefill:
-            parked, self.parked_p = self.parked_p, []
-            for rid in parked:
-                self.route_prefill(rid)
-            if self.sbs and self.buffer:
-                if self.interval == "engine_paced":
-                    self.pace_idle_instance()
-                else:
-                    self.arm_window()
-        else:
-            parked, self.parked_d = self.parked_d, []
-            for rid in parked:
-                self.route_decode(rid)
-            if self.sbs and self.dbuffer and not self.dwindow_armed:
-                self.dwindow_armed = True
-                self.push(self.now, _DECODE_WINDOW)
 
     # ------------------------------------------------------------------ bookkeeping
     def complete(self, rid: int) -> None:

@@ -19,15 +19,70 @@ from sbsopt._jit import njit
 from sbsopt.costmodel import CostModel
 from sbsopt.costmodel._kernels import step_many
 
-__all__ = ["StepTimes", "decode_pair_us", "prefill_forward_us"]
+__all__ = ["StepTimes", "decode_pair_us", "pairwise_sum", "prefill_forward_us"]
+
+
+@njit()
+def _block_sum(a, lo, n):  # pragma: no cover - compiled
+    """numpy's sum of ``a[lo:lo + n]``, ``n <= 128``: eight running sums, then the rest."""
+    if n < 8:
+        res = 0.0
+        for i in range(lo, lo + n):
+            res += a[i]
+        return res
+    r = a[lo:lo + 8].copy()
+    i = 8
+    while i < n - n % 8:
+        for k in range(8):
+            r[k] += a[lo + i + k]
+        i += 8
+    res = ((r[0] + r[1]) + (r[2] + r[3])) + ((r[4] + r[5]) + (r[6] + r[7]))
+    while i < n:
+        res += a[lo + i]
+        i += 1
+    return res
+
+
+@njit()
+def pairwise_sum(a, lo, n):  # pragma: no cover - compiled
+    """``a[lo:lo + n].sum()`` as numpy adds a float64 array: blocks of at most 128 elements
+    (:func:`_block_sum`), halved (at multiples of 8) above that and the halves' sums added;
+    tests compare it with numpy. The halving runs on an explicit stack: Numba's cache does not
+    reload recursive functions safely."""
+    if n <= 128:
+        return _block_sum(a, lo, n)
+    # tasks (start, length, 1 when both halves' sums are on the value stack)
+    tasks = np.empty((64, 3), np.int64)
+    values = np.empty(64)
+    top = 1
+    tasks[0, 0], tasks[0, 1], tasks[0, 2] = lo, n, 0
+    count = 0
+    while top:
+        top -= 1
+        start, length, ready = tasks[top, 0], tasks[top, 1], tasks[top, 2]
+        if length <= 128:
+            values[count] = _block_sum(a, start, length)
+            count += 1
+        elif ready:
+            values[count - 2] = values[count - 2] + values[count - 1]
+            count -= 1
+        else:
+            half = length // 2
+            half -= half % 8
+            tasks[top, 0], tasks[top, 1], tasks[top, 2] = start, length, 1
+            tasks[top + 1, 0], tasks[top + 1, 1], tasks[top + 1, 2] = start + half, length - half, 0
+            tasks[top + 2, 0], tasks[top + 2, 1], tasks[top + 2, 2] = start, half, 0
+            top += 3
+    return values[0]
 
 
 @njit()
 def prefill_forward_us(new, pairs, requests, slow, base, alpha, beta, gamma, a0, a1, shared, routed, dense,
                        c):  # pragma: no cover - compiled
-    """A prefill forward's step time (us, ``CostModel._run_prefill``'s kernel on one row), each
-    rank's idle time in it (us: the step slowed by ``slow``, less the rank's own linear time
-    ``base + alpha * new + beta * pairs + gamma * requests``, at least 0) and its new tokens."""
+    """A prefill forward's step time (us, ``CostModel._run_prefill``'s kernel on one row), its
+    ranks' idle time (us, summed as numpy sums: each rank's is the step slowed by ``slow``, less
+    the rank's own linear time ``base + alpha * new + beta * pairs + gamma * requests``, at
+    least 0) and its new tokens."""
     ep = new.shape[0]
     us = step_many(new.reshape((1, ep)), pairs.reshape((1, ep)), requests.reshape((1, ep)), a0, a1, shared, routed,
                    dense, c)[0]
@@ -38,7 +93,7 @@ def prefill_forward_us(new, pairs, requests, slow, base, alpha, beta, gamma, a0,
         gap = step_us - (base + alpha * new[j] + beta * pairs[j] + gamma * requests[j])
         idle[j] = gap if gap > 0.0 else 0.0
         tokens += new[j]
-    return us, idle, tokens
+    return us, 0.0 + pairwise_sum(idle, 0, ep), tokens
 
 
 @njit()
@@ -75,7 +130,9 @@ class StepTimes:
         self.q = int(query_tokens)
         self.trusted_prefill = type(prefill) is CostModel
         self.trusted_decode = type(decode) is CostModel
-        self.kv_us: dict[int, float] = {}
+        # CostModel.kv_transfer_us's constants: bytes per KV token, link bytes/s, call latency (us)
+        self.kv_link = (decode.kv_bytes_per_token, decode.hardware.ib_Bps * decode.coefficients.dispatch_link_eff,
+                        decode.coefficients.ll_call_latency_us) if self.trusted_decode else None
         # the decode kernel's tables, for callers that run it inside their own kernels
         self.decode_tables = decode._decode_tables(self.q) if self.trusted_decode else None
 
@@ -90,7 +147,7 @@ class StepTimes:
         """A prefill forward's step time (us, before the ``slow`` factor), its ranks' idle time
         (us, summed: the slowed step less each rank's time under the linear ``coefficients``)
         and its new tokens. Token counts are whole numbers, so their sum is exact in any order;
-        the idle times are summed by numpy, as the simulator always did."""
+        the idle times are summed in numpy's order, as the simulator always did."""
         c = coefficients
         if not self.trusted_prefill:
             us = self.prefill_us(new, pairs, reqs)
@@ -100,17 +157,15 @@ class StepTimes:
         us, idle, tokens = prefill_forward_us(new, pairs, reqs, slow, c.base_us, c.alpha_us_per_token,
                                               c.beta_us_per_pair, c.gamma_us_per_request, t.a0, t.a1, t.shared,
                                               t.routed, t.dense, t.constants)
-        return float(us), float(idle.sum()), float(tokens)
+        return float(us), float(idle), float(tokens)
 
     def kv_transfer_us(self, tokens: int) -> float:
-        """``decode.kv_transfer_us(tokens)``, remembered per token count for a :class:`CostModel`
-        (a pure function of it; a trace has a few thousand distinct prompt lengths)."""
-        if not self.trusted_decode:
+        """``decode.kv_transfer_us(tokens)``; for a :class:`CostModel` its formula on the count
+        as a float, without the input check (once per request, the check's cost was the call's)."""
+        if self.kv_link is None:
             return float(self.decode.kv_transfer_us(tokens))
-        us = self.kv_us.get(tokens)
-        if us is None:
-            us = self.kv_us[tokens] = float(self.decode.kv_transfer_us(tokens))
-        return us
+        per_token, link_Bps, latency_us = self.kv_link
+        return float(tokens) * per_token / link_Bps * 1e6 + latency_us
 
     def decode_us(self, batch: np.ndarray, kv_tokens: np.ndarray) -> float:
         """``decode.decode_step_us(batch, kv_tokens, q)`` for float64 arrays of ``ep`` ranks."""

@@ -27,7 +27,10 @@ from sbsopt.window.problem import (
     _read_only,
 )
 
-__all__ = ["trusted_prefill_window", "greedy_decode_assignment", "greedy_decode_window", "units_hold_nothing"]
+__all__ = [
+    "trusted_prefill_window", "greedy_decode_assignment", "greedy_decode_window", "lone_decode_unit",
+    "units_hold_nothing",
+]
 
 
 @njit()
@@ -77,6 +80,66 @@ def greedy_decode_assignment(context: np.ndarray, blocks: np.ndarray, *, batch: 
 
 
 @njit()
+def lone_decode_unit(ctx, blocks, batch, kv, free, max_batch, base, a, b, iqr_k):  # pragma: no cover - compiled
+    """The unit ``decode_best_of`` gives a window of one request on one instance (-1: deferred),
+    in one pass over the units without its sort and copies; -2 when this cannot tell.
+
+    IQR-lex places the request on the lexicographic minimum of (batch, KV tokens, unit) among
+    the candidates that the IQR fence keeps; a fence with ``iqr_k >= 0`` is at least the
+    candidates' least KV, so when that minimum holds the least KV it is kept, and the answer.
+    Otherwise (-2) the caller runs the full greedy. The least-step pass and both objectives
+    repeat ``decode_min_step`` and ``decode_value`` operation for operation.
+    """
+    m = batch.shape[0]
+    lex = -1
+    count = 0
+    least_kv = np.inf
+    max_b = 0.0
+    max_k = 0.0
+    for j in range(m):
+        max_b = max(max_b, batch[j])
+        max_k = max(max_k, kv[j])
+        if batch[j] < max_batch and blocks <= free[j]:
+            count += 1
+            least_kv = min(least_kv, np.float64(kv[j]))
+            if lex < 0 or batch[j] < batch[lex] or (batch[j] == batch[lex] and kv[j] < kv[lex]):
+                lex = j
+    if lex < 0:
+        return -1  # no unit fits: both passes defer it
+    if count >= 4 and not (iqr_k >= 0.0 and np.float64(kv[lex]) == least_kv):
+        return -2
+    top_b = max_b - 1.0
+    top_k = max_k - ctx
+    least = np.inf
+    for j in range(m):
+        r = a * max(0.0, np.float64(batch[j]) - top_b) + b * max(0.0, np.float64(kv[j]) - top_k)
+        r = r if batch[j] < max_batch and blocks <= free[j] else np.inf
+        least = min(least, r)
+    step = -1
+    for j in range(m):
+        r = a * max(0.0, np.float64(batch[j]) - top_b) + b * max(0.0, np.float64(kv[j]) - top_k)
+        r = r if batch[j] < max_batch and blocks <= free[j] else np.inf
+        if r == least and (step < 0 or batch[j] < batch[step] or (batch[j] == batch[step] and kv[j] < kv[step])):
+            step = j
+    if step == lex:
+        return lex
+    return step if _lone_value(step, ctx, batch, kv, base, a, b) < _lone_value(lex, ctx, batch, kv, base, a,
+                                                                              b) else lex
+
+
+@njit()
+def _lone_value(unit, ctx, batch, kv, base, a, b):  # pragma: no cover - compiled
+    """``decode_value`` of one request placed on ``unit`` of one instance."""
+    bmax = -np.inf
+    kmax = -np.inf
+    for j in range(batch.shape[0]):
+        add = 1 if j == unit else 0
+        bmax = max(bmax, batch[j] + add)
+        kmax = max(kmax, kv[j] + (0.0 + ctx if j == unit else 0.0))
+    return 1 * base + a * (0.0 + bmax) + b * (0.0 + kmax)
+
+
+@njit()
 def _decode_window(rids, context, blocks_need, units, tokens, running, waiting, max_batch, capacity_blocks,
                    block_tokens, base, per_request, per_token, defer, iqr_k):  # pragma: no cover - compiled
     n = rids.shape[0]
@@ -98,6 +161,11 @@ def _decode_window(rids, context, blocks_need, units, tokens, running, waiting, 
         used = np.int64(tokens[u] if tokens[u] < capacity_blocks else capacity_blocks)
         kv[k] = used * block_tokens
         free[k] = capacity_blocks - used
+    if n == 1:
+        # a lone request (most windows at a light rate): the greedy's unit without its arrays
+        unit = lone_decode_unit(ctx[0], blocks[0], batch, kv, free, max_batch, base, per_request, per_token, iqr_k)
+        if unit != -2:
+            return np.full(1, -1 if unit < 0 else units[unit], np.int64)
     _, assignment, _ = decode_best_of(ctx, blocks, batch, np.full(m, max_batch, np.int64), kv, free,
                                       np.zeros(m, np.int64), 1, base, per_request, per_token, penalty, iqr_k)
     for i in range(n):

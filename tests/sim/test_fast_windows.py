@@ -10,7 +10,13 @@ import pytest
 
 from sbsopt.costmodel import load_cost_model
 from sbsopt.sim import ClusterConfig, simulate
-from sbsopt.sim.windows import greedy_decode_assignment, trusted_prefill_window
+from sbsopt.sim.router import RouterView
+from sbsopt.sim.windows import (
+    greedy_decode_assignment,
+    greedy_decode_window,
+    lone_decode_unit,
+    trusted_prefill_window,
+)
 from sbsopt.window import DecodeWindow, PrefillWindow, solve
 from sbsopt.window.greedy import greedy_decode
 from sbsopt.workload import load_trace
@@ -66,6 +72,42 @@ def test_greedy_decode_assignment_equals_the_greedy_on_the_validated_window(mtp)
                                        max_batch=max_batch, used=used.astype(np.int64), capacity_blocks=capacity,
                                        block_tokens=64, coefficients=dc, iqr_k=1.5)
         assert np.array_equal(got, expected), case
+
+
+@pytest.mark.parametrize("iqr_k", [1.5, 0.0, 4.0, -0.5, np.inf])
+def test_lone_decode_unit_equals_the_full_greedy(iqr_k):
+    # one request against unit states from idle (ties everywhere) to full batches and KV, on
+    # the simulator's window (view clipping included) and on the kernel itself
+    rng = np.random.default_rng(11)
+    dc = load_cost_model(ep=144).decode_coefficients(query_tokens=2)
+    decided = 0
+    for case in range(1500):
+        units = int(rng.choice([1, 2, 3, 4, 5, 8, 144]))
+        max_batch, capacity = int(rng.choice([1, 2, 4, 128])), int(rng.choice([40, 300, 10_000]))
+        busy = rng.random(units) < rng.choice([0.0, 0.1, 0.5, 1.0])
+        view = RouterView(1, units)
+        view.running[:] = np.where(busy, rng.integers(0, max_batch + 2, units), 0)
+        view.waiting[:] = np.where(busy & (rng.random(units) < 0.3), rng.integers(0, 3, units), 0)
+        view.tokens[:] = np.where(view.running + view.waiting > 0, rng.integers(0, capacity + 20, units), 0)
+        if case % 4 == 0:  # equal loads: every tie rule at work
+            view.tokens[:] = np.where(busy, rng.integers(0, 3) * 7, 0)
+        rid = np.zeros(1, np.int64)
+        context = rng.integers(1, 9000, 1)
+        blocks = np.maximum(context // 64, 1) if case % 7 else rng.integers(1, capacity + 2, 1)
+        unit_ids = np.arange(units)
+        got = greedy_decode_window(rid, context, blocks, unit_ids, view, max_batch=max_batch,
+                                   capacity_blocks=capacity, block_tokens=64, coefficients=dc, iqr_k=iqr_k)
+        batch = np.minimum(view.running + view.waiting, max_batch).astype(np.int64)
+        used = np.minimum(view.tokens, capacity).astype(np.int64)
+        expected = greedy_decode_assignment(context, blocks, batch=batch, max_batch=max_batch, used=used,
+                                            capacity_blocks=capacity, block_tokens=64, coefficients=dc, iqr_k=iqr_k)
+        assert np.array_equal(got, expected), case
+        unit = lone_decode_unit(context[0], blocks[0], batch, used * 64, capacity - used, max_batch,
+                                float(dc.base_us), float(dc.us_per_request), float(dc.us_per_kv_token), iqr_k)
+        if unit != -2:
+            decided += 1
+            assert unit == expected[0], case
+    assert decided > 900  # the shortcut decides most of these states, not only the trivial ones
 
 
 def _validated_prefill(new_tokens, cached_tokens, arrival_s, *, capacity_tokens, load_tokens, now_s, guard_s,

@@ -38,22 +38,22 @@ class _Eager(simulator._Simulation):
         self.report_s = math.inf  # no lazy boundaries
         self.handled, self.handled_at_report = 0, -2
         if self.sched.report_period_s > 0 and n:
-            self.push(self.sched.report_period_s, simulator._REPORT)
+            self.push(self.sched.report_period_s, simulator.REPORT)
         for f in self.faults:
-            self.push(f.at_s, simulator._PFAIL if f.kind == "prefill" else simulator._DFAIL, f.index)
+            self.push(f.at_s, simulator.PFAIL if f.kind == "prefill" else simulator.DFAIL, f.index)
         while True:
             next_arrival = arrival[i] if i < n else math.inf
             if heap and (heap[0][0] < next_arrival or (heap[0][0] == next_arrival
-                                                       and heap[0][1] < simulator._ARRIVAL)):
+                                                       and heap[0][1] < simulator.ARRIVAL)):
                 t, _, _, kind, a, b = heapq.heappop(heap)
                 if t > self.horizon_s:
                     break
                 self.now = t
                 self.handled += 1
-                if kind == simulator._REPORT:
+                if kind == simulator.REPORT:
                     self.on_report()
                 else:
-                    self.handle(kind, a, b)
+                    self.handlers[kind](a, b)
             elif i < n:
                 if next_arrival > self.horizon_s:
                     break
@@ -71,7 +71,7 @@ class _Eager(simulator._Simulation):
             apply_report(self)
         self.handled_at_report = self.handled
         if self.finished < self.n and (self.heap or self.next_arrival < self.n):
-            self.push(self.now + self.sched.report_period_s, simulator._REPORT)
+            self.push(self.now + self.sched.report_period_s, simulator.REPORT)
 
 
 def _digest(res) -> str:

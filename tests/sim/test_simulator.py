@@ -160,7 +160,7 @@ def test_simulator_detects_a_lost_request(fake_model, monkeypatch):
 
     original = simulator._Simulation.on_decode_arrival
 
-    def drop_one(self, rid):
+    def drop_one(self, rid, _=0):
         if rid == 3:
             self.in_transfer -= 1  # the request vanishes between prefill and decode
             return

@@ -9,8 +9,8 @@ import numpy as np
 from sbsopt.costmodel import load_cost_model
 from sbsopt.sim.chunking import PrefillTask, get_chunking
 from sbsopt.sim.engine import DecodeInstance, PrefillInstance
-from sbsopt.sim.epochs import close_slots, plan_epoch
-from sbsopt.sim.steps import StepTimes
+from sbsopt.sim.epochs import admit_plan, close_slots, plan_epoch, seat
+from sbsopt.sim.steps import StepTimes, pairwise_sum
 
 
 def test_step_times_equal_the_public_methods():
@@ -151,9 +151,10 @@ def test_close_slots_equals_the_numpy_statements():
         status, done_s = np.zeros(n, np.int8), np.full(n, np.nan)
         expected = _close_reference(insts[0], produced, tbt_s, blocks_need, tbt_ref)
         a, b = insts
-        got = close_slots(b.high, produced, tbt_s, 7.5, 1, b.slot_active, b.slot_remaining, b.slot_context, b.slot_rid,
-                          b.slot_rank, b.batch, b.kv_tokens, b.blocks_used, blocks_need, tbt, status, done_s)
-        assert got.tolist() == expected.tolist()
+        count = close_slots(b.high, produced, tbt_s, 7.5, 1, b.slot_active, b.slot_remaining, b.slot_context,
+                            b.slot_rid, b.slot_rank, b.batch, b.kv_tokens, b.blocks_used, b.freed, blocks_need, tbt,
+                            status, done_s)
+        assert b.freed[:count].tolist() == expected.tolist()
         for name in ("slot_active", "slot_remaining", "slot_context", "batch", "kv_tokens", "blocks_used"):
             assert np.array_equal(getattr(a, name), getattr(b, name)), name
         assert np.array_equal(tbt, tbt_ref)
@@ -167,3 +168,117 @@ class _Public:
 
     def __getattr__(self, name):
         return getattr(self.model, name)
+
+
+def test_pairwise_sum_equals_numpy_sum():
+    # the prefill forward's idle sum is compiled; numpy's pairwise order must be kept bit for bit
+    rng = np.random.default_rng(5)
+    for _ in range(3000):
+        n = int(rng.integers(0, 400))
+        a = rng.uniform(0, 1e4, n) * (rng.random(n) < 0.7) * rng.choice([1e-3, 1.0, 1e6])
+        assert 0.0 + pairwise_sum(a, 0, n) == a.sum()
+        lo = int(rng.integers(0, n + 1))
+        assert 0.0 + pairwise_sum(a, lo, n - lo) == a[lo:].sum()
+
+
+def _seat_reference(inst, admitted, now_s, out_left, context, blocks_need, decode_start_s):
+    """The seating as the simulator's numpy statements (before it was compiled)."""
+    for j, rid, slot in admitted.tolist():
+        if slot >= inst.high:
+            inst.high = slot + 1
+        inst.slot_rank[slot] = j
+        inst.slot_rid[slot] = rid
+        inst.slot_remaining[slot] = out_left[rid] - 1
+        inst.slot_context[slot] = context[rid] + 1
+        inst.slot_active[slot] = True
+        inst.batch[j] += 1
+        inst.kv_tokens[j] += context[rid] + 1
+        inst.blocks_used[j] += blocks_need[rid]
+        inst.waiting_count[j] -= 1
+        inst.waiting_blocks[j] -= blocks_need[rid]
+        decode_start_s[rid] = now_s
+
+
+def test_seat_and_admit_plan_equal_the_numpy_statements():
+    decode = load_cost_model(ep=16)
+    t = StepTimes(decode, decode, 2).decode_tables
+    rng = np.random.default_rng(4)
+    policy = get_chunking("default")
+    for case in range(200):
+        ep, n = 16, 60
+        insts = [DecodeInstance(0, ep, 4, 10_000, policy) for _ in range(3)]
+        out_left, context = rng.integers(1, 300, n), rng.integers(1, 9000, n)
+        blocks_need = rng.integers(1, 50, n)
+        free = rng.permutation(ep * 4)
+        busy, rids = free[:int(rng.integers(0, 20))], rng.permutation(n)
+        seats = free[len(busy):len(busy) + int(rng.integers(0, 20))]
+        admitted = np.stack([rng.integers(0, ep, len(seats)), rids[len(busy):len(busy) + len(seats)], seats], axis=1)
+        for inst in insts:
+            for slot, rid in zip(busy.tolist(), rids.tolist(), strict=False):
+                inst.slot_active[slot], inst.slot_rid[slot], inst.slot_rank[slot] = True, rid, slot % ep
+                inst.slot_remaining[slot] = 5.0 + slot
+                inst.batch[slot % ep] += 1
+                inst.kv_tokens[slot % ep] += 100.0 + slot + (case % 3) * 0.85
+            inst.high = int(busy.max()) + 1 if len(busy) else 0
+            inst.waiting_count[:] = 30
+            inst.waiting_blocks[:] = 900
+        ref, seated, planned = insts
+        starts = [np.full(n, np.nan) for _ in range(3)]
+        _seat_reference(ref, admitted, 2.5, out_left, context, blocks_need, starts[0])
+        seated.high = seat(len(admitted), admitted, 2.5, out_left, context, blocks_need, starts[1], seated.high,
+                           seated.slot_rank, seated.slot_rid, seated.slot_remaining, seated.slot_context,
+                           seated.slot_active, seated.batch, seated.kv_tokens, seated.blocks_used,
+                           seated.waiting_count, seated.waiting_blocks)
+        high, steps, first, last = admit_plan(
+            len(admitted), admitted, 2.5, out_left, context, blocks_need, starts[2], planned.high, planned.slot_rank,
+            planned.slot_rid, planned.slot_remaining, planned.slot_context, planned.slot_active, planned.batch,
+            planned.kv_tokens, planned.blocks_used, planned.waiting_count, planned.waiting_blocks, 1.85, 2, t.a0, t.a1,
+            t.shared, t.routed, t.dense, t.constants)
+        planned.high = high
+        for inst, start in ((seated, starts[1]), (planned, starts[2])):
+            assert inst.high == ref.high
+            for name in ("slot_rank", "slot_rid", "slot_remaining", "slot_context", "slot_active", "batch", "kv_tokens",
+                         "blocks_used", "waiting_count", "waiting_blocks"):
+                assert np.array_equal(getattr(inst, name), getattr(ref, name)), name
+            assert np.array_equal(start, starts[0], equal_nan=True)
+        assert (steps, first, last) == plan_epoch(ref.high, ref.slot_active, ref.slot_remaining, 1.85, ref.batch,
+                                                  ref.kv_tokens, 2, t.a0, t.a1, t.shared, t.routed, t.dense,
+                                                  t.constants)
+
+
+def test_kv_transfer_equals_the_public_method():
+    decode = load_cost_model(ep=144)
+    times = StepTimes(decode, decode, 2)
+    for tokens in [0, 1, 7, 4096, 131_072, *np.random.default_rng(6).integers(0, 200_000, 2000).tolist()]:
+        assert times.kv_transfer_us(tokens) == decode.kv_transfer_us(tokens)
+
+
+def _steps_done_reference(d0, slope, steps, elapsed):
+    """DecodeInstance.steps_done_by as the Python statements it was before it was compiled."""
+    if abs(slope) < 1e-15:
+        s = int(elapsed / d0) if d0 > 0 else steps
+    else:
+        a = d0 - slope / 2.0
+        disc = a * a + 2.0 * slope * elapsed
+        s = int((-a + math.sqrt(max(disc, 0.0))) / slope)
+    s = min(max(s, 0), steps)
+    while s < steps and (s + 1) * d0 + slope * (s + 1) * (s + 1 - 1) / 2.0 <= elapsed:
+        s += 1
+    while s > 0 and s * d0 + slope * s * (s - 1) / 2.0 > elapsed:
+        s -= 1
+    return s
+
+
+def test_steps_done_equals_the_python_statements():
+    rng = np.random.default_rng(8)
+    inst = DecodeInstance(0, 4, 4, 100, get_chunking("default"))
+    for case in range(20_000):
+        d0 = float(rng.choice([0.0, 0.01, 0.0173, rng.uniform(1e-4, 0.1)]))
+        slope = float(rng.choice([0.0, 1e-16, -1e-16, rng.uniform(-1e-6, 1e-5), rng.uniform(0, 1e-3)]))
+        steps = int(rng.integers(1, 3000))
+        total = steps * d0 + slope * steps * (steps - 1) / 2.0
+        elapsed = float(rng.choice([0.0, total, rng.uniform(0, max(total, 1e-9) * 1.2)]))
+        inst.d0, inst.slope, inst.steps = d0, slope, steps
+        expected = _steps_done_reference(d0, slope, steps, elapsed)
+        assert inst.steps_done_by(elapsed) == expected, case
+        assert inst.epoch_time(expected) <= elapsed or expected == 0

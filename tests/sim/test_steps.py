@@ -8,7 +8,7 @@ import numpy as np
 
 from sbsopt.costmodel import load_cost_model
 from sbsopt.sim.chunking import PrefillTask, get_chunking
-from sbsopt.sim.engine import DecodeInstance, PrefillInstance
+from sbsopt.sim.engine import DecodeInstance, PrefillInstance, steps_done
 from sbsopt.sim.epochs import admit_plan, close_slots, plan_epoch, seat
 from sbsopt.sim.steps import StepTimes, pairwise_sum
 
@@ -253,22 +253,6 @@ def test_kv_transfer_equals_the_public_method():
         assert times.kv_transfer_us(tokens) == decode.kv_transfer_us(tokens)
 
 
-def _steps_done_reference(d0, slope, steps, elapsed):
-    """DecodeInstance.steps_done_by as the Python statements it was before it was compiled."""
-    if abs(slope) < 1e-15:
-        s = int(elapsed / d0) if d0 > 0 else steps
-    else:
-        a = d0 - slope / 2.0
-        disc = a * a + 2.0 * slope * elapsed
-        s = int((-a + math.sqrt(max(disc, 0.0))) / slope)
-    s = min(max(s, 0), steps)
-    while s < steps and (s + 1) * d0 + slope * (s + 1) * (s + 1 - 1) / 2.0 <= elapsed:
-        s += 1
-    while s > 0 and s * d0 + slope * s * (s - 1) / 2.0 > elapsed:
-        s -= 1
-    return s
-
-
 def test_steps_done_equals_the_python_statements():
     rng = np.random.default_rng(8)
     inst = DecodeInstance(0, 4, 4, 100, get_chunking("default"))
@@ -279,6 +263,8 @@ def test_steps_done_equals_the_python_statements():
         total = steps * d0 + slope * steps * (steps - 1) / 2.0
         elapsed = float(rng.choice([0.0, total, rng.uniform(0, max(total, 1e-9) * 1.2)]))
         inst.d0, inst.slope, inst.steps = d0, slope, steps
-        expected = _steps_done_reference(d0, slope, steps, elapsed)
+        expected = steps_done.py_func(d0, slope, steps, elapsed)  # the kernel's Python statements
         assert inst.steps_done_by(elapsed) == expected, case
         assert inst.epoch_time(expected) <= elapsed or expected == 0
+        if slope >= 0 and d0 > 0 and expected < steps:  # a monotone epoch: the next step is not done
+            assert inst.epoch_time(expected + 1) > elapsed, case

@@ -18,7 +18,7 @@ import numpy as np
 
 from sbsopt._jit import njit
 from sbsopt.kvblocks import KV_BLOCK_TOKENS, request_kv_blocks
-from sbsopt.window._kernels import decode_best_of
+from sbsopt.window._kernels import decode_best_of, decode_value
 from sbsopt.window.problem import (
     _DEFER_COST_US,
     _NO_KV_LIMIT,
@@ -87,8 +87,9 @@ def lone_decode_unit(ctx, blocks, batch, kv, free, max_batch, base, a, b, iqr_k)
     IQR-lex places the request on the lexicographic minimum of (batch, KV tokens, unit) among
     the candidates that the IQR fence keeps; a fence with ``iqr_k >= 0`` is at least the
     candidates' least KV, so when that minimum holds the least KV it is kept, and the answer.
-    Otherwise (-2) the caller runs the full greedy. The least-step pass and both objectives
-    repeat ``decode_min_step`` and ``decode_value`` operation for operation.
+    Otherwise (-2) the caller runs the full greedy. The least-step pass repeats
+    ``decode_min_step`` operation for operation; the two answers are compared by
+    ``decode_value`` itself.
     """
     m = batch.shape[0]
     lex = -1
@@ -110,33 +111,23 @@ def lone_decode_unit(ctx, blocks, batch, kv, free, max_batch, base, a, b, iqr_k)
         return -2
     top_b = max_b - 1.0
     top_k = max_k - ctx
-    least = np.inf
+    raise_us = np.empty(m)
     for j in range(m):
         r = a * max(0.0, np.float64(batch[j]) - top_b) + b * max(0.0, np.float64(kv[j]) - top_k)
-        r = r if batch[j] < max_batch and blocks <= free[j] else np.inf
-        least = min(least, r)
+        raise_us[j] = r if batch[j] < max_batch and blocks <= free[j] else np.inf
+    least = raise_us.min()
     step = -1
     for j in range(m):
-        r = a * max(0.0, np.float64(batch[j]) - top_b) + b * max(0.0, np.float64(kv[j]) - top_k)
-        r = r if batch[j] < max_batch and blocks <= free[j] else np.inf
-        if r == least and (step < 0 or batch[j] < batch[step] or (batch[j] == batch[step] and kv[j] < kv[step])):
+        if raise_us[j] == least and (step < 0 or batch[j] < batch[step]
+                                     or (batch[j] == batch[step] and kv[j] < kv[step])):
             step = j
     if step == lex:
         return lex
-    return step if _lone_value(step, ctx, batch, kv, base, a, b) < _lone_value(lex, ctx, batch, kv, base, a,
-                                                                              b) else lex
-
-
-@njit()
-def _lone_value(unit, ctx, batch, kv, base, a, b):  # pragma: no cover - compiled
-    """``decode_value`` of one request placed on ``unit`` of one instance."""
-    bmax = -np.inf
-    kmax = -np.inf
-    for j in range(batch.shape[0]):
-        add = 1 if j == unit else 0
-        bmax = max(bmax, batch[j] + add)
-        kmax = max(kmax, kv[j] + (0.0 + ctx if j == unit else 0.0))
-    return 1 * base + a * (0.0 + bmax) + b * (0.0 + kmax)
+    # the two answers' objectives, as the greedy compares them
+    one, inst, none = np.full(1, ctx), np.zeros(m, np.int64), np.zeros(1)
+    step_us = decode_value(np.full(1, step), one, batch, kv, inst, 1, base, a, b, none)
+    lex_us = decode_value(np.full(1, lex), one, batch, kv, inst, 1, base, a, b, none)
+    return step if step_us < lex_us else lex
 
 
 @njit()

@@ -38,9 +38,9 @@ from sbsopt.sim.router import RouterView, pick_unit
 __all__ = ["RankLoad", "LoadReport", "ClusterState", "parse_report"]
 
 _Count = Annotated[int, msgspec.Meta(ge=0, le=2**53)]
-#: a virtual update this old is dropped even if no counter has seen it: its request never reached
-#: the engine (its caller vanished between the answer and the forward)
-_LOST_S = 10.0
+#: a virtual update (or a window's landing) this old is given up even if no counter has seen it:
+#: its request never reached the engine (its caller vanished between the answer and the forward)
+LOST_S = 10.0
 
 
 class RankLoad(msgspec.Struct, frozen=True):
@@ -177,7 +177,7 @@ class ClusterState:
             started = report.forwards
             if 0 <= self.rep_forwards[worker] < started and report.forward_ends_in_ms:
                 self.forward_s[worker] = report.forward_ends_in_ms / 1000.0
-            kept = [e for e in ends if e[2] >= started and e[1] > now - _LOST_S]
+            kept = [e for e in ends if e[2] >= started and e[1] > now - LOST_S]
             ends.clear()
             ends.extend(kept)
             self.rep_forwards[worker] = started
@@ -209,7 +209,7 @@ class ClusterState:
                 arrived[j] -= 1
             elif entry[2] <= 0 and entry[0] <= cutoff:  # decode placements: the time rule
                 pass
-            elif entry[0] > now - _LOST_S:  # else the request never reached the engine
+            elif entry[0] > now - LOST_S:  # else the request never reached the engine
                 kept.append(entry)
         pending.clear()
         pending.extend(kept)

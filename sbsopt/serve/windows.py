@@ -36,12 +36,9 @@ import numpy as np
 from sbsopt.kvblocks import request_kv_blocks
 from sbsopt.serve.config import ServeConfig
 from sbsopt.serve.metrics import Metrics
-from sbsopt.serve.state import ClusterState
+from sbsopt.serve.state import LOST_S, ClusterState
 
 __all__ = ["PrefillItem", "Scheduler", "solve_prefill_window"]
-
-#: a window whose requests have not all landed this long after its cut never will (seconds)
-_LANDING_LOST_S = 10.0
 
 
 @dataclass
@@ -290,8 +287,13 @@ class Scheduler:
         oldest first, as one worker's next forward can take (the rest of a window waits in the
         engine's queue for later forwards, so it may land later)."""
         capacity = self.config.ep * int(self.state.token_budget.max() * self.config.window_forwards)
-        tokens = np.cumsum([item.new_tokens for item in self.buffer])
-        return max(1, int(np.searchsorted(tokens, capacity, side="right")))
+        total = count = 0
+        for item in self.buffer:  # stops at the capacity: a backlog costs no more than a forward
+            total += item.new_tokens
+            if total > capacity:
+                break
+            count += 1
+        return max(1, count)
 
     async def _prefill_loop(self) -> None:
         while True:
@@ -388,7 +390,7 @@ class Scheduler:
         """Wait for the landings of the ``requests`` of ``window`` whose landing the front sees
         (:meth:`landed`); a window that never finishes landing (a client went away between the
         answer and its forward, or a retry went to another worker) is forgotten."""
-        stale = cut_clock - _LANDING_LOST_S
+        stale = cut_clock - LOST_S
         while self._landing:
             oldest = next(iter(self._landing))  # windows are kept in the order of their cuts
             if self._landing[oldest][0] >= stale:

@@ -97,7 +97,8 @@ def run(trace, duration_s, prefill_instances, decode_instances, ttft_slo_ms, tpo
         tasks: list[dict] = []
         for name, (table, best, scheduler) in routings.items():
             for router in ("sbs", best):
-                if common[name] > 0 and table[router].search.rate_req_s != common[name]:
+                # a rate the router's search simulated already (the winner's own, or one both tried)
+                if common[name] > 0 and common[name] not in table[router].search.evaluated:
                     steps[name, router] = len(tasks)
                     tasks.append(step_params(workload, cluster, router, slo, common[name], duration_s=duration_s,
                                              scheduler=None if router == "sbs" else scheduler))
@@ -107,7 +108,8 @@ def run(trace, duration_s, prefill_instances, decode_instances, ttft_slo_ms, tpo
         if common[name] <= 0:
             mechanism[name] = None  # both infeasible: no rate to compare at
             continue
-        at = {r: rows[steps[name, r]] if (name, r) in steps else table[r].search.confirm for r in ("sbs", best)}
+        at = {r: rows[steps[name, r]] if (name, r) in steps else table[r].search.evaluated[common[name]][1]
+              for r in ("sbs", best)}
         passing, failing = ("sbs", best) if _rate(table, "sbs") >= _rate(table, best) else (best, "sbs")
         mechanism[name] = {"rate_req_s": common[name], "passing_router": passing, "failing_router": failing,
                            **attribute(at[passing] or {}, at[failing] or {})}
@@ -121,7 +123,7 @@ def run(trace, duration_s, prefill_instances, decode_instances, ttft_slo_ms, tpo
     if as_json:
         click.echo(json.dumps(result))
         return
-    _print(result, cluster, tolerance_frac * capacity.req_s)
+    _print(result, cluster, search["tolerance_req_s"])
 
 
 def _rate(plans: dict, router: str) -> float:
